@@ -1,0 +1,1 @@
+"""Multi-agent learning on ``torch.distributed``."""

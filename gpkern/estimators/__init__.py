@@ -1,0 +1,5 @@
+"""scikit-learn estimators: validate input, call a model from :mod:`gpkern.models`, store results."""
+
+from gpkern.estimators.gp_regressor import GPRegressor
+
+__all__ = ["GPRegressor"]

@@ -1,0 +1,351 @@
+"""Exact GP regression, scikit-learn style, on GPyTorch kernels."""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import warnings
+
+import gpytorch
+import numpy as np
+import torch
+
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
+from gpkern.exceptions import NotPSDError
+from gpkern.linalg.cholesky import robust_cholesky
+from gpkern.models.exact import ExactGP, gaussian_log_density
+from gpkern.models.training import minimize
+
+__all__ = ["GPRegressor", "default_kernel"]
+
+
+def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
+    """Scaled ARD RBF kernel with length-scales initialised at each feature's spread."""
+    d = X.shape[1]
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=d))
+    spread = X.std(0) if X.shape[0] > 1 else torch.ones(d, dtype=X.dtype, device=X.device)
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    kernel = kernel.to(dtype=X.dtype, device=X.device)
+    kernel.base_kernel.lengthscale = spread.view(1, d)
+    kernel.outputscale = torch.tensor(1.0, dtype=X.dtype)
+    return kernel
+
+
+class GPRegressor(BaseGPRegressor):
+    r"""Exact Gaussian process regression with GPyTorch kernels.
+
+    The prior is :math:`f \sim \mathcal{GP}(0, k)` with observations
+    :math:`y = f(x) + \varepsilon`, :math:`\varepsilon \sim \mathcal{N}(0, \sigma^2)`.
+    ``fit`` maximises the exact log marginal likelihood
+
+    .. math::
+
+        \log p(y \mid X, \theta) = -\tfrac12 y^\top (K_\theta + \sigma^2 I)^{-1} y
+            - \tfrac12 \log |K_\theta + \sigma^2 I| - \tfrac{n}{2} \log 2\pi
+
+    over the kernel hyperparameters :math:`\theta` and the noise :math:`\sigma^2`, and
+    predicts with the posterior
+
+    .. math::
+
+        \mu_* = K_{*X}(K_{XX} + \sigma^2 I)^{-1} y, \qquad
+        \Sigma_* = K_{**} - K_{*X}(K_{XX} + \sigma^2 I)^{-1} K_{X*}.
+
+    Parameters
+    ----------
+    kernel : gpytorch.kernels.Kernel, optional
+        Covariance function; it is deep-copied, never modified. ``None`` uses a scaled ARD
+        RBF kernel whose length-scales start at each feature's standard deviation.
+    noise : float, optional
+        Gaussian noise variance, in the units the kernel sees (normalised targets when
+        ``normalize_y=True``). ``None`` learns it, starting from 0.1; a float fixes it.
+    normalize_y : bool, default=True
+        Standardise each target column before fitting; predictions are transformed back.
+    optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
+        Optimiser of the log marginal likelihood. ``None`` keeps the kernel's hyperparameters
+        and the noise as given (as scikit-learn does).
+    max_iter : int, default=100
+        Iterations of the optimiser per start.
+    n_restarts : int, default=0
+        Extra starts from randomly perturbed hyperparameters (each raw parameter plus a
+        standard normal draw); the best log marginal likelihood wins.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the restarts and :meth:`sample_y`'s default.
+    verbose : bool, default=False
+        Show a progress bar while optimising.
+    device : str or torch.device, optional
+        Torch device to compute on; ``None`` uses the CPU.
+
+    Attributes
+    ----------
+    kernel_ : gpytorch.kernels.Kernel
+        The fitted kernel.
+    noise_ : float
+        The fitted noise variance (normalised units).
+    X_train_ : ndarray of shape (n_samples, n_features)
+        Training inputs.
+    y_train_ : ndarray of shape (n_samples,) or (n_samples, n_targets)
+        Training targets.
+    log_marginal_likelihood_value_ : float
+        Log marginal likelihood of ``y_train_`` (original units) at the fitted hyperparameters.
+    jitter_ : float
+        Jitter added to the kernel matrix's diagonal to factorise it (0 when none).
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpkern.estimators import GPRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(0, 5, (40, 1))
+    >>> y = np.sin(X[:, 0]) + 0.1 * rng.standard_normal(40)
+    >>> gp = GPRegressor(random_state=0).fit(X, y)
+    >>> mean, std = gp.predict(X[:3], return_std=True)
+    >>> mean.shape, std.shape
+    ((3,), (3,))
+    """
+
+    def __init__(
+        self,
+        kernel=None,
+        noise=None,
+        normalize_y=True,
+        optimizer="lbfgs",
+        max_iter=100,
+        n_restarts=0,
+        random_state=None,
+        verbose=False,
+        device=None,
+    ):
+        self.kernel = kernel
+        self.noise = noise
+        self.normalize_y = normalize_y
+        self.optimizer = optimizer
+        self.max_iter = max_iter
+        self.n_restarts = n_restarts
+        self.random_state = random_state
+        self.verbose = verbose
+        self.device = device
+
+    # -- parameter checks ---------------------------------------------------------------------
+    def _check_params(self) -> torch.device:
+        if self.kernel is not None and not isinstance(self.kernel, gpytorch.kernels.Kernel):
+            raise ValueError(
+                f"kernel must be a gpytorch.kernels.Kernel or None, got {type(self.kernel).__name__}."
+            )
+        if self.noise is not None and (
+            not isinstance(self.noise, numbers.Real) or not math.isfinite(self.noise) or self.noise <= 0
+        ):
+            raise ValueError(f"noise must be a positive float or None (learned), got {self.noise!r}.")
+        if self.optimizer not in ("lbfgs", "adam", None):
+            raise ValueError(f"optimizer must be 'lbfgs', 'adam' or None, got {self.optimizer!r}.")
+        self._check_positive_int("max_iter", self.max_iter, minimum=0)
+        self._check_positive_int("n_restarts", self.n_restarts, minimum=0)
+        return resolve_device(self.device)
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _make_model(self, X: torch.Tensor) -> ExactGP:
+        kernel = default_kernel(X) if self.kernel is None else copy.deepcopy(self.kernel)
+        learn = self.noise is None and self.optimizer is not None
+        model = ExactGP(kernel, noise=0.1 if self.noise is None else float(self.noise), learn_noise=learn)
+        return model.to(dtype=torch.float64, device=X.device)
+
+    def fit(self, X, y):
+        """Fit the GP: learn hyperparameters by maximising the log marginal likelihood.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs (at least two samples).
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Training targets; several columns are independent outputs sharing hyperparameters.
+
+        Returns
+        -------
+        self : GPRegressor
+            The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            Non-finite, complex, string or mismatched input, fewer than two samples, or bad
+            parameters.
+        gpkern.exceptions.NotPSDError
+            If the kernel matrix is not positive definite even with jitter.
+        """
+        device = self._check_params()
+        state = self._validate_train(X, y)
+        Xt = self._tensor(state["X_train_"], device)
+        Yt = self._tensor(state["Y_norm"], device)
+        gen = torch_generator(self.random_state)
+        model = self._make_model(Xt)
+        # Fails loudly, before any state changes, on a kernel that is not PSD at its start.
+        with torch.no_grad():
+            model.log_marginal_likelihood(Xt, Yt)
+
+        n_iter = 0
+        if self.optimizer is not None:
+            scale = float(Yt.numel())
+
+            def loss() -> torch.Tensor:
+                try:
+                    return -model.log_marginal_likelihood(Xt, Yt) / scale
+                except NotPSDError:
+                    return torch.tensor(math.inf, dtype=torch.float64, device=device)
+
+            start = copy.deepcopy(model.state_dict())
+            best_loss, best_state = math.inf, start
+            for restart in range(self.n_restarts + 1):
+                if restart > 0:
+                    model.load_state_dict(start)
+                    with torch.no_grad():
+                        for p in model.parameters():
+                            if p.requires_grad:
+                                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+                value = minimize(
+                    loss,
+                    model.parameters(),
+                    optimizer=self.optimizer,
+                    max_iter=self.max_iter,
+                    verbose=self.verbose,
+                    desc=f"GPRegressor fit {restart + 1}/{self.n_restarts + 1}",
+                )
+                n_iter += self.max_iter
+                if value < best_loss:
+                    best_loss, best_state = value, copy.deepcopy(model.state_dict())
+            model.load_state_dict(best_state)
+
+        posterior = model.posterior(Xt, Yt, warn=True)
+        # log p(y) in original units: the normalisation is a change of variables per column.
+        lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
+        state.update(
+            kernel_=model.kernel,
+            noise_=float(model.noise),
+            jitter_=posterior.jitter,
+            log_marginal_likelihood_value_=lml,
+            n_iter_=n_iter,
+            _model=model,
+            _posterior=posterior,
+            _device=device,
+            _generator_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
+        )
+        self._store(state)
+        return self
+
+    # -- prediction ---------------------------------------------------------------------------
+    def _latent(self, X, full_cov: bool):
+        X = self._validate_test(X)
+        Xs = self._tensor(X, self._device)
+        mean, var = self._posterior.predict(Xs, full_cov=full_cov)
+        return mean.cpu().numpy() * self._y_std + self._y_mean, var.cpu().numpy()
+
+    def predict(self, X, return_std=False, return_cov=False):
+        """Posterior mean of the latent function, optionally with its std or covariance.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        return_std : bool, default=False
+            Also return the posterior standard deviation of :math:`f` (noise excluded).
+        return_cov : bool, default=False
+            Also return the posterior covariance of :math:`f` (noise excluded).
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_queries,) or (n_queries, n_targets)
+        y_std : ndarray of shape (n_queries,) or (n_queries, n_targets), if ``return_std``
+        y_cov : ndarray of shape (n_queries, n_queries) or (n_queries, n_queries, n_targets), if ``return_cov``
+        """
+        if return_std and return_cov:
+            raise ValueError("At most one of return_std or return_cov can be requested.")
+        mean, var = self._latent(X, full_cov=return_cov)
+        mean = self._as_output(mean)
+        if return_std:
+            return mean, self._as_output(np.sqrt(var)[:, None] * self._y_std)
+        if return_cov:
+            cov = var[:, :, None] * self._y_std**2
+            return mean, cov[:, :, 0] if self._y_1d else cov
+        return mean
+
+    def sample_y(self, X, n_samples=1, random_state=0):
+        """Draw joint samples of the latent function from the posterior at ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None, default=0
+            Seeds the draw (as in scikit-learn's ``sample_y``).
+
+        Returns
+        -------
+        y_samples : ndarray of shape (n_queries, n_samples) or (n_queries, n_targets, n_samples)
+        """
+        self._check_positive_int("n_samples", n_samples)
+        mean, cov = self._latent(X, full_cov=True)
+        gen = torch_generator(random_state)
+        L, _ = _sample_factor(torch.as_tensor(cov))
+        z = torch.randn(cov.shape[0], n_samples, generator=gen, dtype=torch.float64)
+        f = (L @ z).numpy()  # (m, s)
+        samples = mean[:, :, None] + f[:, None, :] * self._y_std[None, :, None]
+        return self._as_output(samples)
+
+    def log_marginal_likelihood(self):
+        """Log marginal likelihood of the training targets at the fitted hyperparameters.
+
+        Reported in the units of ``y`` (the normalisation's Jacobian is included), summed over
+        outputs.
+        """
+        check_is_fitted(self)
+        return self.log_marginal_likelihood_value_
+
+    def log_predictive_density(self, X, y):
+        r"""Per-point log density of held-out targets under the posterior predictive.
+
+        .. math::
+
+            \log p(y_* \mid x_*, \mathcal{D}) = \log \mathcal{N}(y_* \mid \mu_*, \sigma_*^2 + \sigma^2)
+
+        in the units of ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        y : array-like of shape (n_queries,) or (n_queries, n_targets)
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_queries,) or (n_queries, n_targets)
+        """
+        Y = _check_targets(self, X, y)
+        mean, var = self._latent(X, full_cov=False)
+        total = (var + self.noise_)[:, None] * self._y_std**2
+        return self._as_output(
+            gaussian_log_density(torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)).numpy()
+        )
+
+
+def _check_targets(est: BaseGPRegressor, X, y) -> np.ndarray:
+    """Validate held-out targets against the fitted output count; returns (m, t)."""
+    est._validate_test(X)
+    y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+    Y = y[:, None] if y.ndim == 1 else y
+    n_out = est._y_mean.shape[0]
+    if Y.shape[1] != n_out or Y.shape[0] != np.shape(X)[0]:
+        raise ValueError(
+            f"y has shape {y.shape} but X has {np.shape(X)[0]} rows and the model has {n_out} "
+            "output(s); pass one target per row of X with the training target's shape."
+        )
+    return Y
+
+
+def _sample_factor(cov: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A factor of a posterior covariance for sampling (it is often singular: jitter silently)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return robust_cholesky(cov, initial_jitter=1e-10, max_tries=10)
+

@@ -1,0 +1,21 @@
+"""Exceptions and warnings raised by gpkern."""
+
+from __future__ import annotations
+
+__all__ = ["NotPSDError", "NumericalWarning", "LowESSWarning"]
+
+
+class NotPSDError(ValueError):
+    """A matrix that must be positive definite is not, even after adding jitter.
+
+    Subclasses :class:`ValueError` so that scikit-learn style callers that catch
+    ``ValueError`` for bad input also catch a kernel that is not positive semi-definite.
+    """
+
+
+class NumericalWarning(RuntimeWarning):
+    """A numerical safeguard was used (for example jitter was added to a kernel matrix)."""
+
+
+class LowESSWarning(RuntimeWarning):
+    """An importance sampler's effective sample size is low; its estimates may be unreliable."""

@@ -1,0 +1,1 @@
+"""Infinite-width network kernels (NNGP and NTK)."""

@@ -1,0 +1,1 @@
+"""Linear algebra: the dense twin (Cholesky) and the structured backends."""

@@ -1,0 +1,1 @@
+"""Probabilistic models on torch tensors (no numpy, no scikit-learn)."""

@@ -1,0 +1,170 @@
+"""Exact Gaussian-likelihood GP regression on dense kernel matrices.
+
+The model is a :class:`torch.nn.Module` holding a GPyTorch kernel and a Gaussian noise
+variance; it maps training tensors to a log marginal likelihood and to a
+:class:`ExactPosterior` that predicts. Tensors only: validation and numpy live in
+:mod:`gpkern.estimators`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gpytorch
+import torch
+
+from gpkern.linalg.cholesky import cholesky_logdet, gaussian_log_likelihood, robust_cholesky
+
+__all__ = ["ExactGP", "ExactPosterior", "gaussian_log_density"]
+
+
+def gaussian_log_density(
+    y: torch.Tensor,  # (m, t)
+    mean: torch.Tensor,  # (m, t)
+    var: torch.Tensor,  # (m, t) or (m, 1)
+) -> torch.Tensor:  # (m, t)
+    r"""Element-wise :math:`\log \mathcal{N}(y \mid \mu, \sigma^2)`."""
+    return -0.5 * ((y - mean) ** 2 / var + var.log() + math.log(2 * math.pi))
+
+
+class ExactGP(torch.nn.Module):
+    r"""Zero-mean GP prior with Gaussian observation noise.
+
+    .. math::
+
+        f \sim \mathcal{GP}(0, k), \qquad y_i = f(x_i) + \varepsilon_i, \quad
+        \varepsilon_i \sim \mathcal{N}(0, \sigma^2)
+
+    Outputs are the columns of ``Y``: independent draws sharing ``k`` and :math:`\sigma^2`.
+
+    Parameters
+    ----------
+    kernel : gpytorch.kernels.Kernel
+        Covariance function :math:`k`.
+    noise : float, default=0.1
+        Initial (or fixed) noise variance :math:`\sigma^2`.
+    learn_noise : bool, default=True
+        Whether :math:`\sigma^2` is a trainable parameter.
+    noise_lower_bound : float, default=1e-6
+        Lower bound of the noise constraint (a GPyTorch ``GreaterThan`` on the raw value).
+
+    Examples
+    --------
+    >>> import torch, gpytorch
+    >>> from gpkern.models.exact import ExactGP
+    >>> X = torch.linspace(0, 1, 20, dtype=torch.float64)[:, None]
+    >>> Y = torch.sin(6 * X)
+    >>> gp = ExactGP(gpytorch.kernels.RBFKernel()).double()
+    >>> post = gp.posterior(X, Y)
+    >>> mean, var = post.predict(X)
+    >>> mean.shape, var.shape
+    (torch.Size([20, 1]), torch.Size([20]))
+    """
+
+    def __init__(
+        self,
+        kernel: gpytorch.kernels.Kernel,
+        noise: float = 0.1,
+        learn_noise: bool = True,
+        noise_lower_bound: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if not noise > 0:
+            raise ValueError(f"noise must be > 0, got {noise!r}.")
+        self.kernel = kernel
+        self._init_noise(noise, learn_noise, noise_lower_bound)
+
+    def _init_noise(self, noise: float, learn: bool, lower: float) -> None:
+        self.noise_constraint = gpytorch.constraints.GreaterThan(lower)
+        raw = self.noise_constraint.inverse_transform(torch.tensor(max(noise, lower * 1.0001)))
+        self.raw_noise = torch.nn.Parameter(raw.to(torch.get_default_dtype()), requires_grad=learn)
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """Noise variance :math:`\\sigma^2` (scalar tensor)."""
+        return self.noise_constraint.transform(self.raw_noise)
+
+    def covariance(self, X: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, n)
+        """:math:`K_{XX} + \\sigma^2 I` as a dense matrix."""
+        K = self.kernel(X).to_dense()
+        return K + self.noise * torch.eye(X.shape[0], dtype=K.dtype, device=K.device)
+
+    def log_marginal_likelihood(
+        self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = False
+    ) -> torch.Tensor:  # (n, d), (n, t) -> ()
+        r"""Exact log marginal likelihood, summed over outputs.
+
+        .. math::
+
+            \log p(Y) = \sum_{j} -\tfrac12 y_j^\top (K + \sigma^2 I)^{-1} y_j
+                - \tfrac12 \log|K + \sigma^2 I| - \tfrac{n}{2}\log 2\pi
+        """
+        L, _ = robust_cholesky(self.covariance(X), warn=warn)
+        return gaussian_log_likelihood(L, Y)[0]
+
+    def posterior(self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = True) -> ExactPosterior:
+        """Condition on ``(X, Y)``; the result predicts at new inputs without refactorising."""
+        with torch.no_grad():
+            L, jitter = robust_cholesky(self.covariance(X), warn=warn)
+            lml, alpha = gaussian_log_likelihood(L, Y)
+        return ExactPosterior(
+            self.kernel, X, L, alpha, float(self.noise.detach()), jitter, float(lml)
+        )
+
+
+class ExactPosterior:
+    r"""GP posterior given a Cholesky factor :math:`L L^\top = K_{XX} + \sigma^2 I`.
+
+    .. math::
+
+        \mu(x_*) = k_{*X} \alpha, \quad \alpha = (K_{XX} + \sigma^2 I)^{-1} Y, \qquad
+        \operatorname{cov}(f_*) = K_{**} - k_{*X} (K_{XX} + \sigma^2 I)^{-1} k_{X*}
+
+    Attributes
+    ----------
+    jitter : float
+        Jitter that was added to the diagonal to factorise (0 when none).
+    log_marginal_likelihood : float
+        Log marginal likelihood of the conditioning data.
+    """
+
+    def __init__(self, kernel, X, L, alpha, noise: float, jitter: float, lml: float) -> None:
+        self.kernel = kernel
+        self.X = X
+        self.L = L
+        self.alpha = alpha
+        self.noise = noise
+        self.jitter = jitter
+        self.log_marginal_likelihood = lml
+
+    @torch.no_grad()
+    def predict(
+        self,
+        Xs: torch.Tensor,  # (m, d)
+        *,
+        full_cov: bool = False,
+        batch_size: int = 4096,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (m, t), (m,) or (m, m)
+        """Posterior mean of ``f`` and its variance (or full covariance) at ``Xs``.
+
+        Test points are processed in batches of ``batch_size`` so that memory is
+        :math:`O(n \\cdot \\text{batch\\_size})` when only variances are requested.
+        """
+        if full_cov:
+            Ks = self.kernel(Xs, self.X).to_dense()
+            V = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
+            cov = self.kernel(Xs).to_dense() - V.T @ V
+            return Ks @ self.alpha, cov
+        means, variances = [], []
+        for start in range(0, Xs.shape[0], batch_size):
+            xb = Xs[start : start + batch_size]
+            Ks = self.kernel(xb, self.X).to_dense()
+            V = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
+            prior_var = self.kernel(xb, diag=True)
+            prior_var = prior_var.to_dense() if hasattr(prior_var, "to_dense") else prior_var
+            means.append(Ks @ self.alpha)
+            variances.append((prior_var - (V * V).sum(0)).clamp_min(0.0))
+        return torch.cat(means), torch.cat(variances)
+
+    def logdet(self) -> torch.Tensor:
+        return cholesky_logdet(self.L)
