@@ -16,7 +16,9 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
 from gpkern.exceptions import NotPSDError
 from gpkern.linalg.cholesky import robust_cholesky
+from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP, gaussian_log_density
+from gpkern.models.iterative import IterativeGP, IterativeSettings
 from gpkern.models.training import minimize
 
 __all__ = ["GPRegressor", "default_kernel"]
@@ -78,6 +80,15 @@ class GPRegressor(BaseGPRegressor):
         Show a progress bar while optimising.
     device : str or torch.device, optional
         Torch device to compute on; ``None`` uses the CPU.
+    backend : {"auto", "dense", "keops"}, default="auto"
+        Linear algebra (:mod:`gpkern.linalg.dispatch`): ``"dense"`` Cholesky, or ``"keops"``:
+        preconditioned CG and stochastic Lanczos on a KeOps kernel operator, memory linear in
+        ``n_samples`` (:mod:`gpkern.models.iterative`). ``"auto"`` uses dense up to
+        ``gpkern.linalg.dispatch.DENSE_MAX_N`` samples. Without a working pykeops the KeOps path
+        warns and runs on a chunked torch operator.
+    backend_options : dict, optional
+        Fields of :class:`gpkern.models.iterative.IterativeSettings` (CG tolerances, probes,
+        preconditioner rank, prediction batch size) for the iterative backends.
 
     Attributes
     ----------
@@ -120,6 +131,8 @@ class GPRegressor(BaseGPRegressor):
         random_state=None,
         verbose=False,
         device=None,
+        backend="auto",
+        backend_options=None,
     ):
         self.kernel = kernel
         self.noise = noise
@@ -130,6 +143,8 @@ class GPRegressor(BaseGPRegressor):
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
+        self.backend = backend
+        self.backend_options = backend_options
 
     # -- parameter checks ---------------------------------------------------------------------
     def _check_params(self) -> torch.device:
@@ -145,13 +160,27 @@ class GPRegressor(BaseGPRegressor):
             raise ValueError(f"optimizer must be 'lbfgs', 'adam' or None, got {self.optimizer!r}.")
         self._check_positive_int("max_iter", self.max_iter, minimum=0)
         self._check_positive_int("n_restarts", self.n_restarts, minimum=0)
+        if self.backend not in ("auto", "dense", "keops"):
+            raise ValueError(f"backend must be 'auto', 'dense' or 'keops', got {self.backend!r}.")
+        if self.backend_options is not None and not isinstance(self.backend_options, dict):
+            raise ValueError(f"backend_options must be a dict or None, got {type(self.backend_options).__name__}.")
+        try:
+            IterativeSettings(**(self.backend_options or {}))
+        except TypeError as exc:
+            raise ValueError(f"backend_options: {exc}; see gpkern.models.iterative.IterativeSettings.") from exc
         return resolve_device(self.device)
 
     # -- fitting ------------------------------------------------------------------------------
     def _make_model(self, X: torch.Tensor) -> ExactGP:
         kernel = default_kernel(X) if self.kernel is None else copy.deepcopy(self.kernel)
         learn = self.noise is None and self.optimizer is not None
-        model = ExactGP(kernel, noise=0.1 if self.noise is None else float(self.noise), learn_noise=learn)
+        noise = 0.1 if self.noise is None else float(self.noise)
+        kind = choose_backend(X.shape[0], kernel, self.backend)
+        if kind != "dense":
+            settings = IterativeSettings(**(self.backend_options or {}))
+            model = IterativeGP(kernel, noise=noise, learn_noise=learn, settings=settings, backend=kind, verbose=self.verbose)
+            return model.to(dtype=torch.float64, device=X.device)
+        model = ExactGP(kernel, noise=noise, learn_noise=learn)
         return model.to(dtype=torch.float64, device=X.device)
 
     def fit(self, X, y):
@@ -184,8 +213,9 @@ class GPRegressor(BaseGPRegressor):
         gen = torch_generator(self.random_state)
         model = self._make_model(Xt)
         # Fails loudly, before any state changes, on a kernel that is not PSD at its start.
-        with torch.no_grad():
-            model.log_marginal_likelihood(Xt, Yt)
+        if not getattr(model, "iterative", False):  # (CG cannot tell; one check costs a full solve)
+            with torch.no_grad():
+                model.log_marginal_likelihood(Xt, Yt)
 
         n_iter = 0
         if self.optimizer is not None:

@@ -1,0 +1,329 @@
+"""KeOps backend: kernel matvec, fit + predict, memory, against GPyTorch's KeOps kernels and dense torch.
+
+Every configuration runs in its own subprocess (``--worker``), which reports wall time, peak
+resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, Python, torch
+and pykeops included) and held-out RMSE, so memory figures never mix.  gpkern and GPyTorch
+configurations alternate so both see the same machine load.  KeOps compiles into a cache folder
+private to this benchmark, warmed by a small run of every configuration first, so compile time is
+not counted.
+
+Data: y = sin(2 x_1) cos(x_2) + 0.5 x_3 + 0.1 noise, x uniform in [-3, 3]^3, 2,000 held-out
+points.  Kernel: ScaleKernel(RBF, ARD).  Same linear_operator settings for both libraries
+(CG tolerance, probe vectors, Lanczos iterations, pivoted-Cholesky preconditioner rank), Adam
+(lr 0.05) on the exact marginal likelihood, normalised targets.  The "fit" at 50k and 100k
+points conditions at fixed hyperparameters (learned at 10k) because one marginal-likelihood
+gradient at 100k costs ~20 reductions of 100k x 100k on this CPU; see the results file.
+
+Run:  /work/main/.venv/bin/python benchmarks/bench_keops.py [--quick]
+Writes benchmarks/results/keops.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+D = 3
+N_TEST = 2000
+TRAIN = dict(cg_tol=0.01, max_cg_iter=100, num_probes=15, lanczos_iter=10, preconditioner_rank=32)
+EVAL = dict(eval_cg_tol=0.01, max_eval_cg_iter=50, variance_directions=8, batch_size=2000)
+
+
+def make_data(n: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-3, 3, (n + N_TEST, D))
+    f = np.sin(2 * X[:, 0]) * np.cos(X[:, 1]) + 0.5 * X[:, 2]
+    y = f + 0.1 * rng.standard_normal(n + N_TEST)
+    return X[:n], y[:n], X[n:], f[n:]
+
+
+def _settings(train: bool):
+    import gpytorch
+    import linear_operator
+
+    from gpkern.models.iterative import IterativeSettings
+
+    cfg = IterativeSettings(**TRAIN, **EVAL)
+    ctx = [*cfg.context().contexts]
+    if not train:
+        ctx += [
+            gpytorch.settings.eval_cg_tolerance(EVAL["eval_cg_tol"]),
+            linear_operator.settings.cg_tolerance(EVAL["eval_cg_tol"]),
+            gpytorch.settings.max_root_decomposition_size(TRAIN["preconditioner_rank"] + EVAL["variance_directions"]),
+        ]
+    return ctx
+
+
+class _Many:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def __enter__(self):
+        for c in self.ctx:
+            c.__enter__()
+
+    def __exit__(self, *a):
+        for c in reversed(self.ctx):
+            c.__exit__(*a)
+
+
+def worker(cfg: dict) -> dict:
+    import resource
+
+    import numpy as np
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    sys.path.insert(0, ROOT)
+    import gpytorch
+
+    n, lib, task = cfg["n"], cfg["lib"], cfg["task"]
+    X, y, Xt, ft = make_data(n)
+    out = {}
+    t0 = time.perf_counter()
+    if task == "matvec":
+        Xq = torch.as_tensor(X)
+        V = torch.randn(n, 16, generator=torch.Generator().manual_seed(0))
+        kern = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=D)).double()
+        with torch.no_grad():
+            if lib == "gpkern":
+                from gpkern.linalg.keops import kernel_operator
+
+                op = kernel_operator(kern, Xq, backend="keops")
+                t0 = time.perf_counter()
+                r = op._matmul(V)
+            elif lib == "gpytorch":
+                kg = gpytorch.kernels.ScaleKernel(gpytorch.kernels.keops.RBFKernel(ard_num_dims=D)).double()
+                kg.load_state_dict(kern.state_dict())
+                t0 = time.perf_counter()
+                r = kg(Xq) @ V
+            else:
+                t0 = time.perf_counter()
+                r = kern(Xq).to_dense() @ V
+        out["checksum"] = float(r[:5].sum())
+    elif task in ("fit", "condition", "nngp"):
+        if lib == "gpkern":
+            out.update(_fit_gpkern(cfg, X, y, Xt, ft))
+        elif lib == "gpytorch":
+            out.update(_fit_gpytorch(cfg, X, y, Xt, ft))
+        else:
+            from gpkern.estimators import GPRegressor
+
+            gp = GPRegressor(optimizer="adam", max_iter=cfg["iters"], backend="dense").fit(X, y)
+            mean, std = gp.predict(Xt, return_std=True)
+            out["rmse"] = float(np.sqrt(np.mean((mean - ft) ** 2)))
+    out["time_s"] = time.perf_counter() - t0
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
+def _fit_gpkern(cfg, X, y, Xt, ft):
+    import numpy as np
+    import gpytorch
+
+    from gpkern.estimators import GPRegressor
+    from gpkern.linalg.keops import DenseNetworkKernel
+
+    opts = {**TRAIN, **EVAL}
+    if cfg["task"] == "nngp":
+        kernel = gpytorch.kernels.ScaleKernel(
+            DenseNetworkKernel([("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5)], D)
+        )
+        gp = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops", backend_options=opts)
+    elif cfg["task"] == "condition":
+        kernel, noise = _learned(cfg)
+        gp = GPRegressor(kernel=kernel, noise=noise, optimizer=None, backend="keops", backend_options=opts)
+    else:
+        gp = GPRegressor(optimizer="adam", max_iter=cfg["iters"], backend="keops", backend_options=opts)
+    gp.fit(X, y)
+    mean, std = gp.predict(Xt, return_std=True)
+    return {"rmse": float(np.sqrt(np.mean((mean - ft) ** 2))), "mean_std": float(std.mean()), "cg_iter": gp._posterior.n_iter}
+
+
+def _learned(cfg):
+    import gpytorch
+    import torch
+
+    p = cfg["learned"]
+    k = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=D)).double()
+    k.base_kernel.lengthscale = torch.tensor(p["lengthscale"])
+    k.outputscale = torch.tensor(p["outputscale"])
+    return k, p["noise"]
+
+
+def _fit_gpytorch(cfg, X, y, Xt, ft):
+    import gpytorch
+    import numpy as np
+    import torch
+
+    Xq, Xtq = torch.as_tensor(X), torch.as_tensor(Xt)
+    mu, sd = y.mean(), y.std()
+    yq = torch.as_tensor((y - mu) / sd)
+
+    class Model(gpytorch.models.ExactGP):
+        def __init__(self):
+            lik = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=gpytorch.constraints.GreaterThan(1e-6))
+            super().__init__(Xq, yq, lik)
+            self.covar = gpytorch.kernels.ScaleKernel(gpytorch.kernels.keops.RBFKernel(ard_num_dims=D))
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(torch.zeros(x.shape[0], dtype=x.dtype), self.covar(x))
+
+    model = Model().double()
+    if cfg["task"] == "condition":
+        p = cfg["learned"]
+        model.covar.base_kernel.lengthscale = torch.tensor(p["lengthscale"])
+        model.covar.outputscale = torch.tensor(p["outputscale"])
+        model.likelihood.noise = torch.tensor(p["noise"])
+    else:
+        model.covar.base_kernel.lengthscale = Xq.std(0).view(1, D)
+        model.covar.outputscale = 1.0
+        model.likelihood.noise = 0.1
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        model.train()
+        with _Many(_settings(True)):
+            for i in range(cfg["iters"]):
+                torch.manual_seed(i)
+                opt.zero_grad()
+                loss = -mll(model(Xq), yq)
+                loss.backward()
+                opt.step()
+    model.eval()
+    with torch.no_grad(), _Many(_settings(False)), gpytorch.settings.fast_pred_var():
+        pred = model(Xtq)
+        mean = pred.mean.numpy() * sd + mu
+        std = pred.variance.clamp_min(0).sqrt().numpy() * sd
+    learned = {
+        "lengthscale": model.covar.base_kernel.lengthscale.detach().tolist(),
+        "outputscale": float(model.covar.outputscale),
+        "noise": float(model.likelihood.noise),
+    }
+    return {"rmse": float(np.sqrt(np.mean((mean - ft) ** 2))), "mean_std": float(std.mean()), "learned": learned}
+
+
+def run(cfg: dict, cache: str, timeout: float) -> dict:
+    env = dict(os.environ, KEOPS_CACHE_FOLDER=cache, PYTHONPATH=ROOT)
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(cfg)],
+            capture_output=True, text=True, env=env, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run at small n")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "keops.md"))
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+
+    sizes = [2000, 4000] if args.quick else [10_000, 50_000, 100_000]
+    fit_iters = 2 if args.quick else 3
+    timeout = 600.0
+    cache = tempfile.mkdtemp(prefix="gpkern-bench-keops-")
+    start = time.time()
+    load_before = os.getloadavg()
+    # Warm the KeOps cache (compilation is per formula and right-hand-side width, not per n).
+    for lib in ("gpkern", "gpytorch"):
+        run({"n": 500, "lib": lib, "task": "matvec"}, cache, timeout)
+        run({"n": 500, "lib": lib, "task": "fit", "iters": 1}, cache, timeout)
+    run({"n": 500, "lib": "gpkern", "task": "nngp"}, cache, timeout)
+
+    rows = []
+
+    def record(task, n, lib, res, note=""):
+        rows.append({"task": task, "n": n, "lib": lib, **res, "note": note})
+        print(task, n, lib, res, flush=True)
+
+    for n in sizes:
+        for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
+            record("matvec (16 rhs)", n, lib, run({"n": n, "lib": lib, "task": "matvec"}, cache, timeout))
+    learned = None
+    n0 = sizes[0]
+    for lib in ("gpkern", "gpytorch") + (("dense",) if n0 <= 10_000 else ()):
+        res = run({"n": n0, "lib": lib, "task": "fit", "iters": fit_iters}, cache, timeout)
+        learned = res.pop("learned", learned)
+        record(f"fit ({fit_iters} Adam steps) + predict", n0, lib, res)
+    if learned is not None:
+        for n in sizes[1:]:
+            for lib in ("gpkern", "gpytorch"):
+                res = run({"n": n, "lib": lib, "task": "condition", "learned": learned}, cache, timeout)
+                res.pop("learned", None)
+                record("condition (hyperparameters from n0) + predict", n, lib, res)
+    for n in sizes[-1:]:
+        record("NNGP (2 ReLU layers) condition + predict", n, "gpkern", run({"n": n, "lib": "gpkern", "task": "nngp"}, cache, timeout))
+
+    write_table(rows, args, start, load_before)
+
+
+def write_table(rows, args, start, load_before) -> None:
+    import torch
+
+    by = {}
+    for r in rows:
+        by[(r["task"], r["n"], r["lib"])] = r
+    lines = [
+        "# KeOps backend benchmark",
+        "",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core CPU, shared "
+        f"with other engineers' jobs (load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after); "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, no GPU. "
+        f"Total benchmark time {time.time() - start:.0f} s{' (--quick)' if args.quick else ''}.",
+        "",
+        f"Settings (both libraries): {TRAIN}; conditioning {EVAL}. float64, D = {D}, {N_TEST} held-out points, "
+        "ScaleKernel(RBF ARD). Peak memory is the whole process's ru_maxrss (Python + torch + pykeops "
+        "baseline included). RMSE is against the noise-free function.",
+        "",
+        "| task | n | gpkern time (s) | GPyTorch KeOps time (s) | ratio GPyTorch/gpkern | dense time (s) | gpkern peak MB | GPyTorch peak MB | dense peak MB | gpkern RMSE | GPyTorch RMSE | dense RMSE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    seen = []
+    for r in rows:
+        key = (r["task"], r["n"])
+        if key in seen:
+            continue
+        seen.append(key)
+        g, p, d = (by.get((*key, lib), {}) for lib in ("gpkern", "gpytorch", "dense"))
+
+        def f(res, name, fmt="{:.2f}"):
+            if not res:
+                return "—"
+            if "error" in res:
+                return res["error"][:40]
+            return fmt.format(res[name]) if name in res else "—"
+
+        ratio = f"{p['time_s'] / g['time_s']:.2f}" if "time_s" in g and "time_s" in p else "—"
+        lines.append(
+            f"| {key[0]} | {key[1]:,} | {f(g, 'time_s')} | {f(p, 'time_s')} | {ratio} | {f(d, 'time_s')} | "
+            f"{f(g, 'peak_mb', '{:.0f}')} | {f(p, 'peak_mb', '{:.0f}')} | {f(d, 'peak_mb', '{:.0f}')} | "
+            f"{f(g, 'rmse', '{:.4f}')} | {f(p, 'rmse', '{:.4f}')} | {f(d, 'rmse', '{:.4f}')} |"
+        )
+    lines += ["", "Raw rows:", "", "```", *[json.dumps(r) for r in rows], "```", ""]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

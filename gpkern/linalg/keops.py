@@ -1,0 +1,757 @@
+r"""KeOps kernel formulas, and kernel matrices as linear operators with memory linear in n.
+
+A kernel matrix :math:`K_{ij} = k(x_i, x'_j)` is never stored: a *formula* describes
+:math:`k` symbolically and a reduction computes :math:`K V` (many right-hand sides at once),
+the diagonal, or single rows on demand.  The same formula code runs on three kinds of operands:
+
+* pykeops ``LazyTensor`` pairs :math:`(x_i, x'_j)` — compiled map-reduce, :math:`O(n + m)` memory;
+* broadcast torch tensors of shape ``(n, 1, d)`` and ``(1, m, d)`` — the dense twin, used by the
+  chunked torch fallback (row blocks, recomputed in the backward pass) and by the tests;
+* paired torch rows of shape ``(n, d)`` and ``(n, d)`` — the diagonal and individual entries.
+
+All hyperparameters of a formula live in ONE flat vector :math:`\theta` (a KeOps parameter), so
+the backward pass of a reduction is a single extra reduction however many hyperparameters there
+are.  Formulas exist for GPyTorch's RBF, Matérn (:math:`\nu = 1/2, 3/2, 5/2`), periodic,
+rational-quadratic and spectral-mixture kernels (ARD length-scales, ``active_dims``),
+``ScaleKernel``, sums and products of kernels, and for the NNGP / NTK of dense networks
+(:class:`DenseNetworkKernel`), which are functions of :math:`x \cdot x'`, :math:`|x|^2` and
+:math:`|x'|^2` through the layer recursion.
+
+:class:`KernelOperator` wraps a formula as a :class:`linear_operator.LinearOperator`, so
+GPyTorch's preconditioned CG, stochastic Lanczos quadrature and pivoted Cholesky work on it
+unchanged (see :mod:`gpkern.models.iterative`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import gpytorch
+import torch
+from linear_operator.operators import LinearOperator
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "KeOpsCompileError",
+    "KernelFormula",
+    "KernelOperator",
+    "DenseNetworkKernel",
+    "kernel_formula",
+    "kernel_operator",
+    "sq_dist",
+    "rbf",
+    "matern",
+    "rational_quadratic",
+    "periodic",
+    "spectral_mixture",
+    "dense_network",
+]
+
+#: Right-hand sides are padded to one of these widths (then split in blocks of the largest), so
+#: a formula compiles a handful of times instead of once per column count.
+RHS_WIDTHS = (1, 16)
+
+
+#: Set once a KeOps reduction failed in this process: later operators go straight to torch.
+FALLBACK = {"active": False}
+
+
+class KeOpsCompileError(RuntimeError):
+    """pykeops is missing, or could not compile or run a reduction."""
+
+
+# -----------------------------------------------------------------------------------------------
+# Operands: the same formula code for pykeops LazyTensors and for broadcast torch tensors.
+# -----------------------------------------------------------------------------------------------
+def _is_lazy(t: Any) -> bool:
+    return type(t).__name__ in ("LazyTensor", "GenericLazyTensor", "ComplexLazyTensor")
+
+
+def _elem(t, k: int):
+    """Entry ``k`` of the feature (last) axis."""
+    return t[k] if _is_lazy(t) else t[..., k]
+
+
+def _select(t, dims: Sequence[int]):
+    """Features ``dims`` of the last axis (``active_dims``)."""
+    dims = [int(d) for d in dims]
+    if not _is_lazy(t):
+        return t[..., dims]
+    if dims == list(range(dims[0], dims[0] + len(dims))):
+        return t[dims[0] : dims[0] + len(dims)]
+    out = t[dims[0]]
+    for d in dims[1:]:
+        out = out.concat(t[d])
+    return out
+
+
+def _sqrt(t):
+    # KeOps defines d sqrt(0) = 0 (rsqrt(0) = 0); torch needs a floor so that the gradient of a
+    # distance at r = 0 (the diagonal) is 0 instead of 0 * inf = nan.
+    return t.sqrt() if _is_lazy(t) else t.clamp_min(1e-30).sqrt()
+
+
+def _clamp(t, low: float, high: float):
+    return t.clamp(low, high)
+
+
+# -----------------------------------------------------------------------------------------------
+# Parameter-level formulas (public): functions of operands and hyperparameter slices.
+# -----------------------------------------------------------------------------------------------
+def sq_dist(xi, xj, inv_lengthscale):
+    r"""Scaled squared distance :math:`r^2 = \sum_d (x_d - x'_d)^2 / \ell_d^2`.
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands of shape ``(n, 1, d)`` and ``(1, m, d)`` (or paired ``(n, d)``, ``(n, d)``).
+    inv_lengthscale : LazyTensor or torch.Tensor
+        :math:`1/\ell`, of size ``d`` or 1.
+
+    Returns
+    -------
+    r2 : LazyTensor or torch.Tensor of shape ``(n, m)`` (or ``(n,)`` when paired)
+    """
+    return (((xi - xj) * inv_lengthscale) ** 2).sum(-1)
+
+
+def rbf(r2):
+    r"""Squared-exponential kernel :math:`k = \exp(-r^2/2)` of a scaled squared distance."""
+    return (r2 * -0.5).exp()
+
+
+def matern(r2, nu: float):
+    r"""Matérn kernel of a scaled squared distance, :math:`\nu \in \{1/2, 3/2, 5/2\}`.
+
+    .. math::
+
+        k_{1/2} = e^{-r}, \quad k_{3/2} = (1 + \sqrt3 r) e^{-\sqrt3 r}, \quad
+        k_{5/2} = (1 + \sqrt5 r + \tfrac53 r^2) e^{-\sqrt5 r}
+    """
+    r = _sqrt(r2)
+    if nu == 0.5:
+        return (-r).exp()
+    if nu == 1.5:
+        s = r * math.sqrt(3.0)
+        return (s + 1.0) * (-s).exp()
+    if nu == 2.5:
+        s = r * math.sqrt(5.0)
+        return (s + r2 * (5.0 / 3.0) + 1.0) * (-s).exp()
+    raise ValueError(f"nu must be 0.5, 1.5 or 2.5, got {nu!r}.")
+
+
+def rational_quadratic(r2, alpha):
+    r"""Rational-quadratic kernel :math:`k = (1 + r^2 / (2\alpha))^{-\alpha}`.
+
+    Written as :math:`\exp(-\alpha \log(1 + r^2/(2\alpha)))` so that :math:`\alpha` may be a
+    KeOps parameter.
+    """
+    return (((r2 / (alpha * 2.0)) + 1.0).log() * -alpha).exp()
+
+
+def periodic(xi, xj, pi_over_period, inv_lengthscale):
+    r"""GPyTorch's periodic kernel.
+
+    .. math::
+
+        k = \exp\Big(-2 \sum_d \sin^2\big(\pi (x_d - x'_d) / p_d\big) / \ell_d\Big)
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands, see :func:`sq_dist`.
+    pi_over_period : LazyTensor or torch.Tensor
+        :math:`\pi / p` (size ``d`` or 1).
+    inv_lengthscale : LazyTensor or torch.Tensor
+        :math:`1 / \ell` (size ``d`` or 1; GPyTorch divides by :math:`\ell`, not :math:`\ell^2`).
+    """
+    s = ((xi - xj) * pi_over_period).sin()
+    return ((s * s * inv_lengthscale).sum(-1) * -2.0).exp()
+
+
+def spectral_mixture(xi, xj, weights: Sequence, scales: Sequence, means: Sequence, n_dims: int):
+    r"""GPyTorch's spectral mixture kernel (Wilson & Adams, 2013), as GPyTorch computes it.
+
+    GPyTorch sums the mixture in each dimension and multiplies over dimensions:
+
+    .. math::
+
+        k(\tau) = \prod_{d=1}^D \sum_{q=1}^Q w_q \exp(-2\pi^2 \tau_d^2 s_{qd}^2)
+            \cos(2\pi \tau_d \mu_{qd}), \qquad \tau = x - x'
+
+    (for :math:`D = 1` this is the original spectral mixture).
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands, see :func:`sq_dist`.
+    weights : sequence of Q scalars (LazyTensor or tensor of size 1)
+    scales, means : sequence of Q vectors of size ``n_dims``
+    n_dims : int
+    """
+    tau = xi - xj
+    terms = []
+    for w, s, mu in zip(weights, scales, means):
+        envelope = ((tau * s) ** 2 * (-2.0 * math.pi**2)).exp()
+        terms.append(envelope * (tau * mu * (2.0 * math.pi)).cos() * w)
+    per_dim = terms[0]
+    for term in terms[1:]:
+        per_dim = per_dim + term
+    total = _elem(per_dim, 0)
+    for d in range(1, n_dims):
+        total = total * _elem(per_dim, d)
+    return total
+
+
+_ACTIVATIONS = ("relu", "abrelu", "leaky_relu", "erf")
+
+
+def _arccos_terms(k12, k11, k22, eps: float):
+    norm = _sqrt(k11 * k22)
+    cos = _clamp(k12 / norm, -1.0 + eps, 1.0 - eps)
+    theta = cos.acos()
+    return norm, cos, theta
+
+
+def dense_network(xi, xj, layers: Sequence[tuple], n_features: int, ntk: bool = False, eps: float = 1e-12):
+    r"""NNGP (or NTK) of a fully connected network through the layer recursion.
+
+    The state is the covariance of pre-activations at :math:`x`, :math:`x'`:
+    :math:`\Sigma_{12}` (a pair quantity) and :math:`\Sigma_{11}, \Sigma_{22}` (per point), starting
+    from :math:`\Sigma_{12} = x \cdot x' / d`, :math:`\Sigma_{11} = |x|^2/d`,
+    :math:`\Sigma_{22} = |x'|^2/d`.  A dense layer maps
+    :math:`\Sigma \mapsto \sigma_w^2 \Sigma + \sigma_b^2` and
+    :math:`\Theta \mapsto \sigma_w^2 \Theta + \Sigma_{\text{new}}`; an activation :math:`\phi`
+    maps :math:`\Sigma \mapsto E[\phi(u)\phi(v)]`,
+    :math:`\Theta \mapsto \Theta\, E[\phi'(u)\phi'(v)]` for
+    :math:`(u, v) \sim \mathcal N(0, [[\Sigma_{11}, \Sigma_{12}], [\Sigma_{12}, \Sigma_{22}]])`.
+    With :math:`\cos\vartheta = \Sigma_{12}/\sqrt{\Sigma_{11}\Sigma_{22}}` and
+    :math:`\phi(z) = b\max(z, 0) + a\min(z, 0)` (ReLU: :math:`a=0, b=1`; leaky ReLU: :math:`b=1`):
+
+    .. math::
+
+        E[\phi\phi] = (a^2 + b^2) \tfrac{\sqrt{\Sigma_{11}\Sigma_{22}}}{2\pi}
+            \big(\sin\vartheta + (\pi - \vartheta)\cos\vartheta\big)
+            - 2ab \tfrac{\sqrt{\Sigma_{11}\Sigma_{22}}}{2\pi}(\sin\vartheta - \vartheta\cos\vartheta),
+        \quad E[\phi'\phi'] = \frac{(a^2 + b^2)(\pi - \vartheta) + 2ab\,\vartheta}{2\pi}
+
+    and for :math:`\phi = \operatorname{erf}`:
+
+    .. math::
+
+        E[\phi\phi] = \tfrac{2}{\pi}\arcsin\frac{2\Sigma_{12}}{\sqrt{(1 + 2\Sigma_{11})(1 + 2\Sigma_{22})}},
+        \quad E[\phi'\phi'] = \frac{4}{\pi\sqrt{(1 + 2\Sigma_{11})(1 + 2\Sigma_{22}) - 4\Sigma_{12}^2}}.
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands, see :func:`sq_dist`.
+    layers : sequence of tuples
+        ``("dense", weight_std, bias_std)``, ``("relu",)``, ``("abrelu", a, b)``,
+        ``("leaky_relu", slope)``, ``("erf",)``, applied in order (neural-tangents conventions).
+    n_features : int
+        Input dimension :math:`d`.
+    ntk : bool, default=False
+        Return the NTK instead of the NNGP kernel.
+    eps : float, default=1e-12
+        :math:`\cos\vartheta` is clamped to :math:`[-1 + \epsilon, 1 - \epsilon]` so that
+        :math:`\arccos` stays differentiable on the diagonal.
+    """
+    k12 = (xi * xj).sum(-1) * (1.0 / n_features)
+    k11 = (xi * xi).sum(-1) * (1.0 / n_features)
+    k22 = (xj * xj).sum(-1) * (1.0 / n_features)
+    theta_ntk = None
+    for layer in layers:
+        kind = layer[0]
+        if kind == "dense":
+            w2, b2 = float(layer[1]) ** 2, float(layer[2]) ** 2
+            k12, k11, k22 = k12 * w2 + b2, k11 * w2 + b2, k22 * w2 + b2
+            if ntk:
+                theta_ntk = k12 if theta_ntk is None else theta_ntk * w2 + k12
+        elif kind in ("relu", "abrelu", "leaky_relu"):
+            if kind == "relu":
+                a, b = 0.0, 1.0
+            elif kind == "leaky_relu":
+                a, b = float(layer[1]), 1.0
+            else:
+                a, b = float(layer[1]), float(layer[2])
+            norm, cos, theta = _arccos_terms(k12, k11, k22, eps)
+            sin = _sqrt(1.0 - cos * cos)
+            pos = (sin + (math.pi - theta) * cos) * norm * (1.0 / (2 * math.pi))
+            new12 = pos * (a * a + b * b)
+            if a * b != 0.0:
+                neg = (sin - theta * cos) * norm * (1.0 / (2 * math.pi))
+                new12 = new12 - neg * (2 * a * b)
+            if ntk and theta_ntk is not None:
+                dot = ((math.pi - theta) * (a * a + b * b) + theta * (2 * a * b)) * (1.0 / (2 * math.pi))
+                theta_ntk = theta_ntk * dot
+            scale = 0.5 * (a * a + b * b)
+            k12, k11, k22 = new12, k11 * scale, k22 * scale
+        elif kind == "erf":
+            d11, d22 = k11 * 2.0 + 1.0, k22 * 2.0 + 1.0
+            denom = _sqrt(d11 * d22)
+            new12 = _clamp(k12 * 2.0 / denom, -1.0 + eps, 1.0 - eps).asin() * (2.0 / math.pi)
+            if ntk and theta_ntk is not None:
+                det = d11 * d22 - k12 * k12 * 4.0
+                inv = det.rsqrt() if _is_lazy(det) else det.clamp_min(1e-30).rsqrt()
+                theta_ntk = theta_ntk * inv * (4.0 / math.pi)
+            k11 = ((k11 * 2.0) / d11).asin() * (2.0 / math.pi)
+            k22 = ((k22 * 2.0) / d22).asin() * (2.0 / math.pi)
+            k12 = new12
+        else:
+            raise ValueError(f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, _ACTIVATIONS))}.")
+    if ntk:
+        return k12 if theta_ntk is None else theta_ntk
+    return k12
+
+
+# -----------------------------------------------------------------------------------------------
+# Formula trees built from GPyTorch kernels.
+# -----------------------------------------------------------------------------------------------
+class KernelFormula:
+    r"""A kernel :math:`k(x, x')` as a formula of the operands and one flat parameter vector.
+
+    Build one with :func:`kernel_formula`.  ``theta()`` returns the current (constrained,
+    differentiable) hyperparameters flattened into a vector; ``evaluate(xi, xj, theta)``
+    builds :math:`k` on LazyTensor or torch operands.
+    """
+
+    size: int = 0  # length of this node's slice of theta
+
+    def theta_parts(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, xi, xj, theta, start: int = 0):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def theta(self) -> torch.Tensor:
+        """Flat vector of the current hyperparameter values (differentiable)."""
+        return torch.cat([p.reshape(-1) for p in self.theta_parts()])
+
+    def __call__(self, xi, xj, theta):
+        return self.evaluate(xi, xj, theta, 0)
+
+
+def _slice(theta, start: int, size: int):
+    return theta[start : start + size]
+
+
+class _ActiveDims(KernelFormula):
+    def __init__(self, child: KernelFormula, dims: Sequence[int] | None) -> None:
+        self.child, self.dims = child, None if dims is None else [int(d) for d in dims]
+        self.size = child.size
+
+    def theta_parts(self):
+        return self.child.theta_parts()
+
+    def evaluate(self, xi, xj, theta, start=0):
+        if self.dims is not None:
+            xi, xj = _select(xi, self.dims), _select(xj, self.dims)
+        return self.child.evaluate(xi, xj, theta, start)
+
+
+class _Stationary(KernelFormula):
+    def __init__(self, kernel: gpytorch.kernels.Kernel, kind: str, d: int) -> None:
+        self.kernel, self.kind = kernel, kind
+        self.n_ls = kernel.lengthscale.numel()
+        self.size = self.n_ls + (1 if kind == "rq" else 0)
+
+    def theta_parts(self):
+        parts = [1.0 / self.kernel.lengthscale.reshape(-1)]
+        if self.kind == "rq":
+            parts.append(self.kernel.alpha.reshape(-1))
+        return parts
+
+    def evaluate(self, xi, xj, theta, start=0):
+        r2 = sq_dist(xi, xj, _slice(theta, start, self.n_ls))
+        if self.kind == "rbf":
+            return rbf(r2)
+        if self.kind == "rq":
+            return rational_quadratic(r2, _slice(theta, start + self.n_ls, 1))
+        return matern(r2, float(self.kernel.nu))
+
+
+class _Periodic(KernelFormula):
+    def __init__(self, kernel: gpytorch.kernels.PeriodicKernel) -> None:
+        self.kernel = kernel
+        self.n_p, self.n_ls = kernel.period_length.numel(), kernel.lengthscale.numel()
+        self.size = self.n_p + self.n_ls
+
+    def theta_parts(self):
+        return [math.pi / self.kernel.period_length.reshape(-1), 1.0 / self.kernel.lengthscale.reshape(-1)]
+
+    def evaluate(self, xi, xj, theta, start=0):
+        return periodic(xi, xj, _slice(theta, start, self.n_p), _slice(theta, start + self.n_p, self.n_ls))
+
+
+class _SpectralMixture(KernelFormula):
+    def __init__(self, kernel: gpytorch.kernels.SpectralMixtureKernel) -> None:
+        self.kernel = kernel
+        self.q, self.d = kernel.num_mixtures, kernel.ard_num_dims
+        self.size = self.q * (1 + 2 * self.d)
+
+    def theta_parts(self):
+        k = self.kernel
+        return [k.mixture_weights.reshape(-1), k.mixture_scales.reshape(-1), k.mixture_means.reshape(-1)]
+
+    def evaluate(self, xi, xj, theta, start=0):
+        q, d = self.q, self.d
+        weights = [_slice(theta, start + i, 1) for i in range(q)]
+        scales = [_slice(theta, start + q + i * d, d) for i in range(q)]
+        means = [_slice(theta, start + q + q * d + i * d, d) for i in range(q)]
+        return spectral_mixture(xi, xj, weights, scales, means, d)
+
+
+class _Scale(KernelFormula):
+    def __init__(self, kernel: gpytorch.kernels.ScaleKernel, child: KernelFormula) -> None:
+        self.kernel, self.child = kernel, child
+        self.size = 1 + child.size
+
+    def theta_parts(self):
+        return [self.kernel.outputscale.reshape(-1)] + self.child.theta_parts()
+
+    def evaluate(self, xi, xj, theta, start=0):
+        return self.child.evaluate(xi, xj, theta, start + 1) * _slice(theta, start, 1)
+
+
+class _Combine(KernelFormula):
+    def __init__(self, children: list[KernelFormula], op: str) -> None:
+        self.children, self.op = children, op
+        self.size = sum(c.size for c in children)
+
+    def theta_parts(self):
+        return [p for c in self.children for p in c.theta_parts()]
+
+    def evaluate(self, xi, xj, theta, start=0):
+        out = None
+        for child in self.children:
+            value = child.evaluate(xi, xj, theta, start)
+            start += child.size
+            out = value if out is None else (out + value if self.op == "sum" else out * value)
+        return out
+
+
+class _DenseNetwork(KernelFormula):
+    def __init__(self, kernel: DenseNetworkKernel) -> None:
+        self.kernel = kernel
+        self.size = 0
+
+    def theta_parts(self):
+        return []
+
+    def evaluate(self, xi, xj, theta, start=0):
+        k = self.kernel
+        return dense_network(xi, xj, k.layers, k.n_features, ntk=k.ntk)
+
+
+class DenseNetworkKernel(gpytorch.kernels.Kernel):
+    r"""NNGP or NTK of a fully connected network, as a GPyTorch kernel (fixed architecture).
+
+    The kernel is the closed-form infinite-width limit of :func:`dense_network`; wrap it in a
+    ``ScaleKernel`` to learn an output scale.  Its KeOps formula makes NNGP regression on
+    hundreds of thousands of points possible with :class:`gpkern.estimators.GPRegressor`
+    (``backend="keops"``).
+
+    Parameters
+    ----------
+    layers : sequence of tuples
+        See :func:`dense_network`, e.g.
+        ``[("dense", 1.5, 0.1), ("relu",), ("dense", 1.5, 0.1)]``.
+    n_features : int
+        Input dimension.
+    ntk : bool, default=False
+        Neural tangent kernel instead of the NNGP kernel.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gpkern.linalg.keops import DenseNetworkKernel
+    >>> k = DenseNetworkKernel([("dense", 1.0, 0.0), ("relu",), ("dense", 1.0, 0.0)], n_features=2)
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    >>> k(x).to_dense()  # doctest: +SKIP
+    """
+
+    has_lengthscale = False
+
+    def __init__(self, layers: Sequence[tuple], n_features: int, ntk: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for layer in layers:
+            if not isinstance(layer, tuple) or layer[0] not in ("dense",) + _ACTIVATIONS:
+                raise ValueError(
+                    f"Unknown layer {layer!r}: layers are tuples ('dense', w_std, b_std), ('relu',), "
+                    "('abrelu', a, b), ('leaky_relu', slope) or ('erf',)."
+                )
+        self.layers = [tuple(layer) for layer in layers]
+        self.n_features = int(n_features)
+        self.ntk = bool(ntk)
+
+    def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):  # (..., n, d), (..., m, d)
+        if last_dim_is_batch:
+            raise ValueError("DenseNetworkKernel does not support last_dim_is_batch.")
+        if diag:
+            return dense_network(x1, x2, self.layers, self.n_features, ntk=self.ntk)
+        return dense_network(x1.unsqueeze(-2), x2.unsqueeze(-3), self.layers, self.n_features, ntk=self.ntk)
+
+
+_STATIONARY = (
+    (gpytorch.kernels.RBFKernel, "rbf"),
+    (gpytorch.kernels.MaternKernel, "matern"),
+    (gpytorch.kernels.RQKernel, "rq"),
+)
+
+
+def kernel_formula(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
+    """Translate a GPyTorch kernel into a :class:`KernelFormula`.
+
+    Supported: ``RBFKernel``, ``MaternKernel`` (nu 1/2, 3/2, 5/2), ``RQKernel``,
+    ``PeriodicKernel``, ``SpectralMixtureKernel``, ``ScaleKernel``, sums and products
+    (``AdditiveKernel``, ``ProductKernel``, ``k1 + k2``, ``k1 * k2``) and
+    :class:`DenseNetworkKernel`, with ``active_dims`` and non-batched hyperparameters.
+
+    Raises
+    ------
+    TypeError
+        If a part of the kernel has no KeOps formula (use ``backend="dense"``) or has batched
+        hyperparameters.
+    """
+    formula = _node(kernel)
+    return formula if kernel.active_dims is None else _ActiveDims(formula, kernel.active_dims.tolist())
+
+
+def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
+    if len(kernel.batch_shape) > 0:
+        raise TypeError(
+            f"{type(kernel).__name__} has batch_shape {tuple(kernel.batch_shape)}; the KeOps backend "
+            "supports non-batched kernels only (use backend='dense')."
+        )
+
+    def child(k):
+        f = _node(k)
+        return f if k.active_dims is None else _ActiveDims(f, k.active_dims.tolist())
+
+    if isinstance(kernel, gpytorch.kernels.ScaleKernel):
+        return _Scale(kernel, child(kernel.base_kernel))
+    if isinstance(kernel, gpytorch.kernels.AdditiveKernel):
+        return _Combine([child(k) for k in kernel.kernels], "sum")
+    if isinstance(kernel, gpytorch.kernels.ProductKernel):
+        return _Combine([child(k) for k in kernel.kernels], "product")
+    if isinstance(kernel, gpytorch.kernels.PeriodicKernel):
+        return _Periodic(kernel)
+    if isinstance(kernel, gpytorch.kernels.SpectralMixtureKernel):
+        return _SpectralMixture(kernel)
+    if isinstance(kernel, DenseNetworkKernel):
+        return _DenseNetwork(kernel)
+    for cls, kind in _STATIONARY:
+        if type(kernel) is cls:
+            if kind == "matern" and float(kernel.nu) not in (0.5, 1.5, 2.5):
+                raise TypeError(f"MaternKernel nu={kernel.nu} has no KeOps formula.")
+            return _Stationary(kernel, kind, 0)
+    raise TypeError(
+        f"{type(kernel).__name__} has no KeOps formula in gpkern.linalg.keops; supported: RBF, Matern, "
+        "RQ, Periodic, SpectralMixture, Scale, sums, products and DenseNetworkKernel. Use backend='dense'."
+    )
+
+
+# -----------------------------------------------------------------------------------------------
+# Reductions.
+# -----------------------------------------------------------------------------------------------
+def _lazy_tensor_class():
+    try:
+        import pykeops
+
+        pykeops.set_verbose(False)
+        from pykeops.torch import LazyTensor
+    except Exception as exc:  # pragma: no cover - depends on the installation
+        raise KeOpsCompileError(f"pykeops cannot be imported: {exc}") from exc
+    return LazyTensor
+
+
+def _padded_width(c: int) -> int:
+    for w in RHS_WIDTHS:
+        if c <= w:
+            return w
+    return RHS_WIDTHS[-1]
+
+
+def keops_matmul(
+    formula: KernelFormula,
+    x1: torch.Tensor,  # (n, d)
+    x2: torch.Tensor,  # (m, d)
+    theta: torch.Tensor,  # (p,)
+    rhs: torch.Tensor,  # (m, c)
+) -> torch.Tensor:  # (n, c)
+    """:math:`K(x_1, x_2)\\, V` by a KeOps reduction (differentiable in ``theta`` and ``rhs``).
+
+    Raises
+    ------
+    KeOpsCompileError
+        If pykeops is missing or fails to compile or run the reduction.
+    """
+    LazyTensor = _lazy_tensor_class()
+    c = rhs.shape[-1]
+    block = RHS_WIDTHS[-1]
+    try:
+        xi = LazyTensor(x1.contiguous()[:, None, :])
+        xj = LazyTensor(x2.contiguous()[None, :, :])
+        th = LazyTensor(theta.contiguous()) if theta.numel() else None
+        K = formula(xi, xj, th)
+        outs = []
+        for start in range(0, c, block):
+            v = rhs[:, start : start + block]
+            w = _padded_width(v.shape[-1])
+            if w > v.shape[-1]:
+                v = torch.cat([v, v.new_zeros(v.shape[0], w - v.shape[-1])], -1)
+            out = (K * LazyTensor(v.contiguous()[None, :, :])).sum(dim=1)
+            outs.append(out[:, : min(block, c - start)])
+        return torch.cat(outs, -1)
+    except KeOpsCompileError:
+        raise
+    except Exception as exc:
+        raise KeOpsCompileError(f"pykeops could not compile or run the kernel reduction: {exc}") from exc
+
+
+def _dense_block(formula, x1b, x2, theta, rhs):
+    return formula(x1b[:, None, :], x2[None, :, :], theta) @ rhs
+
+
+def torch_matmul(
+    formula: KernelFormula,
+    x1: torch.Tensor,  # (n, d)
+    x2: torch.Tensor,  # (m, d)
+    theta: torch.Tensor,  # (p,)
+    rhs: torch.Tensor,  # (m, c)
+    max_block_elements: int = 2**22,
+) -> torch.Tensor:  # (n, c)
+    """:math:`K(x_1, x_2)\\, V` in row blocks with plain torch (the KeOps fallback).
+
+    Each block of rows is recomputed in the backward pass (activation checkpointing), so memory
+    stays :math:`O(\\text{block} \\cdot m \\cdot d)` instead of :math:`O(n m)`.
+    """
+    d = max(1, x1.shape[-1])
+    rows = max(1, max_block_elements // max(1, x2.shape[0] * d))
+    outs = []
+    grad = torch.is_grad_enabled() and (theta.requires_grad or rhs.requires_grad)
+    for start in range(0, x1.shape[0], rows):
+        xb = x1[start : start + rows]
+        if grad:
+            outs.append(checkpoint(_dense_block, formula, xb, x2, theta, rhs, use_reentrant=False))
+        else:
+            outs.append(_dense_block(formula, xb, x2, theta, rhs))
+    return torch.cat(outs, 0)
+
+
+class KernelOperator(LinearOperator):
+    r"""The kernel matrix :math:`K(x_1, x_2)` as a lazy :class:`~linear_operator.LinearOperator`.
+
+    Matrix products are KeOps reductions (``backend="keops"``) or row-blocked torch products
+    (``backend="torch"``); the diagonal and single entries are evaluated directly.  Memory is
+    :math:`O((n + m)(d + c))` for :math:`c` right-hand sides.  GPyTorch's CG, Lanczos and pivoted
+    Cholesky use it unchanged; gradients with respect to the hyperparameter vector flow through
+    ``theta`` (one reduction for all hyperparameters).
+
+    Parameters
+    ----------
+    x1 : torch.Tensor of shape (n, d)
+    x2 : torch.Tensor of shape (m, d)
+    theta : torch.Tensor of shape (p,)
+        Flat hyperparameters, usually ``formula.theta()``.
+    formula : KernelFormula
+    backend : {"keops", "torch"}, default="keops"
+        ``"keops"`` falls back to ``"torch"`` with a warning the first time pykeops fails.
+
+    Examples
+    --------
+    >>> import torch, gpytorch
+    >>> from gpkern.linalg.keops import kernel_operator
+    >>> x = torch.randn(100, 2, dtype=torch.float64)
+    >>> K = kernel_operator(gpytorch.kernels.RBFKernel(), x, backend="torch")
+    >>> (K @ torch.ones(100, 1, dtype=torch.float64)).shape
+    torch.Size([100, 1])
+    """
+
+    def __init__(self, x1, x2, theta, *, formula: KernelFormula, backend: str = "keops") -> None:
+        if x1.dim() != 2 or x2.dim() != 2:
+            raise ValueError("KernelOperator takes 2-D inputs (n, d) and (m, d); batch dimensions are not supported.")
+        if backend not in ("keops", "torch"):
+            raise ValueError(f"backend must be 'keops' or 'torch', got {backend!r}.")
+        super().__init__(x1, x2, theta, formula=formula, backend=backend)
+        self.x1, self.x2, self.theta_vec = x1, x2, theta
+        self.formula, self.backend = formula, backend
+
+    def _size(self) -> torch.Size:
+        return torch.Size([self.x1.shape[0], self.x2.shape[0]])
+
+    def _transpose_nonbatch(self):
+        # Every formula here is a symmetric function k(x, x') = k(x', x).
+        return KernelOperator(self.x2, self.x1, self.theta_vec, formula=self.formula, backend=self.backend)
+
+    def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
+        vector = rhs.dim() == 1
+        rhs2 = rhs.unsqueeze(-1) if vector else rhs
+        if rhs2.dim() > 2:
+            cols = rhs2.movedim(-2, 0).reshape(rhs2.shape[-2], -1)
+            out = self._matmul(cols)
+            return out.reshape(out.shape[0], *rhs2.shape[:-2], rhs2.shape[-1]).movedim(0, -2)
+        rhs2 = rhs2.to(self.x1.dtype)
+        out = None
+        if self.backend == "keops" and not FALLBACK["active"]:
+            try:
+                out = keops_matmul(self.formula, self.x1, self.x2, self.theta_vec, rhs2)
+            except KeOpsCompileError as exc:
+                from gpkern.linalg.dispatch import warn_fallback
+
+                warn_fallback(exc)
+                FALLBACK["active"] = True
+        if out is None:
+            out = torch_matmul(self.formula, self.x1, self.x2, self.theta_vec, rhs2)
+        return out.squeeze(-1) if vector else out
+
+    def _diagonal(self) -> torch.Tensor:
+        if self.x1.shape[0] != self.x2.shape[0]:
+            raise RuntimeError("The diagonal of a non-square kernel operator is not defined.")
+        return self.formula(self.x1, self.x2, self.theta_vec)
+
+    def _get_indices(self, row_index, col_index, *batch_indices):
+        return self.formula(self.x1[row_index], self.x2[col_index], self.theta_vec)
+
+    def _expand_batch(self, batch_shape):
+        raise RuntimeError("KernelOperator does not support batch dimensions.")
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense matrix (only for small sizes: :math:`O(nm)` memory)."""
+        return self.formula(self.x1[:, None, :], self.x2[None, :, :], self.theta_vec)
+
+
+def kernel_operator(
+    kernel: gpytorch.kernels.Kernel,
+    x1: torch.Tensor,  # (n, d)
+    x2: torch.Tensor | None = None,  # (m, d)
+    *,
+    backend: str = "keops",
+) -> KernelOperator:  # (n, m)
+    """The lazy kernel matrix of a GPyTorch kernel, see :class:`KernelOperator`.
+
+    Parameters
+    ----------
+    kernel : gpytorch.kernels.Kernel
+        Any kernel :func:`kernel_formula` supports.
+    x1 : torch.Tensor of shape (n, d)
+    x2 : torch.Tensor of shape (m, d), optional
+        Defaults to ``x1``.
+    backend : {"keops", "torch"}, default="keops"
+
+    Returns
+    -------
+    KernelOperator
+    """
+    formula = kernel_formula(kernel)
+    x2 = x1 if x2 is None else x2
+    if x1.shape[-1] != x2.shape[-1]:
+        raise ValueError(f"x1 has {x1.shape[-1]} features but x2 has {x2.shape[-1]}.")
+    theta = formula.theta() if formula.size else x1.new_zeros(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return KernelOperator(x1, x2, theta.to(x1.dtype), formula=formula, backend=backend)

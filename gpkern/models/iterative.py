@@ -1,0 +1,410 @@
+r"""Exact GP regression by iterative linear algebra on a lazy kernel operator.
+
+The kernel matrix is a :class:`gpkern.linalg.keops.KernelOperator` (KeOps reductions, or
+row-blocked torch), never stored.  Training maximises the log marginal likelihood estimated with
+GPyTorch's machinery on :math:`A = K + \sigma^2 I`:
+
+* :math:`y^\top A^{-1} y` by preconditioned conjugate gradients (mBCG), and
+* :math:`\log|A|` by stochastic Lanczos quadrature on the CG tridiagonals of
+  ``num_probes`` probe vectors, both preconditioned by a rank-``preconditioner_rank`` pivoted
+  Cholesky factor :math:`P = L L^\top + \sigma^2 I` (Gardner et al., 2018).
+
+The probe vectors are redrawn from the same seed at every evaluation, so the loss is a
+deterministic function of the hyperparameters (L-BFGS line searches stay valid).
+The ``linear_operator.settings`` used are listed in :class:`IterativeSettings`.
+
+Prediction conditions once with our own preconditioned CG, :math:`\alpha = A^{-1} Y`, and
+predicts means :math:`K_{*X}\alpha` and variances in batches of test points without forming any
+:math:`n \times n` or :math:`n \times m` matrix.  Variances use the Galerkin approximation of
+:math:`A^{-1}` on the subspace :math:`S = [L, D]` spanned by the pivoted-Cholesky columns and the
+CG search directions of the mean solve,
+
+.. math::
+
+    \sigma_*^2 \approx k_{**} - k_{*X} S (S^\top A S)^{-1} S^\top k_{X*} \;\ge\; \text{exact},
+
+which costs one extra reduction with ``preconditioner_rank`` columns at conditioning time and
+one reduction per test batch; ``exact_variance=True`` solves with every test column instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import gpytorch
+import linear_operator
+import torch
+from tqdm.auto import tqdm
+
+from gpkern.linalg.keops import KernelOperator, kernel_operator
+from gpkern.models.exact import ExactGP
+
+__all__ = ["IterativeGP", "IterativePosterior", "IterativeSettings", "preconditioned_cg"]
+
+
+@dataclass
+class IterativeSettings:
+    """Knobs of the iterative GP (all in one place, with the ``linear_operator`` settings they set).
+
+    Parameters
+    ----------
+    cg_tol : float, default=0.01
+        Relative residual tolerance of CG while training (``settings.cg_tolerance``).
+    max_cg_iter : int, default=500
+        CG iteration cap while training (``settings.max_cg_iterations``).
+    num_probes : int, default=15
+        Probe vectors of the stochastic log-determinant (``settings.num_trace_samples``).
+    lanczos_iter : int, default=20
+        Lanczos quadrature iterations cap (``settings.max_lanczos_quadrature_iterations``).
+    preconditioner_rank : int, default=50
+        Rank of the pivoted-Cholesky preconditioner (``settings.max_preconditioner_size``;
+        ``settings.min_preconditioning_size`` is set to 0 so it is always used).
+    eval_cg_tol : float, default=1e-6
+        Relative residual tolerance of the conditioning solve :math:`A^{-1} Y`.
+    max_eval_cg_iter : int, default=1000
+        CG iteration cap of the conditioning solve.
+    variance_directions : int, default=50
+        CG search directions (per output) kept for the variance subspace.
+    batch_size : int, default=4096
+        Test points per prediction batch.
+    seed : int, default=0
+        Seed of the probe vectors.
+    """
+
+    cg_tol: float = 0.01
+    max_cg_iter: int = 500
+    num_probes: int = 15
+    lanczos_iter: int = 20
+    preconditioner_rank: int = 50
+    eval_cg_tol: float = 1e-6
+    max_eval_cg_iter: int = 1000
+    variance_directions: int = 50
+    batch_size: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" or isinstance(value, float):
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                    raise ValueError(f"{f.name} must be a positive float, got {value!r}.")
+            elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "seed" else 1):
+                raise ValueError(f"{f.name} must be a positive int, got {value!r}.")
+
+    def context(self):
+        """The ``linear_operator.settings`` context used while training."""
+        s = linear_operator.settings
+        return _Contexts(
+            s.max_cholesky_size(0),
+            s.cg_tolerance(self.cg_tol),
+            s.max_cg_iterations(self.max_cg_iter),
+            s.num_trace_samples(self.num_probes),
+            s.max_lanczos_quadrature_iterations(self.lanczos_iter),
+            s.max_preconditioner_size(self.preconditioner_rank),
+            s.min_preconditioning_size(0),
+            gpytorch.settings.max_cholesky_size(0),
+        )
+
+
+class _Contexts:
+    def __init__(self, *contexts) -> None:
+        self.contexts = contexts
+
+    def __enter__(self):
+        for c in self.contexts:
+            c.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for c in reversed(self.contexts):
+            c.__exit__(*exc)
+        return False
+
+
+def preconditioned_cg(
+    matmul,
+    B: torch.Tensor,  # (n, c)
+    precond,
+    *,
+    tol: float,
+    max_iter: int,
+    keep: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # (n, c), (n, k), (n, k), iterations
+    r"""Solve :math:`A X = B` column by column with preconditioned conjugate gradients.
+
+    Stops when every column's residual satisfies :math:`\|r_j\| \le \mathrm{tol}\,\|b_j\|`.
+
+    Parameters
+    ----------
+    matmul : callable
+        :math:`V \mapsto A V` for ``(n, c)`` blocks (one batched reduction per iteration).
+    B : torch.Tensor of shape (n, c)
+    precond : callable
+        :math:`V \mapsto P^{-1} V`.
+    tol : float
+    max_iter : int
+    keep : int, default=0
+        Number of first search directions :math:`d_k` (and :math:`A d_k`) to return.
+
+    Returns
+    -------
+    X : torch.Tensor of shape (n, c)
+    D : torch.Tensor of shape (n, k)
+        Kept search directions (columns of all right-hand sides), A-conjugate per column.
+    AD : torch.Tensor of shape (n, k)
+    n_iter : int
+    """
+    X = torch.zeros_like(B)
+    R = B.clone()
+    bnorm = B.norm(dim=0).clamp_min(torch.finfo(B.dtype).tiny)
+    Z = precond(R)
+    P = Z.clone()
+    rz = (R * Z).sum(0)
+    kept, kept_a = [], []
+    n_iter = 0
+    done = R.norm(dim=0) <= tol * bnorm
+    while n_iter < max_iter and not bool(done.all()):
+        AP = matmul(P)
+        pap = (P * AP).sum(0)
+        step = torch.where(done | (pap <= 0), torch.zeros_like(rz), rz / pap.clamp_min(torch.finfo(B.dtype).tiny))
+        if n_iter < keep:
+            live = ~done
+            kept.append(P[:, live])
+            kept_a.append(AP[:, live])
+        X = X + step * P
+        R = R - step * AP
+        n_iter += 1
+        done = done | (R.norm(dim=0) <= tol * bnorm)
+        Z = precond(R)
+        rz_new = (R * Z).sum(0)
+        beta = torch.where(done, torch.zeros_like(rz), rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny))
+        P = Z + beta * P
+        rz = rz_new
+    empty = B.new_zeros(B.shape[0], 0)
+    D = torch.cat(kept, 1) if kept else empty
+    AD = torch.cat(kept_a, 1) if kept_a else empty
+    return X, D, AD, n_iter
+
+
+class IterativeGP(ExactGP):
+    r"""Exact GP regression on a lazy kernel operator (KeOps or chunked torch), trained by CG.
+
+    Same model and interface as :class:`gpkern.models.exact.ExactGP`; the linear algebra is
+    iterative (see the module docstring), so memory is linear in :math:`n`.
+
+    Parameters
+    ----------
+    kernel : gpytorch.kernels.Kernel
+        A kernel :func:`gpkern.linalg.keops.kernel_formula` supports.
+    noise : float, default=0.1
+    learn_noise : bool, default=True
+    noise_lower_bound : float, default=1e-6
+    settings : IterativeSettings, optional
+    backend : {"keops", "torch"}, default="keops"
+        Operator backend (``"torch"``: row-blocked torch, the fallback).
+    verbose : bool, default=False
+        Progress bars while conditioning and predicting.
+
+    Examples
+    --------
+    >>> import torch, gpytorch
+    >>> from gpkern.models.iterative import IterativeGP
+    >>> X = torch.linspace(0, 1, 50, dtype=torch.float64)[:, None]
+    >>> Y = torch.sin(6 * X)
+    >>> gp = IterativeGP(gpytorch.kernels.RBFKernel(), backend="torch").double()
+    >>> mean, var = gp.posterior(X, Y).predict(X[:5])
+    >>> mean.shape, var.shape
+    (torch.Size([5, 1]), torch.Size([5]))
+    """
+
+    iterative = True
+
+    def __init__(
+        self,
+        kernel: gpytorch.kernels.Kernel,
+        noise: float = 0.1,
+        learn_noise: bool = True,
+        noise_lower_bound: float = 1e-6,
+        settings: IterativeSettings | None = None,
+        backend: str = "keops",
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(kernel, noise=noise, learn_noise=learn_noise, noise_lower_bound=noise_lower_bound)
+        if backend not in ("keops", "torch"):
+            raise ValueError(f"backend must be 'keops' or 'torch', got {backend!r}.")
+        self.settings = settings if settings is not None else IterativeSettings()
+        self.backend = backend
+        self.verbose = verbose
+        self._lml_cache: list[tuple[torch.Tensor, float]] = []
+
+    def operator(self, X: torch.Tensor, X2: torch.Tensor | None = None) -> KernelOperator:  # (n, d) -> (n, m)
+        """The lazy kernel matrix :math:`K(X, X_2)`."""
+        return kernel_operator(self.kernel, X, X2, backend=self.backend)
+
+    def _fingerprint(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).cpu() for p in self.parameters()] or [torch.zeros(0)])
+
+    def log_marginal_likelihood(
+        self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = False
+    ) -> torch.Tensor:  # (n, d), (n, t) -> ()
+        r"""Stochastic estimate of the log marginal likelihood, summed over outputs.
+
+        .. math::
+
+            \log p(Y) = -\tfrac12 \sum_j y_j^\top A^{-1} y_j - \tfrac{t}{2}\log|A| - \tfrac{nt}{2}\log 2\pi
+
+        with CG for the quadratic terms and stochastic Lanczos quadrature for :math:`\log|A|`;
+        differentiable in the hyperparameters.
+        """
+        n, t = Y.shape
+        op = self.operator(X)
+        A = op.add_diagonal(self.noise.reshape(1).to(X.dtype))
+        with self.settings.context(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.settings.seed)
+            inv_quad, logdet = A.inv_quad_logdet(inv_quad_rhs=Y, logdet=True)
+        lml = -0.5 * (inv_quad + t * logdet + n * t * math.log(2 * math.pi))
+        self._lml_cache.append((self._fingerprint(), float(lml.detach())))
+        del self._lml_cache[:-64]
+        return lml
+
+    def _cached_lml(self) -> float | None:
+        now = self._fingerprint()
+        for key, value in reversed(self._lml_cache):
+            if key.shape == now.shape and torch.equal(key, now):
+                return value
+        return None
+
+    def posterior(self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = True) -> IterativePosterior:
+        """Condition on ``(X, Y)`` by preconditioned CG; the result predicts in batches."""
+        with torch.no_grad():
+            lml = self._cached_lml()
+            if lml is None:
+                lml = float(self.log_marginal_likelihood(X, Y))
+            return IterativePosterior(self, X, Y, lml)
+
+
+class IterativePosterior:
+    r"""GP posterior conditioned by CG on a lazy kernel operator (see :mod:`gpkern.models.iterative`).
+
+    Attributes
+    ----------
+    alpha : torch.Tensor of shape (n, t)
+        :math:`A^{-1} Y`.
+    n_iter : int
+        CG iterations of the conditioning solve.
+    jitter : float
+        Always 0 (no factorisation).
+    log_marginal_likelihood : float
+        The stochastic estimate at the conditioning hyperparameters.
+    """
+
+    def __init__(self, model: IterativeGP, X: torch.Tensor, Y: torch.Tensor, lml: float) -> None:
+        cfg = model.settings
+        self.kernel, self.X, self.settings = model.kernel, X, cfg
+        self.backend, self.verbose = model.backend, model.verbose
+        self.noise = float(model.noise.detach())
+        self.jitter = 0.0
+        self.log_marginal_likelihood = lml
+        self.op = kernel_operator(self.kernel, X, backend=self.backend).detach()
+        n = X.shape[0]
+        rank = min(cfg.preconditioner_rank, n)
+        with linear_operator.settings.preconditioner_tolerance(1e-10):
+            L = self.op.pivoted_cholesky(rank=rank)  # (n, r)
+        self.L = L
+        C = self.noise * torch.eye(L.shape[1], dtype=L.dtype, device=L.device) + L.T @ L
+        self._C_chol = torch.linalg.cholesky(C)
+        self.alpha, D, AD, self.n_iter = preconditioned_cg(
+            self._matmul,
+            Y.to(X.dtype),
+            self._precondition,
+            tol=cfg.eval_cg_tol,
+            max_iter=cfg.max_eval_cg_iter,
+            keep=cfg.variance_directions,
+        )
+        # Variance subspace S = [L, D]: normalise, then A^{-1} ~ S (S^T A S)^+ S^T.
+        S = torch.cat([L, D], 1)
+        AS = torch.cat([self._matmul(L), AD], 1)
+        norms = S.norm(dim=0).clamp_min(torch.finfo(S.dtype).tiny)
+        S, AS = S / norms, AS / norms
+        G = S.T @ AS
+        G = 0.5 * (G + G.T)
+        evals, evecs = torch.linalg.eigh(G)
+        keep = evals > evals.max() * 1e3 * torch.finfo(G.dtype).eps
+        self.W = S @ (evecs[:, keep] / evals[keep].sqrt())  # (n, s): A^{-1} ~ W W^T
+
+    def _matmul(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
+        return self.op._matmul(V) + self.noise * V
+
+    def _precondition(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
+        # Woodbury: (L L^T + s I)^{-1} v = (v - L (s I + L^T L)^{-1} L^T v) / s.
+        inner = torch.cholesky_solve(self.L.T @ V, self._C_chol)
+        return (V - self.L @ inner) / self.noise
+
+    def _cross(self, Xs: torch.Tensor) -> KernelOperator:  # (m, n)
+        return kernel_operator(self.kernel, Xs, self.X, backend=self.backend).detach()
+
+    def _prior_var(self, Xs: torch.Tensor) -> torch.Tensor:  # (m,)
+        return kernel_operator(self.kernel, Xs, Xs, backend=self.backend).detach()._diagonal()
+
+    def _solve_columns(self, V: torch.Tensor) -> torch.Tensor:  # (n, b) -> (n, b)
+        X, _, _, _ = preconditioned_cg(
+            self._matmul, V, self._precondition, tol=self.settings.eval_cg_tol, max_iter=self.settings.max_eval_cg_iter
+        )
+        return X
+
+    @torch.no_grad()
+    def predict(
+        self,
+        Xs: torch.Tensor,  # (m, d)
+        *,
+        full_cov: bool = False,
+        exact_variance: bool = False,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (m, t), (m,) or (m, m)
+        """Posterior mean of ``f`` and its variance (or full covariance) at ``Xs``.
+
+        Means and (approximate) variances take one reduction per batch of test points; memory is
+        :math:`O((n + b)(t + s))` for batch size :math:`b` and subspace size :math:`s`.
+        ``exact_variance=True`` (and ``full_cov=True``) solve :math:`A Z = K_{X*}` by CG for each
+        batch of test columns instead: exact to ``eval_cg_tol``, :math:`O(nb)` memory, one CG
+        solve per batch.
+        """
+        bs = batch_size or self.settings.batch_size
+        t = self.alpha.shape[1]
+        coef = torch.cat([self.alpha, self.W], 1)
+        means, variances = [], []
+        starts = range(0, Xs.shape[0], bs)
+        for start in tqdm(starts, desc="predict", disable=not self.verbose, leave=False):
+            xb = Xs[start : start + bs]
+            cross = self._cross(xb)
+            out = cross._matmul(coef)
+            means.append(out[:, :t])
+            if full_cov:
+                continue
+            prior = self._prior_var(xb)
+            if exact_variance:
+                Kxb = self._dense_cross(xb)  # (n, b)
+                Z = self._solve_columns(Kxb)
+                reduction = (Kxb * Z).sum(0)
+            else:
+                reduction = (out[:, t:] ** 2).sum(1)
+            variances.append((prior - reduction).clamp_min(0.0))
+        mean = torch.cat(means)
+        if full_cov:
+            return mean, self._full_cov(Xs, bs)
+        return mean, torch.cat(variances)
+
+    def _dense_cross(self, xb: torch.Tensor) -> torch.Tensor:  # (n, b)
+        op = kernel_operator(self.kernel, self.X, xb, backend="torch").detach()
+        return op.to_dense()
+
+    def _full_cov(self, Xs: torch.Tensor, bs: int) -> torch.Tensor:  # (m, m)
+        prior = kernel_operator(self.kernel, Xs, Xs, backend="torch").detach().to_dense()
+        cross = self._cross(Xs)
+        cols = []
+        for start in range(0, Xs.shape[0], bs):
+            Z = self._solve_columns(self._dense_cross(Xs[start : start + bs]))
+            cols.append(cross._matmul(Z))
+        cov = prior - torch.cat(cols, 1)
+        return 0.5 * (cov + cov.T)

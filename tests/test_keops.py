@@ -1,0 +1,357 @@
+"""KeOps formulas and the iterative (CG / Lanczos) GP against independent dense references.
+
+KeOps compiles each distinct formula (per dtype and right-hand-side width) once, which costs
+seconds on this CPU, so the formula tests share ONE combined kernel whose components are each
+wrapped in a ScaleKernel: the gradient with respect to each output scale isolates that
+component's value u^T K_c v, and the gradients with respect to its own raw hyperparameters
+isolate its derivative.  All right-hand sides have width 16 (one compiled width).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpkern.linalg.dispatch as dispatch
+import gpkern.linalg.keops as keops
+from gpkern.estimators import GPRegressor
+from gpkern.linalg.dispatch import DENSE_MAX_N, KeOpsFallbackWarning, choose_backend
+from gpkern.linalg.keops import DenseNetworkKernel, KernelOperator, dense_network, kernel_formula, kernel_operator
+from gpkern.models.iterative import IterativeGP, IterativeSettings, preconditioned_cg
+
+WIDTH = 16
+
+
+def _keops_works() -> bool:
+    return dispatch.keops_available(torch.float64)[0]
+
+
+needs_keops = pytest.mark.skipif("not _keops_works()", reason="pykeops cannot compile here")
+
+RELU_NET = [("dense", 1.3, 0.2), ("relu",), ("dense", 1.1, 0.3), ("leaky_relu", 0.2), ("dense", 0.9, 0.1)]
+ERF_NET = [("dense", 1.2, 0.3), ("erf",), ("dense", 1.0, 0.1), ("abrelu", -0.4, 1.3), ("dense", 1.0, 0.0)]
+
+
+def _components(d: int) -> list[gpytorch.kernels.Kernel]:
+    return [
+        gpytorch.kernels.RBFKernel(ard_num_dims=d),
+        gpytorch.kernels.MaternKernel(nu=0.5, ard_num_dims=d),
+        gpytorch.kernels.MaternKernel(nu=1.5),
+        gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=d),
+        gpytorch.kernels.PeriodicKernel(ard_num_dims=d),
+        gpytorch.kernels.RQKernel(ard_num_dims=d),
+        gpytorch.kernels.SpectralMixtureKernel(num_mixtures=2, ard_num_dims=d),
+        gpytorch.kernels.RBFKernel(active_dims=[0, 2]) * gpytorch.kernels.PeriodicKernel(active_dims=[1]),
+        DenseNetworkKernel(RELU_NET, n_features=d),
+        DenseNetworkKernel(ERF_NET, n_features=d, ntk=True),
+    ]
+
+
+def _combined(dtype: torch.dtype, d: int = 3) -> gpytorch.kernels.Kernel:
+    gen = torch.Generator().manual_seed(1)
+    kernel = gpytorch.kernels.AdditiveKernel(*[gpytorch.kernels.ScaleKernel(k) for k in _components(d)])
+    kernel = kernel.to(dtype)
+    with torch.no_grad():
+        for name, p in kernel.named_parameters():
+            p.add_(0.4 * torch.randn(p.shape, generator=gen, dtype=dtype))
+    return kernel
+
+
+def _data(dtype, n=120, m=90, d=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x1 = torch.rand(n, d, generator=gen, dtype=dtype) * 2 - 1
+    x2 = torch.rand(m, d, generator=gen, dtype=dtype) * 2 - 1
+    x2[:10] = x1[:10]  # exact coincidences: r = 0 inside a rectangular block
+    u = torch.randn(n, WIDTH, generator=gen, dtype=dtype)
+    v = torch.randn(m, WIDTH, generator=gen, dtype=dtype)
+    return x1, x2, u, v
+
+
+def _grads(kernel, value):
+    params = [p for _, p in kernel.named_parameters()]
+    return torch.autograd.grad(value, params)
+
+
+@needs_keops
+@pytest.mark.parametrize(
+    "dtype, rtol, atol", [(torch.float64, 1e-6, 1e-6), (torch.float32, 2e-3, 2e-3)], ids=["float64", "float32"]
+)
+def test_every_formula_matches_gpytorch_dense_values_and_gradients(dtype, rtol, atol):
+    kernel = _combined(dtype)
+    x1, x2, u, v = _data(dtype)
+    # Independent reference: GPyTorch's own dense kernels (autograd through its torch code).
+    K_ref = kernel(x1, x2).to_dense()
+    ref_value = (u * (K_ref @ v)).sum()
+    ref_grads = _grads(kernel, ref_value)
+
+    op = kernel_operator(kernel, x1, x2, backend="keops")
+    Kv = op._matmul(v)
+    value = (u * Kv).sum()
+    grads = _grads(kernel, value)
+
+    scale = K_ref.abs().max()
+    torch.testing.assert_close(Kv, K_ref @ v, rtol=rtol, atol=atol * float(scale) * 10)
+    names = [name for name, _ in kernel.named_parameters()]
+    for name, g, g_ref in zip(names, grads, ref_grads):
+        # d/d(outputscale_c) isolates component c's value u^T K_c v; the rest its derivatives.
+        torch.testing.assert_close(g, g_ref, rtol=rtol * 10, atol=atol * 50 * float(g_ref.abs().max() + 1), msg=name)
+    # The transpose (x2, x1) reuses the same formula.
+    vt = u[:, :1].expand(-1, WIDTH).contiguous()
+    torch.testing.assert_close(op.mT._matmul(vt), K_ref.T @ vt, rtol=rtol, atol=atol * float(scale) * 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_torch_operator_diagonal_entries_and_fallback_matmul(dtype):
+    kernel = _combined(dtype)
+    x1, x2, u, v = _data(dtype, n=60, m=60)
+    x2 = x1.clone()
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    K_ref = kernel(x1, x2).to_dense()
+    op = kernel_operator(kernel, x1, x2, backend="torch")
+    torch.testing.assert_close(op._diagonal(), kernel(x1, diag=True), rtol=tol, atol=tol)
+    rows = torch.tensor([3, 7])
+    torch.testing.assert_close(op[rows].to_dense(), K_ref[rows], rtol=tol, atol=tol)
+    # Tiny blocks force several row blocks and the checkpointed backward pass.
+    value = (u * keops.torch_matmul(op.formula, x1, x2, op.theta_vec, v, max_block_elements=300)).sum()
+    torch.testing.assert_close(value, (u * (K_ref @ v)).sum(), rtol=tol * 10, atol=tol * 10)
+    for g, g_ref in zip(_grads(kernel, value), _grads(kernel, (u * (K_ref @ v)).sum())):
+        torch.testing.assert_close(g, g_ref, rtol=tol * 100, atol=tol * 100)
+
+
+def _np_relu_like(k12, k11, k22, a, b):
+    norm = np.sqrt(k11 * k22)
+    c = np.clip(k12 / norm, -1, 1)
+    th = np.arccos(c)
+    pos = norm / (2 * np.pi) * (np.sin(th) + (np.pi - th) * c)
+    neg = norm / (2 * np.pi) * (np.sin(th) - th * c)
+    val = (a * a + b * b) * pos - 2 * a * b * neg
+    dot = ((a * a + b * b) * (np.pi - th) + 2 * a * b * th) / (2 * np.pi)
+    return val, dot, 0.5 * (a * a + b * b)
+
+
+def _np_network(x1, x2, layers, ntk):
+    """Independent numpy recursion over full matrices (diagonals taken from the full matrix)."""
+    d = x1.shape[1]
+    X = np.vstack([x1, x2])
+    S = X @ X.T / d
+    T = np.zeros_like(S)
+    first = True
+    for layer in layers:
+        if layer[0] == "dense":
+            S = layer[1] ** 2 * S + layer[2] ** 2
+            T = S.copy() if first else layer[1] ** 2 * T + S
+            first = False
+            continue
+        q = np.diag(S).copy()
+        if layer[0] == "erf":
+            dd = 1 + 2 * q
+            new = 2 / np.pi * np.arcsin(np.clip(2 * S / np.sqrt(np.outer(dd, dd)), -1, 1))
+            dot = 4 / np.pi / np.sqrt(np.outer(dd, dd) - 4 * S**2 + 1e-300)
+            np.fill_diagonal(dot, 4 / np.pi / np.sqrt(dd * dd - 4 * q * q))
+        else:
+            a, b = {"relu": (0.0, 1.0), "leaky_relu": (layer[-1], 1.0)}.get(layer[0], (layer[1], layer[2]))
+            new, dot, _ = _np_relu_like(S, q[:, None], q[None, :], a, b)
+        T = T * dot
+        S = new
+    out = T if ntk else S
+    return out[: len(x1), len(x1) :]
+
+
+@pytest.mark.parametrize("layers", [RELU_NET, ERF_NET], ids=["relu-leaky", "erf-abrelu"])
+@pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])
+def test_dense_network_formula_matches_numpy_recursion(layers, ntk):
+    rng = np.random.default_rng(2)
+    x1, x2 = rng.normal(size=(30, 4)), rng.normal(size=(25, 4))
+    x2[:5] = x1[:5]
+    got = dense_network(torch.as_tensor(x1)[:, None], torch.as_tensor(x2)[None], layers, 4, ntk=ntk)
+    np.testing.assert_allclose(got.numpy(), _np_network(x1, x2, layers, ntk), rtol=1e-6, atol=1e-8)
+
+
+def test_relu_nngp_matches_monte_carlo_of_a_wide_network():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 3))
+    layers = [("dense", 1.4, 0.3), ("relu",), ("dense", 1.0, 0.0)]
+    width, draws = 2000, 200
+    acc = np.zeros((4, 4))
+    for _ in range(draws):
+        W = rng.normal(size=(3, width)) * 1.4 / np.sqrt(3)
+        h = np.maximum(x @ W + 0.3 * rng.normal(size=width), 0)
+        acc += h @ h.T / width
+    got = dense_network(torch.as_tensor(x)[:, None], torch.as_tensor(x)[None], layers, 3).numpy()
+    np.testing.assert_allclose(got, acc / draws, rtol=0.03, atol=0.01)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 25), d=st.integers(1, 4), seed=st.integers(0, 10_000), which=st.integers(0, 9))
+def test_operator_is_symmetric_psd_and_equals_its_dense_matrix(n, d, seed, which):
+    gen = torch.Generator().manual_seed(seed)
+    kernel = _components(max(d, 3))[which].double()
+    x = torch.randn(n, max(d, 3), generator=gen, dtype=torch.float64)
+    op = kernel_operator(kernel, x, backend="torch")
+    K = op.to_dense().detach()
+    torch.testing.assert_close(K, K.T, rtol=1e-10, atol=1e-10)
+    assert torch.linalg.eigvalsh(K).min() > -1e-8 * max(1.0, float(K.diagonal().max()))
+    v = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(op._matmul(v).detach(), K @ v, rtol=1e-10, atol=1e-10)
+
+
+def test_unsupported_kernels_are_rejected_clearly():
+    with pytest.raises(TypeError, match="no KeOps formula"):
+        kernel_formula(gpytorch.kernels.LinearKernel())
+    with pytest.raises(TypeError, match="batch"):
+        kernel_formula(gpytorch.kernels.RBFKernel(batch_shape=torch.Size([2])))
+    with pytest.raises(ValueError, match="Unknown layer"):
+        DenseNetworkKernel([("conv", 1.0)], n_features=2)
+    with pytest.raises(ValueError, match="2-D"):
+        kernel_operator(gpytorch.kernels.RBFKernel(), torch.zeros(2, 3, 1))
+
+
+def test_dispatch_rule(monkeypatch):
+    rbf = gpytorch.kernels.RBFKernel()
+    monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (True, ""))
+    assert choose_backend(DENSE_MAX_N, rbf) == "dense"
+    assert choose_backend(DENSE_MAX_N + 1, rbf) == "keops"
+    assert choose_backend(10, rbf, "keops") == "keops"
+    assert choose_backend(10**6, rbf, "dense") == "dense"
+    assert choose_backend(10**6, gpytorch.kernels.LinearKernel()) == "dense"
+    with pytest.raises(ValueError, match="KeOps formula"):
+        choose_backend(10, gpytorch.kernels.LinearKernel(), "keops")
+    with pytest.raises(ValueError, match="backend must be"):
+        choose_backend(10, rbf, "gpu")
+    monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (False, "no compiler"))
+    with pytest.warns(KeOpsFallbackWarning, match="no compiler"):
+        assert choose_backend(DENSE_MAX_N + 1, rbf) == "torch"
+
+
+def test_estimator_rejects_bad_backend_arguments():
+    X, y = np.random.default_rng(0).normal(size=(10, 2)), np.arange(10.0)
+    with pytest.raises(ValueError, match="backend must be"):
+        GPRegressor(backend="cuda").fit(X, y)
+    with pytest.raises(ValueError, match="backend_options"):
+        GPRegressor(backend="keops", backend_options={"cg_iters": 3}).fit(X, y)
+    with pytest.raises(ValueError, match="cg_tol"):
+        GPRegressor(backend="keops", backend_options={"cg_tol": -1.0}).fit(X, y)
+    with pytest.raises(ValueError, match="KeOps formula"):
+        GPRegressor(kernel=gpytorch.kernels.LinearKernel(), backend="keops").fit(X, y)
+
+
+def test_preconditioned_cg_solves_and_keeps_conjugate_directions():
+    gen = torch.Generator().manual_seed(0)
+    M = torch.randn(80, 80, generator=gen, dtype=torch.float64)
+    A = M @ M.T / 80 + 0.1 * torch.eye(80, dtype=torch.float64)
+    B = torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    X, D, AD, it = preconditioned_cg(lambda V: A @ V, B, lambda V: V, tol=1e-10, max_iter=500, keep=5)
+    torch.testing.assert_close(X, torch.linalg.solve(A, B), rtol=1e-7, atol=1e-8)
+    assert D.shape == (80, 15)
+    G = D[:, 0::3].T @ A @ D[:, 0::3]  # directions of the first right-hand side
+    off = G - torch.diag(G.diagonal())
+    assert off.abs().max() < 1e-6 * G.diagonal().abs().max()
+
+
+def _toy(n, seed=0, d=2):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-3, 3, (n, d))
+    y = np.sin(2 * X[:, 0]) * np.cos(X[:, 1]) + 0.1 * rng.standard_normal(n)
+    return X, y, rng.uniform(-3, 3, (200, d))
+
+
+def test_compile_failure_warns_and_falls_back_to_chunked_torch(monkeypatch):
+    def broken():
+        raise keops.KeOpsCompileError("simulated: g++ not found")
+
+    monkeypatch.setattr(keops, "_lazy_tensor_class", broken)
+    monkeypatch.setattr(dispatch, "_STATUS", {})
+    monkeypatch.setitem(keops.FALLBACK, "active", False)
+    X, y, Xt = _toy(150)
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5))
+    with pytest.warns(KeOpsFallbackWarning, match="simulated: g\\+\\+ not found"):
+        gp = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops").fit(X, y)
+    dense = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="dense").fit(X, y)
+    m, s = gp.predict(Xt, return_std=True)
+    md, sd = dense.predict(Xt, return_std=True)
+    np.testing.assert_allclose(m, md, atol=1e-5)
+    np.testing.assert_allclose(s, sd, atol=2e-2)
+    # An operator built after the failure goes straight to torch, without another warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeOpsFallbackWarning)
+        kernel_operator(kernel, torch.as_tensor(X))._matmul(torch.ones(150, 1, dtype=torch.float64))
+
+
+def test_iterative_posterior_matches_scipy_reference_at_fixed_hyperparameters():
+    """Torch operator (no compile): CG mean, exact variance, and the conservative Galerkin variance."""
+    from tests.conftest import dense_gp_reference
+
+    X, y, Xt = _toy(400, seed=1)
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()).double()
+    kernel.base_kernel.lengthscale = 0.8
+    noise = 0.01
+    Xt_t, X_t = torch.as_tensor(Xt), torch.as_tensor(X)
+    with torch.no_grad():
+        K, Ks, Kss = (kernel(a, b).to_dense().numpy() for a, b in ((X_t, X_t), (Xt_t, X_t), (Xt_t, Xt_t)))
+    mean_ref, var_ref, lml_ref = dense_gp_reference(K, Ks, Kss, y, noise)
+    gp = IterativeGP(kernel, noise=noise, learn_noise=False, backend="torch").double()
+    post = gp.posterior(X_t, torch.as_tensor(y)[:, None])
+    mean, var = post.predict(Xt_t)
+    np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, atol=1e-5)
+    assert np.all(var.numpy() >= var_ref - 1e-6)  # Galerkin: never below the exact variance
+    np.testing.assert_allclose(var.numpy(), var_ref, atol=1e-2)
+    _, var_exact = post.predict(Xt_t, exact_variance=True, batch_size=64)
+    np.testing.assert_allclose(var_exact.numpy(), var_ref, atol=1e-6)
+    # Stochastic Lanczos log marginal likelihood (15 probes, pivoted-Cholesky preconditioner).
+    assert abs(post.log_marginal_likelihood - lml_ref) < 0.01 * abs(lml_ref) + 2.0
+
+
+@needs_keops
+def test_keops_gp_matches_dense_gp_at_n2000():
+    X, y, Xt = _toy(2000, seed=4)
+    common = dict(random_state=0, optimizer="lbfgs", max_iter=15)
+    dense = GPRegressor(backend="dense", **common).fit(X, y)
+    fast = GPRegressor(backend="keops", **common).fit(X, y)
+    assert isinstance(fast._model, IterativeGP)
+    ls_d = dense.kernel_.base_kernel.lengthscale.detach().numpy()
+    ls_k = fast.kernel_.base_kernel.lengthscale.detach().numpy()
+    np.testing.assert_allclose(ls_k, ls_d, rtol=0.1)
+    np.testing.assert_allclose(float(fast.kernel_.outputscale), float(dense.kernel_.outputscale), rtol=0.15)
+    np.testing.assert_allclose(fast.noise_, dense.noise_, rtol=0.1)
+    md, sd = dense.predict(Xt, return_std=True)
+    mk, sk = fast.predict(Xt, return_std=True)
+    assert np.abs(mk - md).max() < 0.02 * y.std()
+    assert np.abs(sk - sd).max() < 0.02 * y.std()
+    lml_d, lml_k = dense.log_marginal_likelihood(), fast.log_marginal_likelihood()
+    assert abs(lml_k - lml_d) < 0.01 * abs(lml_d) + 5.0
+
+
+@pytest.mark.gpu
+def test_keops_on_gpu_matches_dense_on_gpu():
+    kernel = _combined(torch.float64).cuda()
+    x1, x2, u, v = (t.cuda() for t in _data(torch.float64))
+    K_ref = kernel(x1, x2).to_dense()
+    op = kernel_operator(kernel, x1, x2, backend="keops")
+    torch.testing.assert_close(op._matmul(v), K_ref @ v, rtol=1e-6, atol=1e-6)
+    value = (u * op._matmul(v)).sum()
+    for g, g_ref in zip(_grads(kernel, value), _grads(kernel, (u * (K_ref @ v)).sum())):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_keops_gp_on_gpu_matches_dense_gp_on_gpu():
+    X, y, Xt = _toy(3000, seed=5)
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
+    dense = GPRegressor(kernel=kernel, noise=0.02, optimizer=None, backend="dense", device="cuda").fit(X, y)
+    fast = GPRegressor(kernel=kernel, noise=0.02, optimizer=None, backend="keops", device="cuda").fit(X, y)
+    np.testing.assert_allclose(fast.predict(Xt), dense.predict(Xt), atol=1e-4)
+
+
+def test_iterative_settings_validate():
+    with pytest.raises(ValueError, match="num_probes"):
+        IterativeSettings(num_probes=0)
+    assert IterativeSettings(seed=0).seed == 0
+    assert math.isclose(IterativeSettings().cg_tol, 0.01)
+    assert isinstance(kernel_operator(gpytorch.kernels.RBFKernel(), torch.zeros(3, 1), backend="torch"), KernelOperator)
