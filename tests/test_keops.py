@@ -122,7 +122,7 @@ def test_torch_operator_diagonal_entries_and_fallback_matmul(dtype):
     value = (u * keops.torch_matmul(op.formula, x1, x2, op.theta_vec, v, max_block_elements=300)).sum()
     torch.testing.assert_close(value, (u * (K_ref @ v)).sum(), rtol=tol * 10, atol=tol * 10)
     for g, g_ref in zip(_grads(kernel, value), _grads(kernel, (u * (K_ref @ v)).sum())):
-        torch.testing.assert_close(g, g_ref, rtol=tol * 100, atol=tol * 100)
+        torch.testing.assert_close(g, g_ref, rtol=max(tol * 100, 1e-6), atol=max(tol * 100, 1e-6))
 
 
 def _np_relu_like(k12, k11, k22, a, b):
@@ -156,7 +156,12 @@ def _np_network(x1, x2, layers, ntk):
             dot = 4 / np.pi / np.sqrt(np.outer(dd, dd) - 4 * S**2 + 1e-300)
             np.fill_diagonal(dot, 4 / np.pi / np.sqrt(dd * dd - 4 * q * q))
         else:
-            a, b = {"relu": (0.0, 1.0), "leaky_relu": (layer[-1], 1.0)}.get(layer[0], (layer[1], layer[2]))
+            if layer[0] == "relu":
+                a, b = 0.0, 1.0
+            elif layer[0] == "leaky_relu":
+                a, b = layer[1], 1.0
+            else:
+                a, b = layer[1], layer[2]
             new, dot, _ = _np_relu_like(S, q[:, None], q[None, :], a, b)
         T = T * dot
         S = new
@@ -286,7 +291,7 @@ def test_compile_failure_warns_and_falls_back_to_chunked_torch(monkeypatch):
 
 def test_iterative_posterior_matches_scipy_reference_at_fixed_hyperparameters():
     """Torch operator (no compile): CG mean, exact variance, and the conservative Galerkin variance."""
-    from tests.conftest import dense_gp_reference
+    from conftest import dense_gp_reference
 
     X, y, Xt = _toy(400, seed=1)
     kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()).double()

@@ -64,6 +64,11 @@ class IterativeSettings:
         Relative residual tolerance of the conditioning solve :math:`A^{-1} Y`.
     max_eval_cg_iter : int, default=1000
         CG iteration cap of the conditioning solve.
+    variance_rank : int, default=256
+        Rank cap of the pivoted-Cholesky factor used at prediction time, both as the CG
+        preconditioner of the conditioning solve and as the variance subspace (it stops earlier
+        when the relative trace error falls below 1e-8). Variances are accurate when it reaches
+        the kernel matrix's effective rank.
     variance_directions : int, default=50
         CG search directions (per output) kept for the variance subspace.
     batch_size : int, default=4096
@@ -79,6 +84,7 @@ class IterativeSettings:
     preconditioner_rank: int = 50
     eval_cg_tol: float = 1e-6
     max_eval_cg_iter: int = 1000
+    variance_rank: int = 256
     variance_directions: int = 50
     batch_size: int = 4096
     seed: int = 0
@@ -308,8 +314,8 @@ class IterativePosterior:
         self.log_marginal_likelihood = lml
         self.op = kernel_operator(self.kernel, X, backend=self.backend).detach()
         n = X.shape[0]
-        rank = min(cfg.preconditioner_rank, n)
-        with linear_operator.settings.preconditioner_tolerance(1e-10):
+        rank = min(max(cfg.preconditioner_rank, cfg.variance_rank), n)
+        with linear_operator.settings.preconditioner_tolerance(1e-8):
             L = self.op.pivoted_cholesky(rank=rank)  # (n, r)
         self.L = L
         C = self.noise * torch.eye(L.shape[1], dtype=L.dtype, device=L.device) + L.T @ L
