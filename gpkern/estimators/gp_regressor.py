@@ -224,7 +224,7 @@ class GPRegressor(BaseGPRegressor):
         lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
         state.update(
             kernel_=model.kernel,
-            noise_=float(model.noise),
+            noise_=float(model.noise.detach()),
             jitter_=posterior.jitter,
             log_marginal_likelihood_value_=lml,
             n_iter_=n_iter,
