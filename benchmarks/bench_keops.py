@@ -34,7 +34,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 3
 N_TEST = 2000
 TRAIN = dict(cg_tol=0.01, max_cg_iter=100, num_probes=15, lanczos_iter=10, preconditioner_rank=32)
-EVAL = dict(eval_cg_tol=0.01, max_eval_cg_iter=50, variance_directions=8, batch_size=2000)
+EVAL = dict(
+    eval_cg_tol=0.01, max_eval_cg_iter=50, variance_rank=32, variance_directions=8, batch_size=2000
+)
+#: Conditioning at n >= 50k: each CG iteration is one n x n reduction (about a minute at 100k here).
+EVAL_LARGE = dict(EVAL, max_eval_cg_iter=10)
+EVAL_NNGP = dict(EVAL, max_eval_cg_iter=5, variance_rank=16)
 
 
 def make_data(n: int, seed: int = 0):
@@ -47,19 +52,23 @@ def make_data(n: int, seed: int = 0):
     return X[:n], y[:n], X[n:], f[n:]
 
 
-def _settings(train: bool):
+def _settings(train: bool, ev: dict = EVAL):
     import gpytorch
     import linear_operator
 
     from gpkern.models.iterative import IterativeSettings
 
-    cfg = IterativeSettings(**TRAIN, **EVAL)
+    cfg = IterativeSettings(**TRAIN, **ev)
     ctx = [*cfg.context().contexts]
     if not train:
         ctx += [
-            gpytorch.settings.eval_cg_tolerance(EVAL["eval_cg_tol"]),
-            linear_operator.settings.cg_tolerance(EVAL["eval_cg_tol"]),
-            gpytorch.settings.max_root_decomposition_size(TRAIN["preconditioner_rank"] + EVAL["variance_directions"]),
+            gpytorch.settings.eval_cg_tolerance(ev["eval_cg_tol"]),
+            linear_operator.settings.cg_tolerance(ev["eval_cg_tol"]),
+            linear_operator.settings.max_cg_iterations(ev["max_eval_cg_iter"]),
+            gpytorch.settings.max_cg_iterations(ev["max_eval_cg_iter"]),
+            gpytorch.settings.max_root_decomposition_size(
+                ev["variance_rank"] + ev["variance_directions"]
+            ),
         ]
     return ctx
 
@@ -103,7 +112,9 @@ def worker(cfg: dict) -> dict:
                 t0 = time.perf_counter()
                 r = op._matmul(V)
             elif lib == "gpytorch":
-                kg = gpytorch.kernels.ScaleKernel(gpytorch.kernels.keops.RBFKernel(ard_num_dims=D)).double()
+                kg = gpytorch.kernels.ScaleKernel(
+                    gpytorch.kernels.keops.RBFKernel(ard_num_dims=D)
+                ).double()
                 kg.load_state_dict(kern.state_dict())
                 t0 = time.perf_counter()
                 r = kg(Xq) @ V
@@ -128,26 +139,45 @@ def worker(cfg: dict) -> dict:
 
 
 def _fit_gpkern(cfg, X, y, Xt, ft):
-    import numpy as np
     import gpytorch
+    import numpy as np
 
     from gpkern.estimators import GPRegressor
     from gpkern.linalg.keops import DenseNetworkKernel
 
-    opts = {**TRAIN, **EVAL}
+    opts = {**TRAIN, **cfg.get("eval", EVAL)}
     if cfg["task"] == "nngp":
         kernel = gpytorch.kernels.ScaleKernel(
-            DenseNetworkKernel([("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5)], D)
+            DenseNetworkKernel(
+                [
+                    ("dense", 1.5, 0.5),
+                    ("relu",),
+                    ("dense", 1.5, 0.5),
+                    ("relu",),
+                    ("dense", 1.5, 0.5),
+                ],
+                D,
+            )
         )
-        gp = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops", backend_options=opts)
+        gp = GPRegressor(
+            kernel=kernel, noise=0.05, optimizer=None, backend="keops", backend_options=opts
+        )
     elif cfg["task"] == "condition":
         kernel, noise = _learned(cfg)
-        gp = GPRegressor(kernel=kernel, noise=noise, optimizer=None, backend="keops", backend_options=opts)
+        gp = GPRegressor(
+            kernel=kernel, noise=noise, optimizer=None, backend="keops", backend_options=opts
+        )
     else:
-        gp = GPRegressor(optimizer="adam", max_iter=cfg["iters"], backend="keops", backend_options=opts)
+        gp = GPRegressor(
+            optimizer="adam", max_iter=cfg["iters"], backend="keops", backend_options=opts
+        )
     gp.fit(X, y)
     mean, std = gp.predict(Xt, return_std=True)
-    return {"rmse": float(np.sqrt(np.mean((mean - ft) ** 2))), "mean_std": float(std.mean()), "cg_iter": gp._posterior.n_iter}
+    return {
+        "rmse": float(np.sqrt(np.mean((mean - ft) ** 2))),
+        "mean_std": float(std.mean()),
+        "cg_iter": gp._posterior.n_iter,
+    }
 
 
 def _learned(cfg):
@@ -172,12 +202,18 @@ def _fit_gpytorch(cfg, X, y, Xt, ft):
 
     class Model(gpytorch.models.ExactGP):
         def __init__(self):
-            lik = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=gpytorch.constraints.GreaterThan(1e-6))
+            lik = gpytorch.likelihoods.GaussianLikelihood(
+                noise_constraint=gpytorch.constraints.GreaterThan(1e-6)
+            )
             super().__init__(Xq, yq, lik)
-            self.covar = gpytorch.kernels.ScaleKernel(gpytorch.kernels.keops.RBFKernel(ard_num_dims=D))
+            self.covar = gpytorch.kernels.ScaleKernel(
+                gpytorch.kernels.keops.RBFKernel(ard_num_dims=D)
+            )
 
         def forward(self, x):
-            return gpytorch.distributions.MultivariateNormal(torch.zeros(x.shape[0], dtype=x.dtype), self.covar(x))
+            return gpytorch.distributions.MultivariateNormal(
+                torch.zeros(x.shape[0], dtype=x.dtype), self.covar(x)
+            )
 
     model = Model().double()
     if cfg["task"] == "condition":
@@ -200,7 +236,11 @@ def _fit_gpytorch(cfg, X, y, Xt, ft):
                 loss.backward()
                 opt.step()
     model.eval()
-    with torch.no_grad(), _Many(_settings(False)), gpytorch.settings.fast_pred_var():
+    with (
+        torch.no_grad(),
+        _Many(_settings(False, cfg.get("eval", EVAL))),
+        gpytorch.settings.fast_pred_var(),
+    ):
         pred = model(Xtq)
         mean = pred.mean.numpy() * sd + mu
         std = pred.variance.clamp_min(0).sqrt().numpy() * sd
@@ -209,7 +249,11 @@ def _fit_gpytorch(cfg, X, y, Xt, ft):
         "outputscale": float(model.covar.outputscale),
         "noise": float(model.likelihood.noise),
     }
-    return {"rmse": float(np.sqrt(np.mean((mean - ft) ** 2))), "mean_std": float(std.mean()), "learned": learned}
+    return {
+        "rmse": float(np.sqrt(np.mean((mean - ft) ** 2))),
+        "mean_std": float(std.mean()),
+        "learned": learned,
+    }
 
 
 def run(cfg: dict, cache: str, timeout: float) -> dict:
@@ -217,7 +261,10 @@ def run(cfg: dict, cache: str, timeout: float) -> dict:
     try:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", json.dumps(cfg)],
-            capture_output=True, text=True, env=env, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
@@ -232,6 +279,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run at small n")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "keops.md"))
+    parser.add_argument(
+        "--gpytorch-timeout",
+        type=float,
+        default=300.0,
+        help="seconds for GPyTorch's conditioning run",
+    )
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -257,21 +310,34 @@ def main() -> None:
 
     for n in sizes:
         for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
-            record("matvec (16 rhs)", n, lib, run({"n": n, "lib": lib, "task": "matvec"}, cache, timeout))
+            record(
+                "matvec (16 rhs)",
+                n,
+                lib,
+                run({"n": n, "lib": lib, "task": "matvec"}, cache, timeout),
+            )
     learned = None
     n0 = sizes[0]
-    for lib in ("gpkern", "gpytorch") + (("dense",) if n0 <= 10_000 else ()):
+    for lib in ("gpkern", "gpytorch") + (("dense",) if n0 <= 5000 else ()):
         res = run({"n": n0, "lib": lib, "task": "fit", "iters": fit_iters}, cache, timeout)
         learned = res.pop("learned", learned)
         record(f"fit ({fit_iters} Adam steps) + predict", n0, lib, res)
     if learned is not None:
-        for n in sizes[1:]:
+        for n in sizes[1:2]:
             for lib in ("gpkern", "gpytorch"):
-                res = run({"n": n, "lib": lib, "task": "condition", "learned": learned}, cache, timeout)
+                cfg = {
+                    "n": n,
+                    "lib": lib,
+                    "task": "condition",
+                    "learned": learned,
+                    "eval": EVAL_LARGE,
+                }
+                res = run(cfg, cache, timeout if lib == "gpkern" else args.gpytorch_timeout)
                 res.pop("learned", None)
-                record("condition (hyperparameters from n0) + predict", n, lib, res)
+                record(f"condition (hyperparameters from {n0:,}) + predict", n, lib, res)
     for n in sizes[-1:]:
-        record("NNGP (2 ReLU layers) condition + predict", n, "gpkern", run({"n": n, "lib": "gpkern", "task": "nngp"}, cache, timeout))
+        cfg = {"n": n, "lib": "gpkern", "task": "nngp", "eval": EVAL_NNGP}
+        record("NNGP (2 ReLU layers) condition + predict", n, "gpkern", run(cfg, cache, timeout))
 
     write_table(rows, args, start, load_before)
 
@@ -290,7 +356,9 @@ def write_table(rows, args, start, load_before) -> None:
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, no GPU. "
         f"Total benchmark time {time.time() - start:.0f} s{' (--quick)' if args.quick else ''}.",
         "",
-        f"Settings (both libraries): {TRAIN}; conditioning {EVAL}. float64, D = {D}, {N_TEST} held-out points, "
+        f"Settings (both libraries): training {TRAIN}; conditioning at n0 {EVAL}, at 50k {EVAL_LARGE}, "
+        f"NNGP at 100k {EVAL_NNGP} (GPyTorch: same CG tolerance and iteration cap, LOVE root size = "
+        "variance_rank + variance_directions). float64, D = {D}, {N_TEST} held-out points, "
         "ScaleKernel(RBF ARD). Peak memory is the whole process's ru_maxrss (Python + torch + pykeops "
         "baseline included). RMSE is against the noise-free function.",
         "",

@@ -23,7 +23,13 @@ import gpkern.linalg.dispatch as dispatch
 import gpkern.linalg.keops as keops
 from gpkern.estimators import GPRegressor
 from gpkern.linalg.dispatch import DENSE_MAX_N, KeOpsFallbackWarning, choose_backend
-from gpkern.linalg.keops import DenseNetworkKernel, KernelOperator, dense_network, kernel_formula, kernel_operator
+from gpkern.linalg.keops import (
+    DenseNetworkKernel,
+    KernelOperator,
+    dense_network,
+    kernel_formula,
+    kernel_operator,
+)
 from gpkern.models.iterative import IterativeGP, IterativeSettings, preconditioned_cg
 
 WIDTH = 16
@@ -35,8 +41,20 @@ def _keops_works() -> bool:
 
 needs_keops = pytest.mark.skipif("not _keops_works()", reason="pykeops cannot compile here")
 
-RELU_NET = [("dense", 1.3, 0.2), ("relu",), ("dense", 1.1, 0.3), ("leaky_relu", 0.2), ("dense", 0.9, 0.1)]
-ERF_NET = [("dense", 1.2, 0.3), ("erf",), ("dense", 1.0, 0.1), ("abrelu", -0.4, 1.3), ("dense", 1.0, 0.0)]
+RELU_NET = [
+    ("dense", 1.3, 0.2),
+    ("relu",),
+    ("dense", 1.1, 0.3),
+    ("leaky_relu", 0.2),
+    ("dense", 0.9, 0.1),
+]
+ERF_NET = [
+    ("dense", 1.2, 0.3),
+    ("erf",),
+    ("dense", 1.0, 0.1),
+    ("abrelu", -0.4, 1.3),
+    ("dense", 1.0, 0.0),
+]
 
 
 def _components(d: int) -> list[gpytorch.kernels.Kernel]:
@@ -48,7 +66,8 @@ def _components(d: int) -> list[gpytorch.kernels.Kernel]:
         gpytorch.kernels.PeriodicKernel(ard_num_dims=d),
         gpytorch.kernels.RQKernel(ard_num_dims=d),
         gpytorch.kernels.SpectralMixtureKernel(num_mixtures=2, ard_num_dims=d),
-        gpytorch.kernels.RBFKernel(active_dims=[0, 2]) * gpytorch.kernels.PeriodicKernel(active_dims=[1]),
+        gpytorch.kernels.RBFKernel(active_dims=[0, 2])
+        * gpytorch.kernels.PeriodicKernel(active_dims=[1]),
         DenseNetworkKernel(RELU_NET, n_features=d),
         DenseNetworkKernel(ERF_NET, n_features=d, ntk=True),
     ]
@@ -56,10 +75,12 @@ def _components(d: int) -> list[gpytorch.kernels.Kernel]:
 
 def _combined(dtype: torch.dtype, d: int = 3) -> gpytorch.kernels.Kernel:
     gen = torch.Generator().manual_seed(1)
-    kernel = gpytorch.kernels.AdditiveKernel(*[gpytorch.kernels.ScaleKernel(k) for k in _components(d)])
+    kernel = gpytorch.kernels.AdditiveKernel(
+        *[gpytorch.kernels.ScaleKernel(k) for k in _components(d)]
+    )
     kernel = kernel.to(dtype)
     with torch.no_grad():
-        for name, p in kernel.named_parameters():
+        for _name, p in kernel.named_parameters():
             p.add_(0.4 * torch.randn(p.shape, generator=gen, dtype=dtype))
     return kernel
 
@@ -81,7 +102,9 @@ def _grads(kernel, value):
 
 @needs_keops
 @pytest.mark.parametrize(
-    "dtype, rtol, atol", [(torch.float64, 1e-6, 1e-6), (torch.float32, 2e-3, 2e-3)], ids=["float64", "float32"]
+    "dtype, rtol, atol",
+    [(torch.float64, 1e-6, 1e-6), (torch.float32, 2e-3, 2e-3)],
+    ids=["float64", "float32"],
 )
 def test_every_formula_matches_gpytorch_dense_values_and_gradients(dtype, rtol, atol):
     kernel = _combined(dtype)
@@ -101,10 +124,14 @@ def test_every_formula_matches_gpytorch_dense_values_and_gradients(dtype, rtol, 
     names = [name for name, _ in kernel.named_parameters()]
     for name, g, g_ref in zip(names, grads, ref_grads):
         # d/d(outputscale_c) isolates component c's value u^T K_c v; the rest its derivatives.
-        torch.testing.assert_close(g, g_ref, rtol=rtol * 10, atol=atol * 50 * float(g_ref.abs().max() + 1), msg=name)
+        torch.testing.assert_close(
+            g, g_ref, rtol=rtol * 10, atol=atol * 50 * float(g_ref.abs().max() + 1), msg=name
+        )
     # The transpose (x2, x1) reuses the same formula.
     vt = u[:, :1].expand(-1, WIDTH).contiguous()
-    torch.testing.assert_close(op.mT._matmul(vt), K_ref.T @ vt, rtol=rtol, atol=atol * float(scale) * 10)
+    torch.testing.assert_close(
+        op.mT._matmul(vt), K_ref.T @ vt, rtol=rtol, atol=atol * float(scale) * 10
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -119,7 +146,9 @@ def test_torch_operator_diagonal_entries_and_fallback_matmul(dtype):
     rows = torch.tensor([3, 7])
     torch.testing.assert_close(op[rows].to_dense(), K_ref[rows], rtol=tol, atol=tol)
     # Tiny blocks force several row blocks and the checkpointed backward pass.
-    value = (u * keops.torch_matmul(op.formula, x1, x2, op.theta_vec, v, max_block_elements=300)).sum()
+    value = (
+        u * keops.torch_matmul(op.formula, x1, x2, op.theta_vec, v, max_block_elements=300)
+    ).sum()
     torch.testing.assert_close(value, (u * (K_ref @ v)).sum(), rtol=tol * 10, atol=tol * 10)
     for g, g_ref in zip(_grads(kernel, value), _grads(kernel, (u * (K_ref @ v)).sum())):
         torch.testing.assert_close(g, g_ref, rtol=max(tol * 100, 1e-6), atol=max(tol * 100, 1e-6))
@@ -194,7 +223,9 @@ def test_relu_nngp_matches_monte_carlo_of_a_wide_network():
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(2, 25), d=st.integers(1, 4), seed=st.integers(0, 10_000), which=st.integers(0, 9))
+@given(
+    n=st.integers(2, 25), d=st.integers(1, 4), seed=st.integers(0, 10_000), which=st.integers(0, 9)
+)
 def test_operator_is_symmetric_psd_and_equals_its_dense_matrix(n, d, seed, which):
     gen = torch.Generator().manual_seed(seed)
     kernel = _components(max(d, 3))[which].double()
@@ -230,7 +261,9 @@ def test_dispatch_rule(monkeypatch):
         choose_backend(10, gpytorch.kernels.LinearKernel(), "keops")
     with pytest.raises(ValueError, match="backend must be"):
         choose_backend(10, rbf, "gpu")
-    monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (False, "no compiler"))
+    monkeypatch.setattr(
+        dispatch, "keops_available", lambda dtype=torch.float64: (False, "no compiler")
+    )
     with pytest.warns(KeOpsFallbackWarning, match="no compiler"):
         assert choose_backend(DENSE_MAX_N + 1, rbf) == "torch"
 
@@ -252,7 +285,9 @@ def test_preconditioned_cg_solves_and_keeps_conjugate_directions():
     M = torch.randn(80, 80, generator=gen, dtype=torch.float64)
     A = M @ M.T / 80 + 0.1 * torch.eye(80, dtype=torch.float64)
     B = torch.randn(80, 3, generator=gen, dtype=torch.float64)
-    X, D, AD, it = preconditioned_cg(lambda V: A @ V, B, lambda V: V, tol=1e-10, max_iter=500, keep=5)
+    X, D, AD, it = preconditioned_cg(
+        lambda V: A @ V, B, lambda V: V, tol=1e-10, max_iter=500, keep=5
+    )
     torch.testing.assert_close(X, torch.linalg.solve(A, B), rtol=1e-7, atol=1e-8)
     assert D.shape == (80, 15)
     G = D[:, 0::3].T @ A @ D[:, 0::3]  # directions of the first right-hand side
@@ -299,7 +334,9 @@ def test_iterative_posterior_matches_scipy_reference_at_fixed_hyperparameters():
     noise = 0.01
     Xt_t, X_t = torch.as_tensor(Xt), torch.as_tensor(X)
     with torch.no_grad():
-        K, Ks, Kss = (kernel(a, b).to_dense().numpy() for a, b in ((X_t, X_t), (Xt_t, X_t), (Xt_t, Xt_t)))
+        K, Ks, Kss = (
+            kernel(a, b).to_dense().numpy() for a, b in ((X_t, X_t), (Xt_t, X_t), (Xt_t, Xt_t))
+        )
     mean_ref, var_ref, lml_ref = dense_gp_reference(K, Ks, Kss, y, noise)
     gp = IterativeGP(kernel, noise=noise, learn_noise=False, backend="torch").double()
     post = gp.posterior(X_t, torch.as_tensor(y)[:, None])
@@ -323,7 +360,9 @@ def test_keops_gp_matches_dense_gp_at_n2000():
     ls_d = dense.kernel_.base_kernel.lengthscale.detach().numpy()
     ls_k = fast.kernel_.base_kernel.lengthscale.detach().numpy()
     np.testing.assert_allclose(ls_k, ls_d, rtol=0.1)
-    np.testing.assert_allclose(float(fast.kernel_.outputscale), float(dense.kernel_.outputscale), rtol=0.15)
+    np.testing.assert_allclose(
+        float(fast.kernel_.outputscale), float(dense.kernel_.outputscale), rtol=0.15
+    )
     np.testing.assert_allclose(fast.noise_, dense.noise_, rtol=0.1)
     md, sd = dense.predict(Xt, return_std=True)
     mk, sk = fast.predict(Xt, return_std=True)
@@ -349,8 +388,12 @@ def test_keops_on_gpu_matches_dense_on_gpu():
 def test_keops_gp_on_gpu_matches_dense_gp_on_gpu():
     X, y, Xt = _toy(3000, seed=5)
     kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
-    dense = GPRegressor(kernel=kernel, noise=0.02, optimizer=None, backend="dense", device="cuda").fit(X, y)
-    fast = GPRegressor(kernel=kernel, noise=0.02, optimizer=None, backend="keops", device="cuda").fit(X, y)
+    dense = GPRegressor(
+        kernel=kernel, noise=0.02, optimizer=None, backend="dense", device="cuda"
+    ).fit(X, y)
+    fast = GPRegressor(
+        kernel=kernel, noise=0.02, optimizer=None, backend="keops", device="cuda"
+    ).fit(X, y)
     np.testing.assert_allclose(fast.predict(Xt), dense.predict(Xt), atol=1e-4)
 
 
@@ -359,4 +402,7 @@ def test_iterative_settings_validate():
         IterativeSettings(num_probes=0)
     assert IterativeSettings(seed=0).seed == 0
     assert math.isclose(IterativeSettings().cg_tol, 0.01)
-    assert isinstance(kernel_operator(gpytorch.kernels.RBFKernel(), torch.zeros(3, 1), backend="torch"), KernelOperator)
+    assert isinstance(
+        kernel_operator(gpytorch.kernels.RBFKernel(), torch.zeros(3, 1), backend="torch"),
+        KernelOperator,
+    )

@@ -161,13 +161,20 @@ class GPRegressor(BaseGPRegressor):
         self._check_positive_int("max_iter", self.max_iter, minimum=0)
         self._check_positive_int("n_restarts", self.n_restarts, minimum=0)
         if self.backend not in ("auto", "dense", "keops"):
-            raise ValueError(f"backend must be 'auto', 'dense' or 'keops', got {self.backend!r}.")
+            raise ValueError(
+                f"backend must be 'auto', 'dense' or 'keops', got {self.backend!r}."
+            )
         if self.backend_options is not None and not isinstance(self.backend_options, dict):
-            raise ValueError(f"backend_options must be a dict or None, got {type(self.backend_options).__name__}.")
+            raise ValueError(
+                "backend_options must be a dict or None, "
+                f"got {type(self.backend_options).__name__}."
+            )
         try:
             IterativeSettings(**(self.backend_options or {}))
         except TypeError as exc:
-            raise ValueError(f"backend_options: {exc}; see gpkern.models.iterative.IterativeSettings.") from exc
+            raise ValueError(
+                f"backend_options: {exc}; see gpkern.models.iterative.IterativeSettings."
+            ) from exc
         return resolve_device(self.device)
 
     # -- fitting ------------------------------------------------------------------------------
@@ -178,7 +185,9 @@ class GPRegressor(BaseGPRegressor):
         kind = choose_backend(X.shape[0], kernel, self.backend)
         if kind != "dense":
             settings = IterativeSettings(**(self.backend_options or {}))
-            model = IterativeGP(kernel, noise=noise, learn_noise=learn, settings=settings, backend=kind, verbose=self.verbose)
+            model = IterativeGP(
+                kernel, noise, learn, settings=settings, backend=kind, verbose=self.verbose
+            )
             return model.to(dtype=torch.float64, device=X.device)
         model = ExactGP(kernel, noise=noise, learn_noise=learn)
         return model.to(dtype=torch.float64, device=X.device)

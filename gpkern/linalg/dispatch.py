@@ -26,7 +26,13 @@ import warnings
 import gpytorch
 import torch
 
-__all__ = ["DENSE_MAX_N", "KeOpsFallbackWarning", "choose_backend", "keops_available", "warn_fallback"]
+__all__ = [
+    "DENSE_MAX_N",
+    "KeOpsFallbackWarning",
+    "choose_backend",
+    "keops_available",
+    "warn_fallback",
+]
 
 #: Largest training set solved densely under ``backend="auto"``.
 DENSE_MAX_N = 5000
@@ -60,7 +66,7 @@ def keops_available(dtype: torch.dtype = torch.float64) -> tuple[bool, str]:
     """
     key = str(dtype)
     if key not in _STATUS:
-        from gpkern.linalg.keops import KeOpsCompileError, kernel_formula, keops_matmul
+        from gpkern.linalg.keops import KeOpsCompileError, keops_matmul, kernel_formula
 
         x = torch.zeros(2, 1, dtype=dtype)
         formula = kernel_formula(gpytorch.kernels.RBFKernel())
@@ -85,7 +91,10 @@ def _has_formula(kernel: gpytorch.kernels.Kernel) -> tuple[bool, str]:
 
 
 def choose_backend(
-    n: int, kernel: gpytorch.kernels.Kernel, backend: str = "auto", dtype: torch.dtype = torch.float64
+    n: int,
+    kernel: gpytorch.kernels.Kernel,
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float64,
 ) -> str:
     """Resolve ``backend`` to ``"dense"``, ``"keops"`` or ``"torch"`` for ``n`` training points.
 

@@ -216,7 +216,9 @@ def _arccos_terms(k12, k11, k22, eps: float):
     return norm, cos, theta
 
 
-def dense_network(xi, xj, layers: Sequence[tuple], n_features: int, ntk: bool = False, eps: float = 1e-12):
+def dense_network(
+    xi, xj, layers: Sequence[tuple], n_features: int, ntk: bool = False, eps: float = 1e-12
+):
     r"""NNGP (or NTK) of a fully connected network through the layer recursion.
 
     The state is the covariance of pre-activations at :math:`x`, :math:`x'`:
@@ -286,7 +288,9 @@ def dense_network(xi, xj, layers: Sequence[tuple], n_features: int, ntk: bool = 
                 neg = (sin - theta * cos) * norm * (1.0 / (2 * math.pi))
                 new12 = new12 - neg * (2 * a * b)
             if ntk and theta_ntk is not None:
-                dot = ((math.pi - theta) * (a * a + b * b) + theta * (2 * a * b)) * (1.0 / (2 * math.pi))
+                dot = ((math.pi - theta) * (a * a + b * b) + theta * (2 * a * b)) * (
+                    1.0 / (2 * math.pi)
+                )
                 theta_ntk = theta_ntk * dot
             scale = 0.5 * (a * a + b * b)
             k12, k11, k22 = new12, k11 * scale, k22 * scale
@@ -302,7 +306,9 @@ def dense_network(xi, xj, layers: Sequence[tuple], n_features: int, ntk: bool = 
             k22 = ((k22 * 2.0) / d22).asin() * (2.0 / math.pi)
             k12 = new12
         else:
-            raise ValueError(f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, _ACTIVATIONS))}.")
+            raise ValueError(
+                f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, _ACTIVATIONS))}."
+            )
     if ntk:
         return k12 if theta_ntk is None else theta_ntk
     return k12
@@ -381,10 +387,15 @@ class _Periodic(KernelFormula):
         self.size = self.n_p + self.n_ls
 
     def theta_parts(self):
-        return [math.pi / self.kernel.period_length.reshape(-1), 1.0 / self.kernel.lengthscale.reshape(-1)]
+        return [
+            math.pi / self.kernel.period_length.reshape(-1),
+            1.0 / self.kernel.lengthscale.reshape(-1),
+        ]
 
     def evaluate(self, xi, xj, theta, start=0):
-        return periodic(xi, xj, _slice(theta, start, self.n_p), _slice(theta, start + self.n_p, self.n_ls))
+        return periodic(
+            xi, xj, _slice(theta, start, self.n_p), _slice(theta, start + self.n_p, self.n_ls)
+        )
 
 
 class _SpectralMixture(KernelFormula):
@@ -395,7 +406,11 @@ class _SpectralMixture(KernelFormula):
 
     def theta_parts(self):
         k = self.kernel
-        return [k.mixture_weights.reshape(-1), k.mixture_scales.reshape(-1), k.mixture_means.reshape(-1)]
+        return [
+            k.mixture_weights.reshape(-1),
+            k.mixture_scales.reshape(-1),
+            k.mixture_means.reshape(-1),
+        ]
 
     def evaluate(self, xi, xj, theta, start=0):
         q, d = self.q, self.d
@@ -476,7 +491,9 @@ class DenseNetworkKernel(gpytorch.kernels.Kernel):
 
     has_lengthscale = False
 
-    def __init__(self, layers: Sequence[tuple], n_features: int, ntk: bool = False, **kwargs) -> None:
+    def __init__(
+        self, layers: Sequence[tuple], n_features: int, ntk: bool = False, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         for layer in layers:
             if not isinstance(layer, tuple) or layer[0] not in ("dense",) + _ACTIVATIONS:
@@ -488,12 +505,16 @@ class DenseNetworkKernel(gpytorch.kernels.Kernel):
         self.n_features = int(n_features)
         self.ntk = bool(ntk)
 
-    def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):  # (..., n, d), (..., m, d)
+    def forward(
+        self, x1, x2, diag=False, last_dim_is_batch=False, **params
+    ):  # (..., n, d), (..., m, d)
         if last_dim_is_batch:
             raise ValueError("DenseNetworkKernel does not support last_dim_is_batch.")
         if diag:
             return dense_network(x1, x2, self.layers, self.n_features, ntk=self.ntk)
-        return dense_network(x1.unsqueeze(-2), x2.unsqueeze(-3), self.layers, self.n_features, ntk=self.ntk)
+        return dense_network(
+            x1.unsqueeze(-2), x2.unsqueeze(-3), self.layers, self.n_features, ntk=self.ntk
+        )
 
 
 _STATIONARY = (
@@ -518,7 +539,9 @@ def kernel_formula(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         hyperparameters.
     """
     formula = _node(kernel)
-    return formula if kernel.active_dims is None else _ActiveDims(formula, kernel.active_dims.tolist())
+    return (
+        formula if kernel.active_dims is None else _ActiveDims(formula, kernel.active_dims.tolist())
+    )
 
 
 def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
@@ -610,7 +633,9 @@ def keops_matmul(
     except KeOpsCompileError:
         raise
     except Exception as exc:
-        raise KeOpsCompileError(f"pykeops could not compile or run the kernel reduction: {exc}") from exc
+        raise KeOpsCompileError(
+            f"pykeops could not compile or run the kernel reduction: {exc}"
+        ) from exc
 
 
 def _dense_block(formula, x1b, x2, theta, rhs):
@@ -674,7 +699,9 @@ class KernelOperator(LinearOperator):
 
     def __init__(self, x1, x2, theta, *, formula: KernelFormula, backend: str = "keops") -> None:
         if x1.dim() != 2 or x2.dim() != 2:
-            raise ValueError("KernelOperator takes 2-D inputs (n, d) and (m, d); batch dimensions are not supported.")
+            raise ValueError(
+                "KernelOperator takes 2-D inputs (n, d) and (m, d); batch dimensions are not supported."
+            )
         if backend not in ("keops", "torch"):
             raise ValueError(f"backend must be 'keops' or 'torch', got {backend!r}.")
         super().__init__(x1, x2, theta, formula=formula, backend=backend)
@@ -686,7 +713,9 @@ class KernelOperator(LinearOperator):
 
     def _transpose_nonbatch(self):
         # Every formula here is a symmetric function k(x, x') = k(x', x).
-        return KernelOperator(self.x2, self.x1, self.theta_vec, formula=self.formula, backend=self.backend)
+        return KernelOperator(
+            self.x2, self.x1, self.theta_vec, formula=self.formula, backend=self.backend
+        )
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
         vector = rhs.dim() == 1

@@ -95,7 +95,11 @@ class IterativeSettings:
             if f.type == "float" or isinstance(value, float):
                 if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                     raise ValueError(f"{f.name} must be a positive float, got {value!r}.")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "seed" else 1):
+            elif (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (0 if f.name == "seed" else 1)
+            ):
                 raise ValueError(f"{f.name} must be a positive int, got {value!r}.")
 
     def context(self):
@@ -136,6 +140,7 @@ def preconditioned_cg(
     tol: float,
     max_iter: int,
     keep: int = 0,
+    verbose: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # (n, c), (n, k), (n, k), iterations
     r"""Solve :math:`A X = B` column by column with preconditioned conjugate gradients.
 
@@ -152,6 +157,8 @@ def preconditioned_cg(
     max_iter : int
     keep : int, default=0
         Number of first search directions :math:`d_k` (and :math:`A d_k`) to return.
+    verbose : bool, default=False
+        Progress bar with the largest relative residual.
 
     Returns
     -------
@@ -170,10 +177,13 @@ def preconditioned_cg(
     kept, kept_a = [], []
     n_iter = 0
     done = R.norm(dim=0) <= tol * bnorm
+    bar = tqdm(total=max_iter, desc="CG solve", disable=not verbose, leave=False)
     while n_iter < max_iter and not bool(done.all()):
         AP = matmul(P)
         pap = (P * AP).sum(0)
-        step = torch.where(done | (pap <= 0), torch.zeros_like(rz), rz / pap.clamp_min(torch.finfo(B.dtype).tiny))
+        step = torch.where(
+            done | (pap <= 0), torch.zeros_like(rz), rz / pap.clamp_min(torch.finfo(B.dtype).tiny)
+        )
         if n_iter < keep:
             live = ~done
             kept.append(P[:, live])
@@ -184,9 +194,14 @@ def preconditioned_cg(
         done = done | (R.norm(dim=0) <= tol * bnorm)
         Z = precond(R)
         rz_new = (R * Z).sum(0)
-        beta = torch.where(done, torch.zeros_like(rz), rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny))
+        beta = torch.where(
+            done, torch.zeros_like(rz), rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny)
+        )
         P = Z + beta * P
         rz = rz_new
+        bar.update(1)
+        bar.set_postfix(residual=f"{float((R.norm(dim=0) / bnorm).max()):.2e}")
+    bar.close()
     empty = B.new_zeros(B.shape[0], 0)
     D = torch.cat(kept, 1) if kept else empty
     AD = torch.cat(kept_a, 1) if kept_a else empty
@@ -236,7 +251,9 @@ class IterativeGP(ExactGP):
         backend: str = "keops",
         verbose: bool = False,
     ) -> None:
-        super().__init__(kernel, noise=noise, learn_noise=learn_noise, noise_lower_bound=noise_lower_bound)
+        super().__init__(
+            kernel, noise=noise, learn_noise=learn_noise, noise_lower_bound=noise_lower_bound
+        )
         if backend not in ("keops", "torch"):
             raise ValueError(f"backend must be 'keops' or 'torch', got {backend!r}.")
         self.settings = settings if settings is not None else IterativeSettings()
@@ -244,12 +261,16 @@ class IterativeGP(ExactGP):
         self.verbose = verbose
         self._lml_cache: list[tuple[torch.Tensor, float]] = []
 
-    def operator(self, X: torch.Tensor, X2: torch.Tensor | None = None) -> KernelOperator:  # (n, d) -> (n, m)
+    def operator(
+        self, X: torch.Tensor, X2: torch.Tensor | None = None
+    ) -> KernelOperator:  # (n, d) -> (n, m)
         """The lazy kernel matrix :math:`K(X, X_2)`."""
         return kernel_operator(self.kernel, X, X2, backend=self.backend)
 
     def _fingerprint(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1).cpu() for p in self.parameters()] or [torch.zeros(0)])
+        return torch.cat(
+            [p.detach().reshape(-1).cpu() for p in self.parameters()] or [torch.zeros(0)]
+        )
 
     def log_marginal_likelihood(
         self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = False
@@ -281,7 +302,9 @@ class IterativeGP(ExactGP):
                 return value
         return None
 
-    def posterior(self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = True) -> IterativePosterior:
+    def posterior(
+        self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = True
+    ) -> IterativePosterior:
         """Condition on ``(X, Y)`` by preconditioned CG; the result predicts in batches."""
         with torch.no_grad():
             lml = self._cached_lml()
@@ -327,6 +350,7 @@ class IterativePosterior:
             tol=cfg.eval_cg_tol,
             max_iter=cfg.max_eval_cg_iter,
             keep=cfg.variance_directions,
+            verbose=self.verbose,
         )
         # Variance subspace S = [L, D]: normalise, then A^{-1} ~ S (S^T A S)^+ S^T.
         S = torch.cat([L, D], 1)
@@ -355,7 +379,11 @@ class IterativePosterior:
 
     def _solve_columns(self, V: torch.Tensor) -> torch.Tensor:  # (n, b) -> (n, b)
         X, _, _, _ = preconditioned_cg(
-            self._matmul, V, self._precondition, tol=self.settings.eval_cg_tol, max_iter=self.settings.max_eval_cg_iter
+            self._matmul,
+            V,
+            self._precondition,
+            tol=self.settings.eval_cg_tol,
+            max_iter=self.settings.max_eval_cg_iter,
         )
         return X
 
