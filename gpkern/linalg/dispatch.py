@@ -138,6 +138,9 @@ def choose_backend(
         return "dense"
     available, why = keops_available(dtype)
     if not available:
+        from gpkern.linalg.keops import FALLBACK
+
         warn_fallback(RuntimeError(why))
+        FALLBACK["active"] = True  # later KeOps operators go straight to torch, silently
         return "torch"
     return "keops"

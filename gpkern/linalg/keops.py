@@ -47,6 +47,8 @@ __all__ = [
     "rational_quadratic",
     "periodic",
     "spectral_mixture",
+    "spectral_mixture_product",
+    "spectral_mixture_sum",
     "dense_network",
 ]
 
@@ -172,6 +174,92 @@ def periodic(xi, xj, pi_over_period, inv_lengthscale):
     return ((s * s * inv_lengthscale).sum(-1) * -2.0).exp()
 
 
+def _dim_vec(t, d: int):
+    """Feature ``d`` kept as a length-1 vector (broadcasts against a vector of components)."""
+    return t[d] if _is_lazy(t) else t[..., d : d + 1]
+
+
+def _inner_dim(t) -> int:
+    return int(t.ndim) if _is_lazy(t) else int(t.shape[-1])
+
+
+def _envelope(tau_d, rate, kind: str):
+    if kind == "gaussian":  # exp(-rate tau^2)
+        return (tau_d * tau_d * rate * -1.0).exp()
+    if kind == "matern52":  # (1 + a + a^2/3) exp(-a), a = sqrt5 |tau| rate
+        a = tau_d.abs() * rate * math.sqrt(5.0)
+        return (a + a * a * (1.0 / 3.0) + 1.0) * (-a).exp()
+    raise ValueError(f"envelope must be 'gaussian' or 'matern52', got {kind!r}.")
+
+
+def spectral_mixture_product(
+    xi, xj, weights: Sequence, rates: Sequence, freqs: Sequence, envelope: str = "gaussian"
+):
+    r"""Product over dimensions of one-dimensional spectral mixtures.
+
+    .. math::
+
+        k(x, x') = \prod_{d=1}^{D} \sum_{q=1}^{Q} w_{dq}\, e(\tau_d; \ell_{dq})
+            \cos(2\pi \mu_{dq} \tau_d), \qquad \tau = x - x',
+
+    with the Gaussian envelope :math:`e = \exp(-\ell \tau^2)` (Gaussian spectral density) or the
+    Matérn-5/2 envelope :math:`e = (1 + \sqrt5|\tau|\ell + \tfrac53 \tau^2\ell^2)
+    e^{-\sqrt5|\tau|\ell}` (Student-t spectral density).  The :math:`Q` components of each
+    dimension are one KeOps vector, so the formula grows with :math:`D`, not with :math:`QD`.
+    GPyTorch's ``SpectralMixtureKernel`` is the Gaussian case with :math:`w_{dq} = w_q`,
+    :math:`\ell_{dq} = 2\pi^2 s_{qd}^2`; gpkern's ``GaussianSpectralMixtureKernel`` and
+    ``StudentTSpectralMixtureKernel`` (issue 4) are the two envelopes with their own parameters.
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands, see :func:`sq_dist`.
+    weights, rates, freqs : sequences of length D (or 1: shared by every dimension)
+        Per dimension, the Q-vectors :math:`w_{d\cdot}`, :math:`\ell_{d\cdot}`, :math:`\mu_{d\cdot}`.
+    envelope : {"gaussian", "matern52"}, default="gaussian"
+    """
+    tau = xi - xj
+    total = None
+    for d in range(_inner_dim(tau)):
+        j = d if len(weights) > 1 else 0
+        t = _dim_vec(tau, d)
+        comp = (
+            _envelope(t, rates[j], envelope) * (t * freqs[j] * (2.0 * math.pi)).cos() * weights[j]
+        )
+        term = comp.sum(-1)
+        total = term if total is None else total * term
+    return total
+
+
+def spectral_mixture_sum(xi, xj, weights, rates: Sequence, freqs: Sequence):
+    r"""Sum over components of products over dimensions (Wilson & Adams; the GSMP kernel).
+
+    .. math::
+
+        k(x, x') = \sum_{a=1}^{A} \theta_a \prod_{p=1}^{P}
+            \exp(-\ell_{ap} \tau_p^2) \cos(2\pi \mu_{ap} \tau_p), \qquad \tau = x - x'.
+
+    The GSMP kernel of Suwandi et al. (gpkern's ``GSMPKernel``, issue 8) has
+    :math:`\ell_{ap} = 2\pi^2\sigma_{ap}^2` and learns only :math:`\theta \ge 0`.
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands, see :func:`sq_dist`.
+    weights : LazyTensor or torch.Tensor
+        :math:`\theta`, an A-vector.
+    rates, freqs : sequences of length P
+        Per dimension, the A-vectors :math:`\ell_{\cdot p}` and :math:`\mu_{\cdot p}`.
+    """
+    tau = xi - xj
+    prod = None
+    for p in range(len(rates)):
+        t = _dim_vec(tau, p)
+        f = _envelope(t, rates[p], "gaussian") * (t * freqs[p] * (2.0 * math.pi)).cos()
+        prod = f if prod is None else prod * f
+    return (prod * weights).sum(-1)
+
+
 def spectral_mixture(xi, xj, weights: Sequence, scales: Sequence, means: Sequence, n_dims: int):
     r"""GPyTorch's spectral mixture kernel (Wilson & Adams, 2013), as GPyTorch computes it.
 
@@ -182,28 +270,22 @@ def spectral_mixture(xi, xj, weights: Sequence, scales: Sequence, means: Sequenc
         k(\tau) = \prod_{d=1}^D \sum_{q=1}^Q w_q \exp(-2\pi^2 \tau_d^2 s_{qd}^2)
             \cos(2\pi \tau_d \mu_{qd}), \qquad \tau = x - x'
 
-    (for :math:`D = 1` this is the original spectral mixture).
+    (for :math:`D = 1` this is the original spectral mixture).  A thin wrapper of
+    :func:`spectral_mixture_product`.
 
     Parameters
     ----------
     xi, xj : LazyTensor or torch.Tensor
         Operands, see :func:`sq_dist`.
-    weights : sequence of Q scalars (LazyTensor or tensor of size 1)
-    scales, means : sequence of Q vectors of size ``n_dims``
+    weights : LazyTensor or torch.Tensor
+        The Q-vector :math:`w`.
+    scales, means : sequences of length ``n_dims``
+        Per dimension, the Q-vectors :math:`2\pi^2 s_{\cdot d}^2` (rates) and :math:`\mu_{\cdot d}`.
     n_dims : int
     """
-    tau = xi - xj
-    terms = []
-    for w, s, mu in zip(weights, scales, means):
-        envelope = ((tau * s) ** 2 * (-2.0 * math.pi**2)).exp()
-        terms.append(envelope * (tau * mu * (2.0 * math.pi)).cos() * w)
-    per_dim = terms[0]
-    for term in terms[1:]:
-        per_dim = per_dim + term
-    total = _elem(per_dim, 0)
-    for d in range(1, n_dims):
-        total = total * _elem(per_dim, d)
-    return total
+    return spectral_mixture_product(
+        xi, xj, [weights] * n_dims, list(scales), list(means), "gaussian"
+    )
 
 
 _ACTIVATIONS = ("relu", "abrelu", "leaky_relu", "erf")
@@ -399,6 +481,8 @@ class _Periodic(KernelFormula):
 
 
 class _SpectralMixture(KernelFormula):
+    """GPyTorch's SpectralMixtureKernel: theta = [w (Q), rates (D x Q), means (D x Q)]."""
+
     def __init__(self, kernel: gpytorch.kernels.SpectralMixtureKernel) -> None:
         self.kernel = kernel
         self.q, self.d = kernel.num_mixtures, kernel.ard_num_dims
@@ -406,18 +490,58 @@ class _SpectralMixture(KernelFormula):
 
     def theta_parts(self):
         k = self.kernel
-        return [
-            k.mixture_weights.reshape(-1),
-            k.mixture_scales.reshape(-1),
-            k.mixture_means.reshape(-1),
-        ]
+        scales = k.mixture_scales.reshape(self.q, self.d)
+        means = k.mixture_means.reshape(self.q, self.d)
+        rates = 2.0 * math.pi**2 * scales**2
+        return [k.mixture_weights.reshape(-1), rates.T.reshape(-1), means.T.reshape(-1)]
 
     def evaluate(self, xi, xj, theta, start=0):
         q, d = self.q, self.d
-        weights = [_slice(theta, start + i, 1) for i in range(q)]
-        scales = [_slice(theta, start + q + i * d, d) for i in range(q)]
-        means = [_slice(theta, start + q + q * d + i * d, d) for i in range(q)]
-        return spectral_mixture(xi, xj, weights, scales, means, d)
+        weights = _slice(theta, start, q)
+        rates = [_slice(theta, start + q + i * q, q) for i in range(d)]
+        means = [_slice(theta, start + q + d * q + i * q, q) for i in range(d)]
+        return spectral_mixture(xi, xj, weights, rates, means, d)
+
+
+class _SpectralProduct(KernelFormula):
+    """gpkern's Gaussian / Student-t spectral mixture product kernels (weights, frequencies, scales)."""
+
+    def __init__(self, kernel, envelope: str) -> None:
+        self.kernel, self.envelope = kernel, envelope
+        self.dims, self.q = kernel.weights.shape[-2], kernel.weights.shape[-1]
+        self.size = 3 * self.dims * self.q
+
+    def theta_parts(self):
+        k = self.kernel
+        return [k.weights.reshape(-1), k.scales.reshape(-1), k.frequencies.reshape(-1)]
+
+    def evaluate(self, xi, xj, theta, start=0):
+        dq, q = self.dims * self.q, self.q
+        w = [_slice(theta, start + i * q, q) for i in range(self.dims)]
+        r = [_slice(theta, start + dq + i * q, q) for i in range(self.dims)]
+        mu = [_slice(theta, start + 2 * dq + i * q, q) for i in range(self.dims)]
+        return spectral_mixture_product(xi, xj, w, r, mu, self.envelope)
+
+
+class _SpectralSum(KernelFormula):
+    """gpkern's GSMP kernel: learned weights (A), fixed means and bandwidths (A x P)."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.a, self.p = kernel.means.shape[-2], kernel.means.shape[-1]
+        self.size = self.a * (1 + 2 * self.p)
+
+    def theta_parts(self):
+        k = self.kernel
+        rates = 2.0 * math.pi**2 * k.bandwidths**2
+        return [k.weights.reshape(-1), rates.T.reshape(-1), k.means.T.reshape(-1)]
+
+    def evaluate(self, xi, xj, theta, start=0):
+        a, p = self.a, self.p
+        w = _slice(theta, start, a)
+        r = [_slice(theta, start + a + i * a, a) for i in range(p)]
+        mu = [_slice(theta, start + a + p * a + i * a, a) for i in range(p)]
+        return spectral_mixture_sum(xi, xj, w, r, mu)
 
 
 class _Scale(KernelFormula):
@@ -567,6 +691,15 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         return _SpectralMixture(kernel)
     if isinstance(kernel, DenseNetworkKernel):
         return _DenseNetwork(kernel)
+    # gpkern's spectral kernels (gpkern.kernels.spectral / gsmp, other issues), by duck typing so
+    # that this module does not import them.
+    name = type(kernel).__name__
+    if name == "GaussianSpectralMixtureKernel":
+        return _SpectralProduct(kernel, "gaussian")
+    if name == "StudentTSpectralMixtureKernel":
+        return _SpectralProduct(kernel, "matern52")
+    if name == "GSMPKernel":
+        return _SpectralSum(kernel)
     for cls, kind in _STATIONARY:
         if type(kernel) is cls:
             if kind == "matern" and float(kernel.nu) not in (0.5, 1.5, 2.5):
