@@ -50,6 +50,7 @@ __all__ = [
     "spectral_mixture_product",
     "spectral_mixture_sum",
     "dense_network",
+    "layers_from_architecture",
 ]
 
 #: Right-hand sides are padded to one of these widths (then split in blocks of the largest), so
@@ -299,7 +300,12 @@ def _arccos_terms(k12, k11, k22, eps: float):
 
 
 def dense_network(
-    xi, xj, layers: Sequence[tuple], n_features: int, ntk: bool = False, eps: float = 1e-12
+    xi,
+    xj,
+    layers: Sequence[tuple],
+    n_features: int | None = None,
+    ntk: bool = False,
+    eps: float = 1e-12,
 ):
     r"""NNGP (or NTK) of a fully connected network through the layer recursion.
 
@@ -322,12 +328,12 @@ def dense_network(
             - 2ab \tfrac{\sqrt{\Sigma_{11}\Sigma_{22}}}{2\pi}(\sin\vartheta - \vartheta\cos\vartheta),
         \quad E[\phi'\phi'] = \frac{(a^2 + b^2)(\pi - \vartheta) + 2ab\,\vartheta}{2\pi}
 
-    and for :math:`\phi = \operatorname{erf}`:
+    and for :math:`\phi = a \operatorname{erf}(b z) + c`, with :math:`D_i = 1 + 2b^2\Sigma_{ii}`:
 
     .. math::
 
-        E[\phi\phi] = \tfrac{2}{\pi}\arcsin\frac{2\Sigma_{12}}{\sqrt{(1 + 2\Sigma_{11})(1 + 2\Sigma_{22})}},
-        \quad E[\phi'\phi'] = \frac{4}{\pi\sqrt{(1 + 2\Sigma_{11})(1 + 2\Sigma_{22}) - 4\Sigma_{12}^2}}.
+        E[\phi\phi] = a^2 \tfrac{2}{\pi}\arcsin\frac{2b^2\Sigma_{12}}{\sqrt{D_1 D_2}} + c^2,
+        \quad E[\phi'\phi'] = \frac{4 a^2 b^2}{\pi\sqrt{D_1 D_2 - 4b^4\Sigma_{12}^2}}.
 
     Parameters
     ----------
@@ -335,15 +341,18 @@ def dense_network(
         Operands, see :func:`sq_dist`.
     layers : sequence of tuples
         ``("dense", weight_std, bias_std)``, ``("relu",)``, ``("abrelu", a, b)``,
-        ``("leaky_relu", slope)``, ``("erf",)``, applied in order (neural-tangents conventions).
-    n_features : int
-        Input dimension :math:`d`.
+        ``("leaky_relu", slope)``, ``("erf",)`` or ``("erf", a, b, c)``, applied in order
+        (neural-tangents conventions). Dense standard deviations may be floats or
+        hyperparameter slices (tensors, LazyTensors).
+    n_features : int, optional
+        Input dimension :math:`d` (default: the operands' feature count).
     ntk : bool, default=False
         Return the NTK instead of the NNGP kernel.
     eps : float, default=1e-12
         :math:`\cos\vartheta` is clamped to :math:`[-1 + \epsilon, 1 - \epsilon]` so that
         :math:`\arccos` stays differentiable on the diagonal.
     """
+    n_features = _inner_dim(xi) if n_features is None else n_features
     k12 = (xi * xj).sum(-1) * (1.0 / n_features)
     k11 = (xi * xi).sum(-1) * (1.0 / n_features)
     k22 = (xj * xj).sum(-1) * (1.0 / n_features)
@@ -351,7 +360,9 @@ def dense_network(
     for layer in layers:
         kind = layer[0]
         if kind == "dense":
-            w2, b2 = float(layer[1]) ** 2, float(layer[2]) ** 2
+            w, bias = layer[1], layer[2]
+            w2 = float(w) ** 2 if isinstance(w, (int, float)) else w * w
+            b2 = float(bias) ** 2 if isinstance(bias, (int, float)) else bias * bias
             k12, k11, k22 = k12 * w2 + b2, k11 * w2 + b2, k22 * w2 + b2
             if ntk:
                 theta_ntk = k12 if theta_ntk is None else theta_ntk * w2 + k12
@@ -377,15 +388,17 @@ def dense_network(
             scale = 0.5 * (a * a + b * b)
             k12, k11, k22 = new12, k11 * scale, k22 * scale
         elif kind == "erf":
-            d11, d22 = k11 * 2.0 + 1.0, k22 * 2.0 + 1.0
+            ea, eb, ec = (float(v) for v in layer[1:4]) if len(layer) == 4 else (1.0, 1.0, 0.0)
+            b2, a2 = eb * eb, ea * ea * (2.0 / math.pi)
+            d11, d22 = k11 * (2.0 * b2) + 1.0, k22 * (2.0 * b2) + 1.0
             denom = _sqrt(d11 * d22)
-            new12 = _clamp(k12 * 2.0 / denom, -1.0 + eps, 1.0 - eps).asin() * (2.0 / math.pi)
+            new12 = _clamp(k12 * (2.0 * b2) / denom, -1.0 + eps, 1.0 - eps).asin() * a2 + ec * ec
             if ntk and theta_ntk is not None:
-                det = d11 * d22 - k12 * k12 * 4.0
+                det = d11 * d22 - k12 * k12 * (4.0 * b2 * b2)
                 inv = det.rsqrt() if _is_lazy(det) else det.clamp_min(1e-30).rsqrt()
-                theta_ntk = theta_ntk * inv * (4.0 / math.pi)
-            k11 = ((k11 * 2.0) / d11).asin() * (2.0 / math.pi)
-            k22 = ((k22 * 2.0) / d22).asin() * (2.0 / math.pi)
+                theta_ntk = theta_ntk * inv * (ea * ea * b2 * 4.0 / math.pi)
+            k11 = ((k11 * (2.0 * b2)) / d11).asin() * a2 + ec * ec
+            k22 = ((k22 * (2.0 * b2)) / d22).asin() * a2 + ec * ec
             k12 = new12
         else:
             raise ValueError(
@@ -586,6 +599,71 @@ class _DenseNetwork(KernelFormula):
         return dense_network(xi, xj, k.layers, k.n_features, ntk=k.ntk)
 
 
+_ARCH_ACTIVATIONS = ("Relu", "LeakyRelu", "ABRelu", "Erf")
+
+
+def layers_from_architecture(arch, stds: Sequence[dict] | None = None) -> list[tuple]:
+    r"""Layer tuples for :func:`dense_network` from a ``gpkern.kernels.nngp`` architecture.
+
+    Accepts ``serial(...)`` of ``Dense``, ``Relu``, ``LeakyRelu``, ``ABRelu`` and ``Erf`` (the
+    dense architectures whose kernels are functions of :math:`x\cdot x'`, :math:`|x|^2`,
+    :math:`|x'|^2`); ``stds`` (one ``{"W_std", "b_std"}`` per Dense layer) overrides the floats.
+
+    Raises
+    ------
+    TypeError
+        For any other layer (convolutions, pooling, LayerNorm, ...): use ``backend="dense"``.
+    """
+    out, dense_index = [], 0
+    for layer in getattr(arch, "layers", (arch,)):
+        name = type(layer).__name__
+        if name == "Dense":
+            sd = stds[dense_index] if stds is not None else {}
+            out.append(("dense", sd.get("W_std", layer.W_std), sd.get("b_std", layer.b_std)))
+            dense_index += 1
+        elif name in ("Relu", "LeakyRelu", "ABRelu"):
+            out.append(("abrelu", float(layer.a), float(layer.b)))
+        elif name == "Erf":
+            out.append(("erf", float(layer.a), float(layer.b), float(layer.c)))
+        else:
+            raise TypeError(
+                f"NNGP layer {name} has no KeOps formula (supported: Dense, "
+                f"{', '.join(_ARCH_ACTIVATIONS)}); use backend='dense'."
+            )
+    return out
+
+
+class _NNGPArchitecture(KernelFormula):
+    """``gpkern.kernels.nngp.NNGPKernel`` of a dense architecture; theta = (W_std, b_std) per Dense."""
+
+    def __init__(self, kernel) -> None:
+        if getattr(kernel, "input_shape", None) is not None:
+            raise TypeError(
+                "NNGPKernel with image inputs has no KeOps formula; use backend='dense'."
+            )
+        layers_from_architecture(kernel.arch)  # raises TypeError for unsupported layers
+        self.kernel = kernel
+        self.n_dense = sum(type(layer).__name__ == "Dense" for layer in kernel.arch.layers)
+        self.size = 2 * self.n_dense
+
+    def theta_parts(self):
+        parts = []
+        for sd in self.kernel.stds():
+            parts += [
+                torch.as_tensor(sd["W_std"]).reshape(1),
+                torch.as_tensor(sd["b_std"]).reshape(1),
+            ]
+        return parts
+
+    def evaluate(self, xi, xj, theta, start=0):
+        stds = [
+            {"W_std": _slice(theta, start + 2 * i, 1), "b_std": _slice(theta, start + 2 * i + 1, 1)}
+            for i in range(self.n_dense)
+        ]
+        layers = layers_from_architecture(self.kernel.arch, stds)
+        return dense_network(xi, xj, layers, ntk=self.kernel.kind == "ntk")
+
+
 class DenseNetworkKernel(gpytorch.kernels.Kernel):
     r"""NNGP or NTK of a fully connected network, as a GPyTorch kernel (fixed architecture).
 
@@ -700,6 +778,8 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         return _SpectralProduct(kernel, "matern52")
     if name == "GSMPKernel":
         return _SpectralSum(kernel)
+    if name == "NNGPKernel":
+        return _NNGPArchitecture(kernel)
     for cls, kind in _STATIONARY:
         if type(kernel) is cls:
             if kind == "matern" and float(kernel.nu) not in (0.5, 1.5, 2.5):
