@@ -360,7 +360,7 @@ def test_iterative_posterior_matches_scipy_reference_at_fixed_hyperparameters():
 @needs_keops
 def test_keops_gp_matches_dense_gp_at_n2000():
     X, y, Xt = _toy(2000, seed=4)
-    common = dict(random_state=0, optimizer="lbfgs", max_iter=15)
+    common = dict(random_state=0, optimizer="lbfgs", max_iter=10)
     dense = GPRegressor(backend="dense", **common).fit(X, y)
     fast = GPRegressor(backend="keops", **common).fit(X, y)
     assert isinstance(fast._model, IterativeGP)
@@ -531,3 +531,13 @@ def test_peer_kernels_formulas_match_their_dense_forward():
         torch.testing.assert_close(value, ref, rtol=1e-6, atol=1e-6, msg=type(kernel).__name__)
         for g, g_ref in zip(_grads(kernel, value), _grads(kernel, ref)):
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4, msg=type(kernel).__name__)
+
+
+@pytest.mark.slow
+@needs_keops
+def test_tour_section_fits_diamonds_with_keops():
+    from gpkern.tour import SECTIONS, _keops_diamonds
+
+    assert _keops_diamonds in SECTIONS
+    (row,) = _keops_diamonds(True)
+    assert row["metric"] == "RMSE" and 0 < row["value"] < 0.3  # log-price sd is about 1.0
