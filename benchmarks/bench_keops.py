@@ -327,7 +327,7 @@ def main() -> None:
     rows = []
 
     def record(task, n, lib, res, note=""):
-        rows.append({"task": task, "n": n, "lib": lib, **res, "note": note})
+        rows.append({"task": task, "n": n, "lib": lib, "note": note, **res})
         print(task, n, lib, res, flush=True)
 
     for n in sizes:
