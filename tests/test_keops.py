@@ -36,7 +36,12 @@ WIDTH = 16
 
 
 def _keops_works() -> bool:
-    return dispatch.keops_available(torch.float64)[0]
+    # Cheap check (no compilation): a compiler and an importable pykeops. A real compile failure
+    # then fails the KeOps tests loudly instead of skipping them.
+    import importlib.util
+    import shutil
+
+    return shutil.which("g++") is not None and importlib.util.find_spec("pykeops") is not None
 
 
 needs_keops = pytest.mark.skipif("not _keops_works()", reason="pykeops cannot compile here")
