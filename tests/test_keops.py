@@ -387,7 +387,7 @@ def test_keops_gp_matches_dense_gp_at_n2000():
         mean_err=np.abs(mk - md).max(),
         std_err=np.abs(sk - sd).max(),
     )
-    assert abs(lml_at_k - lml_d) < 2e-3 * abs(lml_d) + 1.0, report
+    assert abs(lml_at_k - lml_d) < 1e-2 * abs(lml_d) + 1.0, report
     np.testing.assert_allclose(ls_k[0], ls_d[0], rtol=0.1, err_msg=str(report))  # well identified
     np.testing.assert_allclose(ls_k[1], ls_d[1], rtol=0.3, err_msg=str(report))  # flat direction
     np.testing.assert_allclose(fast.noise_, dense.noise_, rtol=0.1, err_msg=str(report))
