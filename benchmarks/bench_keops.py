@@ -379,7 +379,7 @@ def write_table(rows, args, start, load_before) -> None:
         "",
         f"Settings (both libraries): training {TRAIN}; conditioning at n0 {EVAL}, at 50k {EVAL_LARGE}, "
         f"NNGP at 100k {EVAL_NNGP} (GPyTorch: same CG tolerance and iteration cap, LOVE root size = "
-        "variance_rank + variance_directions). float64, D = {D}, {N_TEST} held-out points, "
+        f"variance_rank + variance_directions). float64, D = {D}, {N_TEST} held-out points, "
         "ScaleKernel(RBF ARD). Peak memory is the whole process's ru_maxrss (Python + torch + pykeops "
         "baseline included). RMSE is against the noise-free function.",
         "",
