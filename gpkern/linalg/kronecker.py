@@ -106,20 +106,6 @@ def kron_matmul(
     return X[:, 0] if vector else X
 
 
-def _mode_products(
-    factors: Sequence[torch.Tensor | None],  # d x (n_i, n_i) or None (identity)
-    T: torch.Tensor,  # (n_1, ..., n_d, k)
-) -> torch.Tensor:  # (m_1, ..., m_d, k)
-    """Apply ``factors[i]`` along axis i of a grid tensor; ``None`` leaves the axis alone."""
-    d = len(factors)
-    for i, f in enumerate(factors):
-        if f is None:
-            continue
-        T = torch.movedim(torch.tensordot(f, T, dims=([1], [i])), 0, i)
-    assert T.ndim == d + 1
-    return T
-
-
 def kron_dense(factors: Sequence[torch.Tensor]) -> torch.Tensor:  # d x (m_i, n_i) -> (M, N)
     r"""The dense matrix :math:`K_1 \otimes \dots \otimes K_d` (for tests and small grids only)."""
     out = factors[0]
@@ -190,34 +176,6 @@ def _kron_rotate(eigvecs: Sequence[torch.Tensor], V: torch.Tensor, transpose: bo
 # -------------------------------------------------------------------------------------------
 # Solve + log-determinant of K + sigma^2 I (eigen path)
 # -------------------------------------------------------------------------------------------
-def _factor_grad_bilinear(
-    factors: Sequence[torch.Tensor],  # d x (n_i, n_i)
-    W: torch.Tensor,  # (N, k)
-    A: torch.Tensor,  # (N, k)
-    needs: Sequence[bool],
-) -> list[torch.Tensor | None]:
-    r"""Gradients of :math:`\sum_j w_j^\top (\otimes_i K_i) a_j` with respect to each :math:`K_i`.
-
-    :math:`\partial / \partial K_i = \mathcal{W}^{(i)}_{(i)} \mathcal{A}_{(i)}^\top` where
-    :math:`\mathcal{W}^{(i)}` is :math:`W` with every other mode multiplied by :math:`K_j^\top`
-    and :math:`X_{(i)}` unfolds a grid tensor along mode i.
-    """
-    ns = [f.shape[0] for f in factors]
-    k = W.shape[1]
-    Wt = W.reshape(*ns, k)
-    At = A.reshape(*ns, k)
-    d = len(factors)
-    out: list[torch.Tensor | None] = []
-    for i in range(d):
-        if not needs[i]:
-            out.append(None)
-            continue
-        Ti = _mode_products([None if j == i else factors[j].mT for j in range(d)], Wt)
-        axes = [j for j in range(d + 1) if j != i]
-        out.append(torch.tensordot(Ti, At, dims=(axes, axes)))
-    return out
-
-
 def _logdet_factor_weights(
     eigvals: Sequence[torch.Tensor],  # d x (n_i,)
     inv_denom: torch.Tensor,  # (N,) = 1 / (lambda + sigma^2)
@@ -238,8 +196,18 @@ def _logdet_factor_weights(
     return out
 
 
+def _others_product(eigvals: Sequence[torch.Tensor], i: int) -> torch.Tensor:  # -> (N,)
+    r""":math:`\prod_{j \ne i} \lambda^{(j)}_{a_j}` over the grid, C order."""
+    return kron_eigvals([torch.ones_like(e) if j == i else e for j, e in enumerate(eigvals)])
+
+
 class _KronEigSolveLogdet(torch.autograd.Function):
-    """alpha = (K + s I)^{-1} Y and log|K + s I| with analytic backward (no eigenvector grads)."""
+    """alpha = (K + s I)^{-1} Y and log|K + s I| with an analytic backward in the eigenbasis.
+
+    In the eigenbasis every Kronecker factor is diagonal, so the factor gradients reduce to one
+    elementwise scaling and one unfolding product per factor, and no eigenvector derivative
+    (singular at repeated eigenvalues) is ever formed.
+    """
 
     @staticmethod
     def forward(ctx, Y, noise, *factors):  # (N, k), (), d x (n_i, n_i)
@@ -247,30 +215,36 @@ class _KronEigSolveLogdet(torch.autograd.Function):
             eigvals, eigvecs = kron_eigh(factors)
             lam = kron_eigvals(eigvals).clamp_min(0.0)
             denom = lam + noise
-            alpha = _kron_rotate(eigvecs, _kron_rotate(eigvecs, Y, True) / denom[:, None], False)
+            alpha_t = _kron_rotate(eigvecs, Y, True) / denom[:, None]  # Q^T alpha
+            alpha = _kron_rotate(eigvecs, alpha_t, False)
             logdet = denom.log().sum()
-        ctx.save_for_backward(Y, noise, alpha, denom, *factors)
+        ctx.save_for_backward(noise, alpha_t, denom)
         ctx.eig = (eigvals, eigvecs)
         return alpha, logdet
 
     @staticmethod
     def backward(ctx, g_alpha, g_logdet):
-        Y, noise, alpha, denom, *factors = ctx.saved_tensors
+        noise, alpha_t, denom = ctx.saved_tensors
         eigvals, eigvecs = ctx.eig
-        d = len(factors)
+        d = len(eigvals)
+        ns = [e.shape[0] for e in eigvals]
+        k = alpha_t.shape[1]
         needs_f = ctx.needs_input_grad[2:]
         inv_denom = denom.reciprocal()
         grad_Y = grad_noise = None
-        grads_f: list[torch.Tensor | None] = [None] * d
+        mids: list[torch.Tensor | None] = [None] * d  # Q_i^T (dl/dK_i) Q_i
         if g_alpha is not None:
-            W = _kron_rotate(eigvecs, _kron_rotate(eigvecs, g_alpha, True) * inv_denom[:, None], False)
+            W_t = _kron_rotate(eigvecs, g_alpha, True) * inv_denom[:, None]  # Q^T A^{-1} g
             if ctx.needs_input_grad[0]:
-                grad_Y = W
+                grad_Y = _kron_rotate(eigvecs, W_t, False)
             if ctx.needs_input_grad[1]:
-                grad_noise = -(W * alpha).sum()
-            if any(needs_f):
-                gb = _factor_grad_bilinear(factors, W, alpha, needs_f)
-                grads_f = [None if g is None else -g for g in gb]
+                grad_noise = -(W_t * alpha_t).sum()
+            At = alpha_t.reshape(*ns, k)
+            for i in range(d):
+                if needs_f[i]:
+                    Wi = (W_t * _others_product(eigvals, i)[:, None]).reshape(*ns, k)
+                    axes = [j for j in range(d + 1) if j != i]
+                    mids[i] = -torch.tensordot(Wi, At, dims=(axes, axes))
         if g_logdet is not None:
             if ctx.needs_input_grad[1]:
                 gn = g_logdet * inv_denom.sum()
@@ -279,9 +253,11 @@ class _KronEigSolveLogdet(torch.autograd.Function):
                 weights = _logdet_factor_weights(eigvals, inv_denom)
                 for i in range(d):
                     if needs_f[i]:
-                        Q = eigvecs[i]
-                        gi = g_logdet * (Q * weights[i]) @ Q.mT
-                        grads_f[i] = gi if grads_f[i] is None else grads_f[i] + gi
+                        gi = torch.diag_embed(g_logdet * weights[i])
+                        mids[i] = gi if mids[i] is None else mids[i] + gi
+        grads_f = [
+            None if m is None else eigvecs[i] @ m @ eigvecs[i].mT for i, m in enumerate(mids)
+        ]
         if grad_noise is not None:
             grad_noise = grad_noise.reshape(noise.shape)
         return (grad_Y, grad_noise, *grads_f)
