@@ -377,10 +377,14 @@ class _RestrictedKronecker:
     def matmul(self, v):
         return self.kmatmul(v) + self.diag[:, None] * v
 
+    @property
+    def shift(self) -> torch.Tensor:
+        return self.diag.mean() * (self.N / self.n)
+
     def precondition(self, r):
         r"""Apply :math:`S (K + c I)^{-1} S^\top`, :math:`c = \bar d\, N / n`."""
         eigvals, eigvecs, lam = self.eig
-        c = self.diag.mean() * (self.N / self.n)
+        c = self.shift
         z = _kron_rotate(eigvecs, self.scatter(r), True) / (lam + c)[:, None]
         return self.gather(_kron_rotate(eigvecs, z, False))
 
@@ -428,32 +432,26 @@ def pcg(
             break
     if not return_tridiag:
         return X
-    # Lanczos tridiagonal from CG coefficients: T_jj = 1/a_j + b_{j-1}/a_{j-1}, T_j,j+1 = sqrt(b_j)/a_j.
-    A_ = torch.stack(alphas)  # (m, k)
-    B_ = torch.stack(betas)
-    m = A_.shape[0]
-    T = B.new_zeros(k, m, m)
-    lengths = []
-    for c in range(k):
-        steps = int((A_[:, c] != 0).sum())
-        steps = max(steps, 1)
-        lengths.append(steps)
-        for j in range(steps):
-            T[c, j, j] = 1.0 / A_[j, c] + (B_[j - 1, c] / A_[j - 1, c] if j > 0 else 0.0)
-            if j + 1 < steps:
-                off = B_[j, c].clamp_min(0).sqrt() / A_[j, c]
-                T[c, j, j + 1] = off
-                T[c, j + 1, j] = off
-    return X, T, lengths
+    # Lanczos tridiagonal from CG coefficients: T_jj = 1/a_j + b_{j-1}/a_{j-1},
+    # T_j,j+1 = sqrt(b_j)/a_j. Columns that converged early are padded with an identity block
+    # decoupled from e_1, which leaves e_1^T f(T) e_1 unchanged.
+    A_ = torch.stack(alphas).mT  # (k, m)
+    B_ = torch.stack(betas).mT
+    live = A_ != 0
+    inv_a = torch.where(live, 1.0 / torch.where(live, A_, torch.ones_like(A_)), torch.zeros_like(A_))
+    diag = inv_a.clone()
+    diag[:, 1:] += B_[:, :-1] * inv_a[:, :-1]
+    diag = torch.where(live, diag, torch.ones_like(diag))
+    off = B_[:, :-1].clamp_min(0).sqrt() * inv_a[:, :-1] * live[:, 1:]
+    T = torch.diag_embed(diag) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    return X, T
 
 
-def _slq_logdet(T: torch.Tensor, lengths: list[int], norms2: torch.Tensor) -> torch.Tensor:
+def _slq_logdet(T: torch.Tensor, norms2: torch.Tensor) -> torch.Tensor:  # (k, m, m), (k,)
     r"""Stochastic Lanczos quadrature: mean over probes of :math:`\|z\|^2 e_1^\top \log(T) e_1`."""
-    vals = []
-    for c, m in enumerate(lengths):
-        theta, U = torch.linalg.eigh(T[c, :m, :m])
-        vals.append(norms2[c] * (U[0] ** 2 * theta.clamp_min(torch.finfo(T.dtype).tiny).log()).sum())
-    return torch.stack(vals).mean()
+    theta, U = torch.linalg.eigh(T)
+    tiny = torch.finfo(T.dtype).tiny
+    return (norms2 * (U[:, 0, :] ** 2 * theta.clamp_min(tiny).log()).sum(-1)).mean()
 
 
 def kron_diag_solve_logdet(
@@ -536,10 +534,24 @@ def kron_diag_solve_logdet(
         alpha_s = pcg(op.matmul, Y_s.detach(), op.precondition, tol=tol, max_iter=max_iter)
         logdet_val = None
         if compute_logdet:
-            Z = torch.randint(0, 2, (op.n, num_probes), generator=generator, dtype=Y2.dtype)
-            Z = (2 * Z - 1).to(Y2.device)
-            W, T, lengths = pcg(op.matmul, Z, None, tol=tol, max_iter=max_iter, return_tridiag=True)
-            logdet_val = _slq_logdet(T, lengths, (Z * Z).sum(0))
+            # In exact arithmetic CG ends within n steps; past that, Lanczos only loses orthogonality.
+            probe_iter = min(max_iter, op.n)
+            if obs is None:
+                # Full grid: precondition with M = K + c I, whose log-determinant is exact, and
+                # draw z ~ N(0, M) so that log|A| = log|M| + E[r^T log(M^-1/2 A M^-1/2) r].
+                eigvals, eigvecs, lam = op.eig
+                c = op.shift
+                eps = torch.randn(op.n, num_probes, generator=generator, dtype=Y2.dtype).to(Y2.device)
+                Z = _kron_rotate(eigvecs, (lam + c).sqrt()[:, None] * eps, False)
+                V = op.precondition(Z)
+                W, T = pcg(op.matmul, Z, op.precondition, tol=tol, max_iter=probe_iter, return_tridiag=True)
+                logdet_val = (lam + c).log().sum() + _slq_logdet(T, (Z * V).sum(0))
+            else:
+                Z = torch.randint(0, 2, (op.n, num_probes), generator=generator, dtype=Y2.dtype)
+                Z = (2 * Z - 1).to(Y2.device)
+                V = Z
+                W, T = pcg(op.matmul, Z, None, tol=tol, max_iter=probe_iter, return_tridiag=True)
+                logdet_val = _slq_logdet(T, (Z * Z).sum(0))
 
     grad_needed = torch.is_grad_enabled() and (
         any(f.requires_grad for f in factors) or diag.requires_grad or Y.requires_grad
@@ -558,7 +570,8 @@ def kron_diag_solve_logdet(
     alpha = op.scatter(alpha_expr)
     logdet = None
     if compute_logdet:
-        surrogate = (W * amat(Z, D_s)).sum() / num_probes
+        # Hutchinson: E[(A^-1 z)^T dA (M^-1 z)] = tr(A^-1 dA) when Cov(z) = M.
+        surrogate = (W * amat(V, D_s)).sum() / num_probes
         logdet = logdet_val + surrogate - surrogate.detach()
     return (alpha[:, 0] if vector else alpha), logdet
 
