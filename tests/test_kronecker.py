@@ -200,14 +200,20 @@ def _diag_problem(ns, missing, seed):
 
 
 @HYP
-@given(ns=st.lists(st.integers(2, 6), min_size=1, max_size=3), frac=st.floats(0, 0.5), seed=st.integers(0, 1000))
+@given(
+    ns=st.lists(st.integers(2, 6), min_size=1, max_size=3),
+    frac=st.floats(0, 0.5),
+    seed=st.integers(0, 1000),
+)
 def test_diag_solve_equals_dense_on_observed(ns, frac, seed):
     N = math.prod(ns)
     D, Y, obs = _diag_problem(ns, min(int(frac * N), N - 1), seed)
     factors = grid_factors(ns, [0.3, 0.5, 0.4])
     alpha, _ = kron_diag_solve_logdet(factors, D, Y, compute_logdet=False, tol=1e-12)
     A = kron_dense(factors)[obs][:, obs] + torch.diag(D[obs])
-    np.testing.assert_allclose(alpha[obs].numpy(), np.linalg.solve(A.numpy(), Y[obs].numpy()), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(
+        alpha[obs].numpy(), np.linalg.solve(A.numpy(), Y[obs].numpy()), rtol=1e-7, atol=1e-8
+    )
     assert bool((alpha[~obs] == 0).all())
 
 
@@ -223,7 +229,9 @@ def test_diag_logdet_and_gradients_match_dense():
         D = torch.where(obs, D0.nan_to_num(posinf=1.0) * scale, torch.full_like(D0, math.inf))
         if structured:
             gen = torch.Generator().manual_seed(1)
-            alpha, logdet = kron_diag_solve_logdet(factors, D, y, num_probes=2000, generator=gen, tol=1e-12)
+            alpha, logdet = kron_diag_solve_logdet(
+                factors, D, y, num_probes=2000, generator=gen, tol=1e-12
+            )
             alpha = alpha[obs]
         else:
             A = kron_dense(factors)[obs][:, obs] + torch.diag(D[obs])

@@ -372,7 +372,9 @@ class _RestrictedKronecker:
         return v if self.obs is None else v.index_select(0, self.obs)
 
     def kmatmul(self, v, factors=None):  # (n, k) -> (n, k): S K S^T v
-        return self.gather(kron_matmul(self.factors if factors is None else factors, self.scatter(v)))
+        return self.gather(
+            kron_matmul(self.factors if factors is None else factors, self.scatter(v))
+        )
 
     def matmul(self, v):
         return self.kmatmul(v) + self.diag[:, None] * v
@@ -438,7 +440,9 @@ def pcg(
     A_ = torch.stack(alphas).mT  # (k, m)
     B_ = torch.stack(betas).mT
     live = A_ != 0
-    inv_a = torch.where(live, 1.0 / torch.where(live, A_, torch.ones_like(A_)), torch.zeros_like(A_))
+    inv_a = torch.where(
+        live, 1.0 / torch.where(live, A_, torch.ones_like(A_)), torch.zeros_like(A_)
+    )
     diag = inv_a.clone()
     diag[:, 1:] += B_[:, :-1] * inv_a[:, :-1]
     diag = torch.where(live, diag, torch.ones_like(diag))
@@ -541,10 +545,14 @@ def kron_diag_solve_logdet(
                 # draw z ~ N(0, M) so that log|A| = log|M| + E[r^T log(M^-1/2 A M^-1/2) r].
                 eigvals, eigvecs, lam = op.eig
                 c = op.shift
-                eps = torch.randn(op.n, num_probes, generator=generator, dtype=Y2.dtype).to(Y2.device)
+                eps = torch.randn(op.n, num_probes, generator=generator, dtype=Y2.dtype).to(
+                    Y2.device
+                )
                 Z = _kron_rotate(eigvecs, (lam + c).sqrt()[:, None] * eps, False)
                 V = op.precondition(Z)
-                W, T = pcg(op.matmul, Z, op.precondition, tol=tol, max_iter=probe_iter, return_tridiag=True)
+                W, T = pcg(
+                    op.matmul, Z, op.precondition, tol=tol, max_iter=probe_iter, return_tridiag=True
+                )
                 logdet_val = (lam + c).log().sum() + _slq_logdet(T, (Z * V).sum(0))
             else:
                 Z = torch.randint(0, 2, (op.n, num_probes), generator=generator, dtype=Y2.dtype)
@@ -630,7 +638,10 @@ class KroneckerOperator(LinearOperator):
 
     def _size(self) -> torch.Size:
         return torch.Size(
-            (math.prod(f.shape[0] for f in self.factors), math.prod(f.shape[1] for f in self.factors))
+            (
+                math.prod(f.shape[0] for f in self.factors),
+                math.prod(f.shape[1] for f in self.factors),
+            )
         )
 
     def _transpose_nonbatch(self) -> KroneckerOperator:
@@ -643,7 +654,9 @@ class KroneckerOperator(LinearOperator):
         return kron_dense(self.factors)
 
     def add_diagonal(self, diag: torch.Tensor) -> KroneckerAddedDiagOperator:
-        return KroneckerAddedDiagOperator(self, torch.as_tensor(diag, dtype=self.dtype, device=self.device))
+        return KroneckerAddedDiagOperator(
+            self, torch.as_tensor(diag, dtype=self.dtype, device=self.device)
+        )
 
 
 class KroneckerAddedDiagOperator(LinearOperator):
@@ -696,10 +709,16 @@ class KroneckerAddedDiagOperator(LinearOperator):
         if self._constant:
             return kron_solve_logdet(self.kron.factors, self.diag_values.reshape(()), rhs)
         return kron_diag_solve_logdet(
-            self.kron.factors, self.diag_values, rhs, num_probes=self.num_probes, compute_logdet=logdet
+            self.kron.factors,
+            self.diag_values,
+            rhs,
+            num_probes=self.num_probes,
+            compute_logdet=logdet,
         )
 
-    def solve(self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None) -> torch.Tensor:
+    def solve(
+        self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x, _ = self._solve_logdet(right_tensor, False)
         return x if left_tensor is None else left_tensor @ x
 
@@ -744,7 +763,9 @@ class KroneckerSumOperator(LinearOperator):
     def __init__(self, *terms: KroneckerOperator) -> None:
         if not terms:
             raise ValueError("KroneckerSumOperator needs at least one term.")
-        terms = tuple(t if isinstance(t, KroneckerOperator) else KroneckerOperator(*t) for t in terms)
+        terms = tuple(
+            t if isinstance(t, KroneckerOperator) else KroneckerOperator(*t) for t in terms
+        )
         shape = terms[0].shape
         for t in terms:
             if t.shape != shape:

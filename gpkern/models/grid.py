@@ -35,7 +35,7 @@ from gpkern.linalg.kronecker import (
     pcg,
 )
 
-__all__ = ["GridGP", "GridPosterior", "rowwise_kron_matmul"]
+__all__ = ["GridGP", "GridPosterior", "ProductAxisKernel", "rowwise_kron_matmul"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -114,7 +114,9 @@ class GridGP(torch.nn.Module):
         raw = self.outputscale_constraint.inverse_transform(torch.tensor(float(outputscale)))
         self.raw_outputscale = torch.nn.Parameter(raw.to(dtype))
         self.noise_constraint = gpytorch.constraints.GreaterThan(noise_lower_bound)
-        raw = self.noise_constraint.inverse_transform(torch.tensor(max(noise, noise_lower_bound * 1.0001)))
+        raw = self.noise_constraint.inverse_transform(
+            torch.tensor(max(noise, noise_lower_bound * 1.0001))
+        )
         self.raw_noise = torch.nn.Parameter(raw.to(dtype), requires_grad=learn_noise)
 
     @property
@@ -137,7 +139,9 @@ class GridGP(torch.nn.Module):
     ) -> list[torch.Tensor]:  # d x (n_i,) -> d x (n_i, n2_i)
         """Kronecker factors :math:`K_i = k_i(x_i, x_i')`, the output scale folded into the first."""
         if len(grid) != len(self.kernels):
-            raise ValueError(f"The grid has {len(grid)} axes but the model has {len(self.kernels)} kernels.")
+            raise ValueError(
+                f"The grid has {len(grid)} axes but the model has {len(self.kernels)} kernels."
+            )
         out = [self._k(i, g, None if grid2 is None else grid2[i]) for i, g in enumerate(grid)]
         out[0] = self.outputscale * out[0]
         return out
@@ -193,13 +197,17 @@ class GridGP(torch.nn.Module):
             inf = torch.full((N,), math.inf, dtype=Y.dtype, device=Y.device)
             D = torch.where(observed, self.noise.expand(N), inf)
             Y = torch.where(observed[:, None], Y, torch.zeros_like(Y))
-            alpha, logdet = kron_diag_solve_logdet(factors, D, Y, num_probes=num_probes, generator=generator)
+            alpha, logdet = kron_diag_solve_logdet(
+                factors, D, Y, num_probes=num_probes, generator=generator
+            )
             n = int(observed.sum())
         return -0.5 * (Y * alpha).sum() - 0.5 * t * logdet - 0.5 * n * t * _LOG_2PI
 
     def dense_log_marginal_likelihood(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Exact log marginal likelihood at arbitrary points by a dense Cholesky (the twin)."""
-        K = self.dense_covariance(X) + self.noise * torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
+        K = self.dense_covariance(X) + self.noise * torch.eye(
+            X.shape[0], dtype=X.dtype, device=X.device
+        )
         L, _ = robust_cholesky(K, warn=False)
         return gaussian_log_likelihood(L, Y)[0]
 
@@ -214,7 +222,11 @@ class GridGP(torch.nn.Module):
     ) -> GridPosterior:
         """Condition on grid data; the result predicts without refactorising."""
         with torch.no_grad():
-            lml = float(self.log_marginal_likelihood(grid, Y, observed, num_probes=num_probes, generator=generator))
+            lml = float(
+                self.log_marginal_likelihood(
+                    grid, Y, observed, num_probes=num_probes, generator=generator
+                )
+            )
             factors = self.factors(grid)
             return GridPosterior(self, list(grid), factors, Y, observed, float(self.noise), lml)
 
@@ -261,7 +273,9 @@ class GridPosterior:
         else:
             D = torch.full((int(observed.sum()),), noise, dtype=Y.dtype, device=Y.device)
             obs_idx = observed.nonzero().squeeze(1)
-            self._op = _RestrictedKronecker(self.factors, D, obs_idx, eig=(eigvals, eigvecs, self.lam))
+            self._op = _RestrictedKronecker(
+                self.factors, D, obs_idx, eig=(eigvals, eigvecs, self.lam)
+            )
         Y0 = Y if self.full else torch.where(observed[:, None], Y, torch.zeros_like(Y))
         self.alpha = self.solve(Y0)
 
@@ -318,7 +332,9 @@ class GridPosterior:
             return T.reshape(-1, n_samples)
 
         f_train, f_test = take(tr_idx), take(te_idx)
-        noise = math.sqrt(self.noise) * torch.randn(self.N, n_samples, generator=generator, dtype=dtype).to(device)
+        noise = math.sqrt(self.noise) * torch.randn(
+            self.N, n_samples, generator=generator, dtype=dtype
+        ).to(device)
         W = self.solve(f_train + noise)
         Ks = [f.detach() for f in model.factors(grid, self.grid)]
         return f_test - kron_matmul(Ks, W)
@@ -383,3 +399,24 @@ class GridPosterior:
             dev = self.pathwise_deviations(grid, n_samples, generator)
             return mean, (dev**2).mean(1)
         return mean, (prior - red).clamp_min(0.0)
+
+
+class ProductAxisKernel(gpytorch.kernels.Kernel):
+    r"""A :class:`GridGP`'s covariance as a plain GPyTorch kernel on points of shape (n, d).
+
+    :math:`k(x, x') = s \prod_i k_i(x_i, x_i')`, sharing the model's parameters: the dense twin
+    used when data do not lie on a grid, and a way to reuse a fitted grid kernel elsewhere.
+    """
+
+    def __init__(self, model: GridGP) -> None:
+        super().__init__()
+        self._model = [model]  # a plain list: the parameters stay registered on the model only
+
+    def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
+        model = self._model[0]
+        out = None
+        for i, kern in enumerate(model.kernels):
+            Ki = kern(x1[..., i : i + 1], x2[..., i : i + 1], diag=diag)
+            Ki = Ki.to_dense() if hasattr(Ki, "to_dense") else Ki
+            out = Ki if out is None else out * Ki
+        return model.outputscale * out
