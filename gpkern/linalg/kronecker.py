@@ -96,12 +96,25 @@ def kron_matmul(
             f"V has {V.shape[0]} rows but the factors' column counts {ns} multiply to {N}."
         )
     k = V.shape[1]
-    # (k, n_1, ..., n_d); each step multiplies the last axis and rotates the result to the front,
-    # so after d steps the layout is (m_1, ..., m_d, k): C order with the columns last.
-    X = V.T
-    for f, n in zip(reversed(factors), reversed(ns)):
-        X = (X.reshape(-1, n) @ f.T).T
-    M = math.prod(f.shape[-2] for f in factors)
+    # Mode i of the (n_1, ..., n_d, k) array viewed as (A, n_i, B): a plain GEMM when A or B is
+    # 1 (no copies at all for d = 2 and one column), a broadcast batched GEMM otherwise, and a
+    # transposed product only when B is too small for batched GEMMs to be efficient.
+    dims = list(ns) + [k]
+    X = V
+    for i, f in enumerate(factors):
+        A = math.prod(dims[:i])
+        B = math.prod(dims[i + 1 :])
+        n, m = dims[i], f.shape[-2]
+        if A == 1:
+            X = f @ X.reshape(n, B)
+        elif B == 1:
+            X = X.reshape(A, n) @ f.mT
+        elif B >= 32:
+            X = torch.matmul(f, X.reshape(A, n, B))
+        else:
+            X = (X.reshape(A, n, B).mT @ f.mT).mT
+        dims[i] = m
+    M = math.prod(dims[:-1])
     X = X.reshape(M, k)
     return X[:, 0] if vector else X
 
