@@ -108,9 +108,10 @@ def run_dense_observed(axes, ls, noise, y, observed):
     return float(loss.detach())
 
 
-def timed(fn, args, repeats):
+def timed(fn, args, repeats, warmup=True):
     times, value = [], None
-    fn(*args)  # warm-up (allocations, first-call overheads), untimed
+    if warmup:
+        fn(*args)  # allocations, first-call overheads: untimed
     for _ in range(repeats):
         ls, noise = args[1], args[2]
         ls.grad = None
@@ -146,7 +147,16 @@ def main() -> None:
         grids = [(32, 32), (64, 64), (16, 16, 16)]
         partial = [(32, 32)]
     else:
-        grids = [(32, 32), (64, 64), (128, 128), (256, 256), (512, 512), (16, 16, 16), (32, 32, 32), (64, 64, 64)]
+        grids = [
+            (32, 32),
+            (64, 64),
+            (128, 128),
+            (256, 256),
+            (512, 512),
+            (16, 16, 16),
+            (32, 32, 32),
+            (64, 64, 64),
+        ]
         partial = [(32, 32), (64, 64), (128, 128), (256, 256)]
     load_start = os.getloadavg()
     peak = gemm_rate()
@@ -156,15 +166,23 @@ def main() -> None:
         problem = make_problem(ns)
         t_ours, v_ours, g_ours = timed(run_gpkern, problem, repeats)
         t_gpy, v_gpy, g_gpy = timed(run_gpytorch, problem, repeats)
-        agree = max(float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in zip(g_ours, g_gpy))
+        agree = max(
+            float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) for a, b in zip(g_ours, g_gpy)
+        )
         t_dense = None
         if N <= args.dense_max:
-            t_dense, v_dense, _ = timed(run_dense, problem, repeats)
+            t_dense, v_dense, _ = timed(run_dense, problem, 1, warmup=False)  # seconds-long: once
         flops = sum(n**3 for n in ns) + N * sum(ns)
         rows.append(
             dict(
-                grid="x".join(map(str, ns)), N=N, ours=t_ours, gpy=t_gpy, dense=t_dense,
-                gflops=flops / t_ours / 1e9, bound=t_ours * peak * 1e9 / flops, agree=agree,
+                grid="x".join(map(str, ns)),
+                N=N,
+                ours=t_ours,
+                gpy=t_gpy,
+                dense=t_dense,
+                gflops=flops / t_ours / 1e9,
+                bound=t_ours * peak * 1e9 / flops,
+                agree=agree,
             )
         )
         print(rows[-1], flush=True)
@@ -174,11 +192,23 @@ def main() -> None:
         problem = make_problem(ns)
         g = torch.Generator().manual_seed(1)
         observed = torch.rand(N, generator=g) > 0.3
-        t_part, _, _ = timed(lambda *a: run_partial(*a, observed), problem, repeats)
+        t_part, _, _ = timed(
+            lambda *a, o=observed: run_partial(*a, o), problem, repeats if N < 65536 else 1
+        )
         t_dense = None
         if int(observed.sum()) <= args.dense_max:
-            t_dense, _, _ = timed(lambda *a: run_dense_observed(*a, observed), problem, repeats)
-        prow.append(dict(grid="x".join(map(str, ns)), N=N, n_obs=int(observed.sum()), part=t_part, dense=t_dense))
+            t_dense, _, _ = timed(
+                lambda *a, o=observed: run_dense_observed(*a, o), problem, 1, warmup=False
+            )
+        prow.append(
+            dict(
+                grid="x".join(map(str, ns)),
+                N=N,
+                n_obs=int(observed.sum()),
+                part=t_part,
+                dense=t_dense,
+            )
+        )
         print(prow[-1], flush=True)
     load_end = os.getloadavg()
 
@@ -193,7 +223,8 @@ def main() -> None:
         "",
         f"Date: {datetime.date.today().isoformat()}. Machine: 2-core CPU, shared with other jobs "
         f"({platform.processor() or platform.machine()}); torch {torch.__version__}, "
-        f"float64, {args.threads} thread(s), median of {repeats} run(s). "
+        f"float64, {args.threads} thread(s), median of {repeats} run(s) after a warm-up (dense: one "
+        "run; partial grids from 256x256: one run). "
         f"Load average at start {load_start[0]:.1f}, at end {load_end[0]:.1f} (the machine was shared, "
         "so absolute times are noisy; ratios come from interleaved runs in one process). "
         f"Measured float64 GEMM rate: {peak:.1f} GFLOP/s.",

@@ -21,7 +21,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from sklearn.datasets import load_sample_image
 
 from gpkern.estimators import GridGPRegressor
@@ -61,7 +60,9 @@ panels = [
     (std, "posterior std of f", "magma"),
 ]
 for a, (img, title, cmap) in zip(ax, panels):
-    im = a.imshow(img, cmap=cmap, vmin=None if cmap == "magma" else 0, vmax=None if cmap == "magma" else 1)
+    im = a.imshow(
+        img, cmap=cmap, vmin=None if cmap == "magma" else 0, vmax=None if cmap == "magma" else 1
+    )
     a.set_title(title, fontsize=10)
     a.set_axis_off()
 fig.colorbar(im, ax=ax[3], fraction=0.046)

@@ -8,9 +8,9 @@ import gpytorch
 import numpy as np
 import pytest
 import torch
-from conftest import dense_gp_reference
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from conftest import dense_gp_reference
 from gpkern.estimators import GPRegressor, GridGPRegressor
 from gpkern.estimators.grid_gp import detect_grid
 from gpkern.models.grid import GridGP

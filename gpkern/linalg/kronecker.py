@@ -569,14 +569,21 @@ def kron_diag_solve_logdet(
                 Z = _kron_rotate(eigvecs, (lam + c).sqrt()[:, None] * eps, False)
                 V = op.precondition(Z)
                 W, T = pcg(
-                    op.matmul, Z, op.precondition, tol=probe_tol, max_iter=probe_iter, return_tridiag=True
+                    op.matmul,
+                    Z,
+                    op.precondition,
+                    tol=probe_tol,
+                    max_iter=probe_iter,
+                    return_tridiag=True,
                 )
                 logdet_val = (lam + c).log().sum() + _slq_logdet(T, (Z * V).sum(0))
             else:
                 Z = torch.randint(0, 2, (op.n, num_probes), generator=generator, dtype=Y2.dtype)
                 Z = (2 * Z - 1).to(Y2.device)
                 V = Z
-                W, T = pcg(op.matmul, Z, None, tol=probe_tol, max_iter=probe_iter, return_tridiag=True)
+                W, T = pcg(
+                    op.matmul, Z, None, tol=probe_tol, max_iter=probe_iter, return_tridiag=True
+                )
                 logdet_val = _slq_logdet(T, (Z * Z).sum(0))
 
     grad_needed = torch.is_grad_enabled() and (
