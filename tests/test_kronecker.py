@@ -329,3 +329,32 @@ def test_kronecker_sum_operator_laplacian_blocks():
     torch.testing.assert_close(S.diagonal(), torch.as_tensor(np.diag(ref)))
     with pytest.raises(ValueError, match="same shape"):
         KroneckerSumOperator(KroneckerOperator(K1), KroneckerOperator(K2))
+
+
+def test_gpytorch_likelihood_uses_kronecker_path():
+    """A GPyTorch MultivariateNormal with a KroneckerOperator covariance, through
+    GaussianLikelihood, gets the Kronecker solve/logdet and the dense log density."""
+    import gpytorch
+
+    factors = grid_factors((5, 6), [0.3, 0.5])
+    y = torch.sin(torch.arange(30.0))
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
+    likelihood.noise = 0.07
+    mvn = gpytorch.distributions.MultivariateNormal(torch.zeros(30), KroneckerOperator(*factors))
+    marginal = likelihood(mvn)
+    assert isinstance(marginal.lazy_covariance_matrix, KroneckerAddedDiagOperator)
+    dense = torch.distributions.MultivariateNormal(
+        torch.zeros(30), kron_dense(factors) + 0.07 * torch.eye(30)
+    )
+    torch.testing.assert_close(marginal.log_prob(y), dense.log_prob(y))
+    grads = []
+    for structured in (True, False):
+        likelihood.zero_grad()
+        if structured:
+            lp = likelihood(mvn).log_prob(y)
+        else:
+            cov = kron_dense(factors) + likelihood.noise * torch.eye(30)
+            lp = torch.distributions.MultivariateNormal(torch.zeros(30), cov).log_prob(y)
+        lp.backward()
+        grads.append(likelihood.raw_noise.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

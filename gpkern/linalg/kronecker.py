@@ -683,6 +683,16 @@ class KroneckerOperator(LinearOperator):
             self, torch.as_tensor(diag, dtype=self.dtype, device=self.device)
         )
 
+    def __add__(self, other):
+        # GPyTorch's GaussianLikelihood adds its noise as a DiagLinearOperator: keep the fast path.
+        from linear_operator.operators import ConstantDiagLinearOperator, DiagLinearOperator
+
+        if isinstance(other, ConstantDiagLinearOperator) and other.shape == self.shape:
+            return KroneckerAddedDiagOperator(self, other.diag_values.reshape(-1)[:1].reshape(()))
+        if isinstance(other, DiagLinearOperator) and other.shape == self.shape:
+            return KroneckerAddedDiagOperator(self, other._diag)
+        return super().__add__(other)
+
 
 class KroneckerAddedDiagOperator(LinearOperator):
     r""":math:`K_1 \otimes \dots \otimes K_d + D` with fast solves and log-determinants.
