@@ -52,10 +52,12 @@ coverage = float(np.mean(np.abs(err) <= 1.96 * sd_total))
 baseline = float(np.sqrt(np.mean((np.nanmean(observed) - field[missing]) ** 2)))
 lengthscales = [float(k.lengthscale.detach()) for k in gp.kernels_]
 
+gray_missing = plt.get_cmap("gray").copy()
+gray_missing.set_bad("tab:red")  # missing pixels in red
 fig, ax = plt.subplots(1, 4, figsize=(16, 4.4))
 panels = [
     (field, "original (128 x 128)", "gray"),
-    (np.ma.masked_invalid(observed), "observed: 30% of pixels missing", "gray"),
+    (np.ma.masked_invalid(observed), "observed: 30% of pixels missing (red)", gray_missing),
     (mean, f"GP reconstruction (RMSE on missing {rmse:.3f})", "gray"),
     (std, "posterior std of f", "magma"),
 ]
