@@ -15,6 +15,7 @@ jointly by the marginal likelihood (Wilson et al., "Deep Kernel Learning", AISTA
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -111,6 +112,15 @@ class FeatureMapKernel(gpytorch.kernels.Kernel):
     @property
     def is_stationary(self) -> bool:
         return False
+
+    def __getitem__(self, index) -> FeatureMapKernel:
+        if len(self.batch_shape) == 0:
+            return self
+        new = copy.deepcopy(self)
+        if self.base_kernel is not None:
+            new.base_kernel = self.base_kernel[index]
+        new.batch_shape = torch.empty(self.batch_shape, device="meta")[index].shape
+        return new
 
     def _check_placement(self, x: torch.Tensor) -> None:
         for name, t in list(self.feature_map.named_parameters()) + list(self.feature_map.named_buffers()):

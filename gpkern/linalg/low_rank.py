@@ -27,6 +27,10 @@ __all__ = ["woodbury_log_likelihood", "LowRankPosterior"]
 
 
 def _factor(F: torch.Tensor, noise: torch.Tensor | float, warn: bool) -> torch.Tensor:  # (n, D) -> (D, D)
+    if not float(noise) > 0:
+        raise ValueError(f"noise must be > 0 for the Woodbury identity, got {float(noise)!r}.")
+    if F.dim() != 2:
+        raise ValueError(f"features must be an (n, D) matrix, got shape {tuple(F.shape)}.")
     D = F.shape[-1]
     A = F.mT @ F + noise * torch.eye(D, dtype=F.dtype, device=F.device)
     L, _ = robust_cholesky(A, warn=warn)
