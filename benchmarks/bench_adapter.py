@@ -168,7 +168,7 @@ def random_feature_section(quick: bool) -> list[dict]:
     hyp = GPRegressor(max_iter=30 if quick else 60).fit(X[sub], y[sub])
     kernel, noise = hyp.kernel_, hyp.noise_
     ls = kernel.base_kernel.lengthscale.detach()
-    outscale = float(kernel.outputscale)
+    outscale = float(kernel.outputscale.detach())
     rows = []
 
     def metrics(mean, var_f, y_mean, y_std):

@@ -59,3 +59,11 @@ def test_nonpositive_noise_fails_loudly(noise):
     F = torch.zeros(5, 3)
     with pytest.raises(ValueError, match="noise must be > 0"):
         woodbury_log_likelihood(F, torch.randn(5, 1), noise)
+
+
+def test_shape_errors():
+    F = torch.randn(5, 2)
+    with pytest.raises(ValueError, match=r"Y must be \(n, t\)"):
+        LowRankPosterior(F, torch.randn(5), 0.1)
+    with pytest.raises(ValueError, match=r"F must be \(n, D\)"):
+        woodbury_log_likelihood(F, torch.randn(4, 1), 0.1)

@@ -81,6 +81,8 @@ def woodbury_log_likelihood(
     >>> alpha.shape
     torch.Size([50, 1])
     """
+    if F.dim() != 2 or Y.dim() != 2 or Y.shape[0] != F.shape[0]:
+        raise ValueError(f"F must be (n, D) and Y (n, t), got shapes {tuple(F.shape)} and {tuple(Y.shape)}.")
     n, D = F.shape
     t = Y.shape[1]
     L = _factor(F, noise, warn)
@@ -128,6 +130,8 @@ class LowRankPosterior:
     """
 
     def __init__(self, F: torch.Tensor, Y: torch.Tensor, noise: float) -> None:
+        if Y.dim() != 2 or Y.shape[0] != F.shape[0]:
+            raise ValueError(f"Y must be (n, t) with n = {F.shape[0]} rows of F, got shape {tuple(Y.shape)}; use Y[:, None] for one output.")
         with torch.no_grad():
             self.noise = float(noise)
             self.L = _factor(F, self.noise, warn=True)
