@@ -250,3 +250,19 @@ def test_gpytorch_exact_gp_model_trains():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < losses[0] - 0.3
+
+
+def test_nngp_base_kernel_on_learned_features():
+    """With the NNGP kernel of issue 5 (skipped until it is merged): k = NNGP(h(x), h(y))."""
+    nngp = pytest.importorskip("gpkern.kernels.nngp.kernel")
+    from gpkern.kernels.nngp import Dense, Relu, serial
+
+    base = nngp.NNGPKernel(serial(Dense(1.5, 0.1), Relu(), Dense(1.0, 0.05))).double()
+    net = mlp(3, 4)
+    x = torch.randn(6, 3)
+    K = FeatureMapKernel(net, base)(x).to_dense().detach()
+    with torch.no_grad():
+        ref = base(net(x)).to_dense()
+    torch.testing.assert_close(K, ref)
+    ev = torch.linalg.eigvalsh(K)
+    assert ev.min() > -1e-9 * ev.max()
