@@ -192,7 +192,7 @@ def random_feature_section(quick: bool) -> list[dict]:
         rf = RandomFeatureKernel("rbf", n_features=m, ard_num_dims=X.shape[1], random_state=0)
         rf.lengthscale = ls
 
-        def fit_predict():
+        def fit_predict(rf=rf):
             with torch.no_grad():
                 F = rf.features(Xtr) * outscale**0.5
                 post = LowRankPosterior(F, Yn, noise)
