@@ -266,3 +266,21 @@ def test_nngp_base_kernel_on_learned_features():
     torch.testing.assert_close(K, ref)
     ev = torch.linalg.eigvalsh(K)
     assert ev.min() > -1e-9 * ev.max()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(rng):
+    from gpkern.kernels import RandomFeatureKernel
+    from gpkern.nn import SNNKLayer
+
+    X, y = rng.standard_normal((30, 3)), rng.standard_normal(30)
+    kern = FeatureMapKernel(mlp(3, 2), gpytorch.kernels.RBFKernel())
+    gpu = GPRegressor(kernel=kern, noise=0.1, optimizer=None, device="cuda").fit(X, y)
+    cpu = GPRegressor(kernel=kern, noise=0.1, optimizer=None).fit(X, y)
+    np.testing.assert_allclose(gpu.predict(X), cpu.predict(X), rtol=1e-6, atol=1e-8)
+    assert GPRegressor(kernel=kern, max_iter=5, device="cuda").fit(X, y).kernel_.feature_map[0].weight.is_cuda
+    x = torch.randn(5, 3)
+    rf = RandomFeatureKernel("rbf", n_features=64)
+    torch.testing.assert_close(rf.cuda()(x.cuda()).to_dense().cpu(), rf.cpu()(x).to_dense())
+    layer = SNNKLayer(3, 2, "sin", n_features=32)
+    torch.testing.assert_close(layer.cuda()(x.cuda()).cpu(), layer.cpu()(x))
