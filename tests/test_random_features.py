@@ -178,3 +178,24 @@ def test_in_gpytorch_scale_kernel_and_sum():
     k = gpytorch.kernels.ScaleKernel(make("rbf", 64)) + make("arccos0", 64)
     assert k(x).to_dense().shape == (6, 6)
     assert math.isfinite(float(k(x).to_dense().detach().sum()))
+
+
+def test_gpytorch_model_uses_woodbury_and_matches_dense():
+    """Evaluated eagerly, the training covariance is a low-rank root: GPyTorch adds the noise as
+    LowRankRootAddedDiag (Woodbury solves); the log density equals the dense one either way."""
+    from gpkern.linalg.low_rank import woodbury_log_likelihood
+
+    torch.manual_seed(0)
+    x, y = torch.randn(80, 2), torch.randn(80)
+    k = make("rbf", 16)
+    lik = gpytorch.likelihoods.GaussianLikelihood()
+    lik.noise = 0.2
+    with gpytorch.settings.lazily_evaluate_kernels(False):
+        out = lik(gpytorch.distributions.MultivariateNormal(torch.zeros(80), k(x)))
+    assert type(out.lazy_covariance_matrix).__name__ == "LowRankRootAddedDiagLinearOperator"
+    lazy = lik(gpytorch.distributions.MultivariateNormal(torch.zeros(80), k(x)))
+    F = k.features(x).detach()
+    dense = torch.distributions.MultivariateNormal(torch.zeros(80), F @ F.T + 0.2 * torch.eye(80)).log_prob(y)
+    torch.testing.assert_close(out.log_prob(y).detach(), dense)
+    torch.testing.assert_close(lazy.log_prob(y).detach(), dense)
+    torch.testing.assert_close(woodbury_log_likelihood(F, y[:, None], 0.2)[0], dense)

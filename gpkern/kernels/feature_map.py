@@ -21,6 +21,7 @@ import numbers
 
 import gpytorch
 import torch
+from linear_operator.operators import LowRankRootLinearOperator
 
 __all__ = ["FeatureMapKernel"]
 
@@ -37,7 +38,9 @@ class FeatureMapKernel(gpytorch.kernels.Kernel):
         Kernel applied to the features (RBF, Matérn, an NNGP kernel, a
         :class:`~gpytorch.kernels.ScaleKernel`, ...). ``None`` uses the linear kernel
         :math:`h(x)^\top h(y)`, whose Gram matrix :math:`\Phi\Phi^\top` is low rank: see
-        :meth:`features` and :mod:`gpkern.linalg.low_rank`.
+        :meth:`features` and :mod:`gpkern.linalg.low_rank` (with fewer features than points
+        it is returned as a ``LowRankRootLinearOperator``, which GPyTorch solves by Woodbury when
+        kernels are evaluated eagerly).
     input_shape : tuple of int, optional
         Shape of one input as the feature map expects it, e.g. ``(1, 8, 8)`` for 8×8
         one-channel images passed to a CNN. scikit-learn estimators see flattened rows of
@@ -177,5 +180,8 @@ class FeatureMapKernel(gpytorch.kernels.Kernel):
         if self.base_kernel is None:
             if diag:
                 return (z1 * z2).sum(-1)
+            if z2 is z1 and z1.shape[-1] < z1.shape[-2]:
+                # Low rank: GPyTorch models then solve with the noise by Woodbury.
+                return LowRankRootLinearOperator(z1)
             return z1 @ z2.mT
         return self.base_kernel(z1, z2, diag=diag, **params)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 
 import gpytorch
 import torch
+from linear_operator.operators import LowRankRootLinearOperator
 
 __all__ = [
     "RandomFeatureKernel",
@@ -156,7 +157,10 @@ class RandomFeatureKernel(gpytorch.kernels.Kernel):
     ``ard_num_dims``) before the feature map; see the module docstring for the table of kinds.
     Wrap in :class:`gpytorch.kernels.ScaleKernel` for an output scale. For every kind but
     ``"urf"`` the Gram matrix is :math:`\Phi\Phi^\top` with :math:`\Phi` from :meth:`features`,
-    so a GP can use the :math:`O(n m^2)` Woodbury identities of :mod:`gpkern.linalg.low_rank`.
+    so a GP can use the :math:`O(n m^2)` Woodbury identities of :mod:`gpkern.linalg.low_rank`;
+    the training covariance (``x1 is x2``, more points than features) is returned as a
+    ``LowRankRootLinearOperator``, which GPyTorch models solve by Woodbury when kernels are
+    evaluated eagerly (``gpytorch.settings.lazily_evaluate_kernels(False)``).
 
     Parameters
     ----------
@@ -277,4 +281,7 @@ class RandomFeatureKernel(gpytorch.kernels.Kernel):
             f2 = torch.cat([f2[..., :half], -f2[..., half:]], dim=-1)
         if diag:
             return (f1 * f2).sum(-1)
+        if f2 is f1 and f1.shape[-1] < f1.shape[-2]:
+            # Lets GPyTorch models add the noise as LowRankRootAddedDiag and solve by Woodbury.
+            return LowRankRootLinearOperator(f1)
         return f1 @ f2.mT
