@@ -284,3 +284,17 @@ def test_cuda_matches_cpu(rng):
     torch.testing.assert_close(rf.cuda()(x.cuda()).to_dense().cpu(), rf.cpu()(x).to_dense())
     layer = SNNKLayer(3, 2, "sin", n_features=32)
     torch.testing.assert_close(layer.cuda()(x.cuda()).cpu(), layer.cpu()(x))
+
+
+@pytest.mark.slow
+def test_keops_base_kernel_on_learned_features():
+    """KeOps backend over the feature space: GPyTorch's KeOps RBF on h(x) (compiles a formula)."""
+    pytest.importorskip("pykeops")
+    net = mlp(5, 2)
+    x, v = torch.randn(1500, 5), torch.randn(1500, 2)
+    keops = FeatureMapKernel(net, gpytorch.kernels.keops.RBFKernel())
+    dense = FeatureMapKernel(net, gpytorch.kernels.RBFKernel())
+    with torch.no_grad():
+        op = keops(x).evaluate_kernel()
+        assert type(op).__name__ == "KernelLinearOperator"  # the KeOps path, not a dense matrix
+        torch.testing.assert_close(op @ v, dense(x).to_dense() @ v, rtol=1e-9, atol=1e-9)
