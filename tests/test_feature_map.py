@@ -18,6 +18,15 @@ from gpkern.kernels import FeatureMapKernel
 from gpkern.linalg.low_rank import LowRankPosterior
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small matrices: one torch thread is as fast alone and far faster on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mlp(d_in: int, d_out: int, seed: int = 0, width: int = 16) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(d_in, width), torch.nn.Tanh(), torch.nn.Linear(width, d_out)).double()

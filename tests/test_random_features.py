@@ -18,6 +18,15 @@ from gpkern.kernels import RandomFeatureKernel
 from gpkern.kernels.random_features import URF_ACTIVATIONS
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small matrices: one torch thread is as fast alone and far faster on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- independent closed forms (numpy) ------------------------------------------------------------
 def exact_kernel(kind: str, activation: str | None, X: np.ndarray) -> np.ndarray:
     G = X @ X.T

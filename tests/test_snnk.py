@@ -8,6 +8,15 @@ import torch
 
 from gpkern.nn import SNNKLayer
 
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small matrices: one torch thread is as fast alone and far faster on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 ACTS = {
     "cos": np.cos,
     "sin": np.sin,
