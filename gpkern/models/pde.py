@@ -277,7 +277,7 @@ class GridCollocation:
     order : int
         Highest derivative order the operator uses.
     jitter : float
-        Relative jitter added to each factor :math:`K_j`.
+        Jitter added to the diagonal of each factor :math:`K_j` (absolute, as in the paper).
     """
 
     def __init__(
@@ -309,47 +309,69 @@ class GridCollocation:
         self.n_boundary = int(mask.sum())
         self.n_interior = int(math.prod(n - 2 for n in self.shape))
         if linear_terms is not None:
-            self.orders = sorted({0} | {m for _, m, _ in linear_terms})
+            self.orders = sorted({0} | {m for _, m, _ in linear_terms})  # noqa: C401
         else:
             self.orders = list(range(order + 1))
         self.multi_indices = _multi_indices(self.d, order)
 
     # -- kernel algebra ---------------------------------------------------------------------
     def factors(self, prior: SpectralGridPrior) -> dict:
-        """Cholesky factors, log-determinants and derivative operators :math:`D_j^{(m)}`."""
+        """Cholesky factors, log-determinant and derivative kernel matrices :math:`K_j^{(m)}`."""
         mats = prior.factor_matrices(self.grids, self.orders)
-        chol, logdets, ops = [], [], []
-        for j, per_order in enumerate(mats):
+        chol, logdets, kmats = [], [], []
+        for per_order in mats:
             K = per_order[0]
             n = K.shape[0]
-            eps = self.jitter * K.diagonal().mean().detach()
+            # Absolute jitter, as in the paper: a relative one would let the joint ("adam") loss
+            # run to -inf by shrinking every weight (log|K| unbounded below).
+            eps = self.jitter
             L, _ = robust_cholesky(K + eps * torch.eye(n, dtype=K.dtype), warn=False)
             chol.append(L)
             logdets.append(2.0 * L.diagonal().log().sum())
-            ops.append({m: torch.cholesky_solve(Km.T, L).T for m, Km in zip(self.orders, per_order)})
+            kmats.append(dict(zip(self.orders, per_order)))
         N = math.prod(self.shape)
         logdet = sum(N / n * ld for n, ld in zip(self.shape, logdets))
-        return {"chol": chol, "logdet": logdet, "D": ops}
+        return {"chol": chol, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
+
+    def operator(self, fac: dict, j: int, m: int) -> torch.Tensor:
+        """:math:`D_j^{(m)} = K_j^{(m)} (K_j + \epsilon I)^{-1}` (cached in ``fac``)."""
+        D = fac["D"][j].get(m)
+        if D is None:
+            if m not in fac["K"][j]:
+                raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
+            D = torch.cholesky_solve(fac["K"][j][m].T, fac["chol"][j]).T
+            fac["D"][j][m] = D
+        return D
+
+    @staticmethod
+    def _solve_mode(L: torch.Tensor, X: torch.Tensor, j: int) -> torch.Tensor:
+        Xj = torch.movedim(X, j, 0)
+        shape = Xj.shape
+        out = torch.cholesky_solve(Xj.reshape(shape[0], -1), L).reshape(shape)
+        return torch.movedim(out, 0, j)
 
     def quad(self, fac: dict, U: torch.Tensor) -> torch.Tensor:
         r""":math:`U^\top K^{-1} U` with :math:`K^{-1} = \otimes_j K_j^{-1}` applied mode by mode."""
         A = U
         for j, L in enumerate(fac["chol"]):
-            A = apply_mode(torch.cholesky_inverse(L), A, j)
+            A = self._solve_mode(L, A, j)
         return (U * A).sum()
 
     def derivative(self, fac: dict, U: torch.Tensor, alpha: Sequence[int], interior: bool = True) -> torch.Tensor:
-        """Derivative of the GP conditional mean with multi-index ``alpha`` at the grid."""
+        """Derivative of the GP conditional mean with multi-index ``alpha`` at the grid.
+
+        Applied as :math:`K_j^{(m)} (K_j^{-1} U)` along each mode (matrix-vector work only).
+        """
         out = U
         for j, m in enumerate(alpha):
             if m == 0:
                 # D^(0) = K K^{-1} = I at the grid.
                 out = out.narrow(j, 1, out.shape[j] - 2) if interior else out
                 continue
-            D = fac["D"][j].get(m)
-            if D is None:
+            if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
-            out = apply_mode(D[1:-1] if interior else D, out, j)
+            Km = fac["K"][j][m]
+            out = apply_mode(Km[1:-1] if interior else Km, self._solve_mode(fac["chol"][j], out, j), j)
         return out
 
     def residual(self, fac: dict, U: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
@@ -376,7 +398,7 @@ class GridCollocation:
             A = torch.zeros(n - 2, n - 2, dtype=self.source.dtype)
             for jj, m, c in self.linear_terms:
                 if jj == j:
-                    A = A + c * fac["D"][j][m][1:-1, 1:-1]
+                    A = A + c * self.operator(fac, j, m)[1:-1, 1:-1]
             mats.append(A)
         return mats
 

@@ -76,8 +76,10 @@ class GPPDESolver(BaseEstimator):
         Initial frequencies are ``linspace(0, max_frequency, Q)`` cycles per unit. ``"auto"``
         takes 1.25 times the highest frequency with non-negligible power in the source.
     init_scale : "auto" or float, default="auto"
-        Initial envelope rates :math:`\ell`. ``"auto"``: 10 for the mixtures; for ``"se"`` /
-        ``"matern"`` a rate whose spectral width covers ``max_frequency``.
+        Initial envelope rates :math:`\ell`. ``"auto"``: for ``"student_t"`` an envelope
+        correlation length :math:`1/\ell` of 40 grid spacings, for ``"gaussian"``
+        :math:`1/\sqrt{\ell}` of 8 grid spacings; for ``"se"`` / ``"matern"`` a rate whose
+        spectral width covers ``max_frequency``.
     learn_scales : bool, default=False
         Also learn the envelope rates in the ``"profile"`` method (always learned by ``"adam"``
         and by the ``"se"`` / ``"matern"`` spectra, which have nothing else to learn).
@@ -97,8 +99,10 @@ class GPPDESolver(BaseEstimator):
         L-BFGS iterations after Adam (``"adam"`` only).
     boundary_weight : float, default=200.0
         :math:`\lambda_b` of the ``"adam"`` loss.
-    jitter : float, default=1e-6
-        Relative jitter added to each factor :math:`K_j`.
+    jitter : float, optional
+        Jitter added to the diagonal of each factor :math:`K_j` (absolute; the initial
+        weights sum to 1, so the prior variance starts at 1). Default 1e-8 for ``"profile"``
+        (the exact solve is then closer to interpolation) and the paper's 1e-6 for ``"adam"``.
     prune_threshold : float, default=1e-3
         Components whose weight is below ``prune_threshold`` times the largest weight of their
         dimension are pruned from ``frequencies_`` / ``weights_``.
@@ -152,7 +156,7 @@ class GPPDESolver(BaseEstimator):
         lr: float = 1e-2,
         polish_iter: int = 0,
         boundary_weight: float = 200.0,
-        jitter: float = 1e-6,
+        jitter: float | None = None,
         prune_threshold: float = 1e-3,
         random_state: int | None = None,
         verbose: bool = False,
@@ -203,15 +207,15 @@ class GPPDESolver(BaseEstimator):
         max_iter = self.max_iter if self.max_iter is not None else (50 if method == "profile" else 20000)
         if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
             raise ValueError(f"max_iter must be a non-negative integer, got {self.max_iter!r}.")
-        for name in ("lr", "boundary_weight", "jitter"):
-            v = getattr(self, name)
+        jitter = self.jitter if self.jitter is not None else (1e-8 if method == "profile" else 1e-6)
+        for name, v in (("lr", self.lr), ("boundary_weight", self.boundary_weight), ("jitter", jitter)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}.")
         if not (isinstance(self.prune_threshold, (int, float)) and 0 <= self.prune_threshold < 1):
             raise ValueError(f"prune_threshold must lie in [0, 1), got {self.prune_threshold!r}.")
         if not isinstance(self.polish_iter, (int, np.integer)) or self.polish_iter < 0:
             raise ValueError(f"polish_iter must be a non-negative integer, got {self.polish_iter!r}.")
-        return {"sizes": [int(n) for n in sizes], "method": method, "max_iter": int(max_iter)}
+        return {"sizes": [int(n) for n in sizes], "method": method, "max_iter": int(max_iter), "jitter": float(jitter)}
 
     def _frequencies(self, problem: PDEProblem, sizes: list[int]) -> list[float]:
         gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
@@ -246,7 +250,7 @@ class GPPDESolver(BaseEstimator):
                 )
         return freqs
 
-    def _init_scale(self, freqs: list[float]) -> list[float]:
+    def _init_scale(self, freqs: list[float], problem: PDEProblem, sizes: list[int]) -> list[float]:
         if self.init_scale != "auto":
             v = self.init_scale
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -257,7 +261,12 @@ class GPPDESolver(BaseEstimator):
             return [2.0 * (math.pi * f / 2.0) ** 2 for f in freqs]
         if self.spectrum == "matern":
             return [math.pi * f / math.sqrt(5.0) for f in freqs]
-        return [10.0] * len(freqs)
+        # Envelope correlation length tied to the grid spacing h: 1 / l = 40 h (Matérn) and
+        # 1 / sqrt(l) = 8 h (Gaussian) worked best across the benchmark problems.
+        per_unit = [(n - 1) / (b - a) for n, (a, b) in zip(sizes, problem.domain)]
+        if self.spectrum == "student_t":
+            return [r / 40.0 for r in per_unit]
+        return [(r / 8.0) ** 2 for r in per_unit]
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self, problem: PDEProblem) -> GPPDESolver:
@@ -285,7 +294,7 @@ class GPPDESolver(BaseEstimator):
         bvals = torch.zeros(sizes, dtype=torch.float64)
         bvals[bmask] = evaluate_point_function("boundary", problem.boundary, mesh[bmask.reshape(-1)])
         freqs = self._frequencies(problem, sizes)
-        scales = self._init_scale(freqs)
+        scales = self._init_scale(freqs, problem, sizes)
 
         coll = GridCollocation(
             grids,
@@ -295,7 +304,7 @@ class GPPDESolver(BaseEstimator):
             nonlinearity=None if problem.is_linear or problem.linear_terms is None else problem.nonlinearity,
             residual=problem.residual,
             order=problem.order,
-            jitter=float(self.jitter),
+            jitter=cfg["jitter"],
         )
         prior = SpectralGridPrior(problem.dim, self.spectrum, int(self.n_components), freqs, scales)
         init = ([w.detach().numpy().copy() for w in prior.weights], [f.detach().numpy().copy() for f in prior.frequencies])
@@ -339,7 +348,7 @@ class GPPDESolver(BaseEstimator):
                 fac = coll.factors(prior)
                 U = U_param.detach().clone()
             n_iter = counter.n
-            extras = {"noise_precisions_": (float(log_tau_b.exp()), float(log_tau_r.exp()))}
+            extras = {"noise_precisions_": (float(log_tau_b.detach().exp()), float(log_tau_r.detach().exp()))}
 
         w_all = [w.detach().numpy().copy() for w in prior.weights]
         f_all = [np.abs(f.detach().numpy().copy()) for f in prior.frequencies]
