@@ -88,7 +88,7 @@ def test_bad_arguments():
         GaussianSpectralMixtureKernel(num_mixtures=0)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     n=st.integers(2, 12),

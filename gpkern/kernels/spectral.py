@@ -256,7 +256,7 @@ class GaussianSpectralMixtureKernel(_SpectralMixtureProductKernel):
 
     Attributes
     ----------
-    weights, frequencies, scales : torch.Tensor of shape (*batch_shape, dims, Q)
+    weights, frequencies, scales : torch.Tensor of shape (\*batch_shape, dims, Q)
         :math:`w`, :math:`\mu`, :math:`\ell`; ``dims`` is ``ard_num_dims`` or 1.
 
     Examples
@@ -301,7 +301,7 @@ class StudentTSpectralMixtureKernel(_SpectralMixtureProductKernel):
 
     Attributes
     ----------
-    weights, frequencies, scales : torch.Tensor of shape (*batch_shape, dims, Q)
+    weights, frequencies, scales : torch.Tensor of shape (\*batch_shape, dims, Q)
         :math:`w`, :math:`\mu`, :math:`\ell`; ``dims`` is ``ard_num_dims`` or 1.
 
     Examples

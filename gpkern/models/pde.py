@@ -185,6 +185,21 @@ def kronecker_sum_solve(
     return _KroneckerSumSolve.apply(R, *mats)
 
 
+def _kronecker_sum_inverse(mats: Sequence[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Factor a Kronecker sum once (no gradients) for repeated solves."""
+    if len(mats) == 1:
+        lu = torch.linalg.lu_factor(mats[0])
+        return lambda R: torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)
+    vals, vecs = zip(*(torch.linalg.eig(A) for A in mats))
+    vinvs = [torch.linalg.inv(V) for V in vecs]
+    denom = vals[0].reshape(-1, *([1] * (len(mats) - 1)))
+    for j in range(1, len(mats)):
+        shape = [1] * len(mats)
+        shape[j] = -1
+        denom = denom + vals[j].reshape(shape)
+    return lambda R: _kronecker_sum_apply_inverse(vecs, vinvs, denom, R)
+
+
 class SpectralGridPrior(torch.nn.Module):
     r"""Per-dimension spectral mixture hyperparameters of the product kernel on a grid.
 
@@ -276,6 +291,10 @@ class GridCollocation:
         ``residual(points, U, derivs) -> r`` on the interior points for user-defined operators.
     order : int
         Highest derivative order the operator uses.
+    dirichlet_sides : list of (bool, bool), optional
+        Per dimension, whether the low / high side carries Dirichlet data (default both); the
+        other grid points carry PDE residuals. First-order operators need data on the inflow
+        sides only.
     jitter : float
         Jitter added to the diagonal of each factor :math:`K_j` (absolute, as in the paper).
     """
@@ -291,6 +310,7 @@ class GridCollocation:
         residual: Callable | None = None,
         order: int = 2,
         jitter: float = 1e-6,
+        dirichlet_sides: Sequence[tuple[bool, bool]] | None = None,
     ) -> None:
         self.grids = grids
         self.d = len(grids)
@@ -301,13 +321,15 @@ class GridCollocation:
         self.residual_fn = residual
         self.order = order
         self.jitter = jitter
-        self.interior = tuple(slice(1, n - 1) for n in self.shape)
+        sides = dirichlet_sides or [(True, True)] * self.d
+        # Unknown (and equation) block: the grid minus the Dirichlet sides.
+        self.interior = tuple(slice(int(lo), n - int(hi)) for n, (lo, hi) in zip(self.shape, sides))
         mask = torch.ones(self.shape, dtype=torch.bool)
         mask[self.interior] = False
         self.boundary_mask = mask
         self.boundary_values = torch.where(mask, boundary, torch.zeros_like(boundary))
         self.n_boundary = int(mask.sum())
-        self.n_interior = int(math.prod(n - 2 for n in self.shape))
+        self.n_interior = int(math.prod(s.stop - s.start for s in self.interior))
         if linear_terms is not None:
             self.orders = sorted({0} | {m for _, m, _ in linear_terms})  # noqa: C401
         else:
@@ -366,12 +388,12 @@ class GridCollocation:
         for j, m in enumerate(alpha):
             if m == 0:
                 # D^(0) = K K^{-1} = I at the grid.
-                out = out.narrow(j, 1, out.shape[j] - 2) if interior else out
+                out = out[(slice(None),) * j + (self.interior[j],)] if interior else out
                 continue
             if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
             Km = fac["K"][j][m]
-            out = apply_mode(Km[1:-1] if interior else Km, self._solve_mode(fac["chol"][j], out, j), j)
+            out = apply_mode(Km[self.interior[j]] if interior else Km, self._solve_mode(fac["chol"][j], out, j), j)
         return out
 
     def residual(self, fac: dict, U: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
@@ -395,10 +417,11 @@ class GridCollocation:
         """Per-dimension interior blocks :math:`A_j^{II} = \\sum_m c_{jm} D_j^{(m)}[I, I]`."""
         mats = []
         for j, n in enumerate(self.shape):
-            A = torch.zeros(n - 2, n - 2, dtype=self.source.dtype)
+            sl = self.interior[j]
+            A = torch.zeros(sl.stop - sl.start, sl.stop - sl.start, dtype=self.source.dtype)
             for jj, m, c in self.linear_terms:
                 if jj == j:
-                    A = A + c * self.operator(fac, j, m)[1:-1, 1:-1]
+                    A = A + c * self.operator(fac, j, m)[sl, sl]
             mats.append(A)
         return mats
 
@@ -434,11 +457,12 @@ class GridCollocation:
             return self.assemble(kronecker_sum_solve(mats, R)), 0
         # Fixed point X = S^{-1}(R - n(X)); the Laplacian dominates n'(u) so it contracts fast.
         with torch.no_grad():
-            Rd, md = R.detach(), [A.detach() for A in mats]
-            X = kronecker_sum_solve(md, Rd) if start is None else start[self.interior].clone()
+            Rd = R.detach()
+            inverse = _kronecker_sum_inverse([A.detach() for A in mats])
+            X = inverse(Rd) if start is None else start[self.interior].clone()
             it = 0
             for it in range(1, max_picard + 1):
-                X_new = kronecker_sum_solve(md, Rd - self.nonlinearity(X))
+                X_new = inverse(Rd - self.nonlinearity(X))
                 change = (X_new - X).norm() / X_new.norm().clamp_min(1e-300)
                 X = X_new
                 if change < tol:
@@ -489,7 +513,7 @@ class GridCollocation:
         return out
 
     def interior_points(self) -> torch.Tensor:  # (n_interior, d)
-        mesh = torch.meshgrid(*[x[1:-1] for x in self.grids], indexing="ij")
+        mesh = torch.meshgrid(*[x[sl] for x, sl in zip(self.grids, self.interior)], indexing="ij")
         return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
 
 

@@ -168,6 +168,10 @@ class PDEProblem:
         """Number of spatial dimensions."""
         return len(self.domain)
 
+    def dirichlet_sides(self) -> list[tuple[bool, bool]]:
+        """Per dimension, whether the (low, high) side carries Dirichlet data in the exact solve."""
+        return [(True, True)] * self.dim
+
     def nonlinearity(self, u: torch.Tensor) -> torch.Tensor | None:
         """Pointwise nonlinear term added to the linear part (``None`` for linear operators)."""
         return None
@@ -311,6 +315,12 @@ class Advection(PDEProblem):
             raise ValueError(f"beta must be finite, got {beta!r}.")
         self.beta = float(beta)
         self.linear_terms = [(0, 1, self.beta), (1, 1, 1.0)]
+
+    def dirichlet_sides(self) -> list[tuple[bool, bool]]:
+        """Inflow sides only: data where the characteristics enter (a first-order operator with
+        data on both sides of a dimension is over-determined)."""
+        x_side = (True, False) if self.beta > 0 else (False, True) if self.beta < 0 else (False, False)
+        return [x_side, (True, False)]
 
     @classmethod
     def from_solution(cls, solution: PointFunction, domain, beta: float = 200.0) -> Advection:

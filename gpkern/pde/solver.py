@@ -305,6 +305,7 @@ class GPPDESolver(BaseEstimator):
             residual=problem.residual,
             order=problem.order,
             jitter=cfg["jitter"],
+            dirichlet_sides=problem.dirichlet_sides() if method == "profile" else None,
         )
         prior = SpectralGridPrior(problem.dim, self.spectrum, int(self.n_components), freqs, scales)
         init = ([w.detach().numpy().copy() for w in prior.weights], [f.detach().numpy().copy() for f in prior.frequencies])
