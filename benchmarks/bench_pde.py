@@ -143,12 +143,12 @@ def step_times(repeats: int = 5) -> list[tuple[str, float, float]]:
         U = torch.nn.Parameter(torch.zeros([n] * dims))
         lt = [torch.nn.Parameter(torch.zeros(())) for _ in range(2)]
 
-        def profile():
+        def profile(coll=coll, prior=prior):
             fac = coll.factors(prior)
             X, _ = coll.solve(fac)
             coll.profile_objective(fac, X).backward()
 
-        def adam():
+        def adam(coll=coll, prior=prior, U=U, lt=lt):
             fac = coll.factors(prior)
             coll.joint_loss(fac, U, lt[0], lt[1], 200.0).backward()
 

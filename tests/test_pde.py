@@ -114,7 +114,8 @@ def test_low_frequency_poisson_1d_to_1e4():
 
 
 def test_low_frequency_poisson_2d_to_1e4():
-    sol = lambda X: torch.sin(math.pi * X[:, 0]) * torch.sin(2 * math.pi * X[:, 1]) + X[:, 0]
+    def sol(X):
+        return torch.sin(math.pi * X[:, 0]) * torch.sin(2 * math.pi * X[:, 1]) + X[:, 0]
     p = Poisson.from_solution(sol, [(0.0, 1.0), (0.0, 1.0)])
     s = GPPDESolver(grid_size=40, n_components=8, max_iter=5, random_state=0).fit(p)
     assert s.relative_error() < 1e-4
@@ -150,7 +151,8 @@ def test_allen_cahn_1d_low_frequency():
 
 
 def test_advection_2d_small():
-    sol = lambda X: torch.sin(X[:, 0] - 3.0 * X[:, 1])
+    def sol(X):
+        return torch.sin(X[:, 0] - 3.0 * X[:, 1])
     p = Advection.from_solution(sol, [(0.0, 2 * math.pi), (0.0, 1.0)], beta=3.0)
     s = GPPDESolver(grid_size=40, n_components=10, max_iter=10, random_state=0).fit(p)
     assert s.relative_error() < 1e-3
@@ -169,8 +171,10 @@ def test_adam_method_reproduces_paper_log():
 
 
 def test_user_defined_operator_runs_adam():
-    sol = lambda X: torch.sin(math.pi * X[:, 0])
-    src = lambda X: -math.pi**2 * torch.sin(math.pi * X[:, 0])
+    def sol(X):
+        return torch.sin(math.pi * X[:, 0])
+    def src(X):
+        return -math.pi**2 * torch.sin(math.pi * X[:, 0])
     p = PDEProblem([(0.0, 1.0)], residual=lambda X, u, d: d[(2,)], boundary=sol, source=src, solution=sol)
     losses = []
     s = GPPDESolver(grid_size=30, n_components=4, max_iter=50, random_state=0).fit(p)
@@ -285,3 +289,27 @@ def test_bad_solver_parameters():
 
     with pytest.raises(NotFittedError):
         GPPDESolver().predict(np.zeros((3, 1)))
+
+
+# -- the paper's harder cases (slow; the full set with baselines is benchmarks/bench_pde.py) -------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cls, solution, domain, grid, kwargs, max_iter",
+    [
+        (AllenCahn, lambda X: torch.sin(100 * X[:, 0]), [(0.0, 1.0)], 400, {}, 5),
+        (Poisson, lambda X: torch.sin(500 * X[:, 0]) - 2 * (X[:, 0] - 0.5) ** 2, [(0.0, 1.0)], 400, {}, 30),
+        (
+            Poisson,
+            lambda X: torch.sin(6 * X[:, 0]) * torch.cos(20 * X[:, 0]) + torch.sin(6 * X[:, 1]) * torch.cos(20 * X[:, 1]),
+            [(0.0, 1.0), (0.0, 1.0)],
+            100,
+            {},
+            3,
+        ),
+        (Advection, lambda X: torch.sin(X[:, 0] - 200 * X[:, 1]), [(0.0, 2 * math.pi), (0.0, 1.0)], (60, 600), {"beta": 200.0}, 0),
+    ],
+)
+def test_paper_cases_reach_1e3(cls, solution, domain, grid, kwargs, max_iter):
+    p = cls.from_solution(solution, domain, **kwargs)
+    s = GPPDESolver(grid_size=grid, max_iter=max_iter, random_state=0).fit(p)
+    assert s.relative_error() < 1e-3

@@ -53,7 +53,8 @@ def test_gaussian_component_is_fourier_transform_of_gaussian_spectrum(d):
     # Wiener-Khinchin: exp(-l d^2) cos(2 pi mu d) = int S(nu) cos(2 pi nu d) dnu,
     # S = sqrt(pi / l) * (exp(-pi^2 (nu - mu)^2 / l) + exp(-pi^2 (nu + mu)^2 / l)) / 2.
     ell, mu = 2.3, 1.7
-    S = lambda nu: math.sqrt(math.pi / ell) * 0.5 * (math.exp(-math.pi**2 * (nu - mu) ** 2 / ell) + math.exp(-math.pi**2 * (nu + mu) ** 2 / ell))
+    def S(nu):
+        return math.sqrt(math.pi / ell) * 0.5 * (math.exp(-math.pi**2 * (nu - mu) ** 2 / ell) + math.exp(-math.pi**2 * (nu + mu) ** 2 / ell))
     ref = quad(lambda nu: S(nu) * math.cos(2 * math.pi * nu * d), -20, 20, limit=400)[0]
     (k,) = spectral_mixture_1d(torch.tensor([d]), torch.ones(1), torch.tensor([mu]), torch.tensor([ell]))
     assert abs(float(k) - ref) < 1e-8

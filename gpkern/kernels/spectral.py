@@ -160,13 +160,14 @@ class _SpectralMixtureProductKernel(gpytorch.kernels.Kernel):
         *,
         ard_num_dims: int | None = None,
         max_frequency: float = 20.0,
-        batch_shape: torch.Size = torch.Size([]),
+        batch_shape: torch.Size | None = None,
         **kwargs,
     ) -> None:
         if int(num_mixtures) < 1:
             raise ValueError(f"num_mixtures must be a positive integer, got {num_mixtures}.")
         if not max_frequency >= 0:
             raise ValueError(f"max_frequency must be >= 0, got {max_frequency}.")
+        batch_shape = torch.Size([]) if batch_shape is None else torch.Size(batch_shape)
         super().__init__(ard_num_dims=ard_num_dims, batch_shape=batch_shape, **kwargs)
         self.num_mixtures = int(num_mixtures)
         dims = 1 if ard_num_dims is None else int(ard_num_dims)
@@ -249,7 +250,7 @@ class GaussianSpectralMixtureKernel(_SpectralMixtureProductKernel):
         every dimension.
     max_frequency : float, default=20.0
         Initial frequencies are ``linspace(0, max_frequency, Q)`` (cycles per unit of input).
-    batch_shape : torch.Size, default=torch.Size([])
+    batch_shape : torch.Size, optional
         Batch of independent kernels.
     **kwargs
         Passed to :class:`gpytorch.kernels.Kernel` (``active_dims``, ...).
@@ -294,7 +295,7 @@ class StudentTSpectralMixtureKernel(_SpectralMixtureProductKernel):
         every dimension.
     max_frequency : float, default=20.0
         Initial frequencies are ``linspace(0, max_frequency, Q)`` (cycles per unit of input).
-    batch_shape : torch.Size, default=torch.Size([])
+    batch_shape : torch.Size, optional
         Batch of independent kernels.
     **kwargs
         Passed to :class:`gpytorch.kernels.Kernel` (``active_dims``, ...).

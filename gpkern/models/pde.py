@@ -356,7 +356,7 @@ class GridCollocation:
         return {"chol": chol, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
 
     def operator(self, fac: dict, j: int, m: int) -> torch.Tensor:
-        """:math:`D_j^{(m)} = K_j^{(m)} (K_j + \epsilon I)^{-1}` (cached in ``fac``)."""
+        r""":math:`D_j^{(m)} = K_j^{(m)} (K_j + \epsilon I)^{-1}` (cached in ``fac``)."""
         D = fac["D"][j].get(m)
         if D is None:
             if m not in fac["K"][j]:
@@ -416,7 +416,7 @@ class GridCollocation:
     def interior_operators(self, fac: dict) -> list[torch.Tensor]:
         """Per-dimension interior blocks :math:`A_j^{II} = \\sum_m c_{jm} D_j^{(m)}[I, I]`."""
         mats = []
-        for j, n in enumerate(self.shape):
+        for j, _n in enumerate(self.shape):
             sl = self.interior[j]
             A = torch.zeros(sl.stop - sl.start, sl.stop - sl.start, dtype=self.source.dtype)
             for jj, m, c in self.linear_terms:
@@ -461,7 +461,7 @@ class GridCollocation:
             inverse = _kronecker_sum_inverse([A.detach() for A in mats])
             X = inverse(Rd) if start is None else start[self.interior].clone()
             it = 0
-            for it in range(1, max_picard + 1):
+            for it in range(1, max_picard + 1):  # noqa: B007 (returned)
                 X_new = inverse(Rd - self.nonlinearity(X))
                 change = (X_new - X).norm() / X_new.norm().clamp_min(1e-300)
                 X = X_new
