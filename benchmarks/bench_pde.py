@@ -184,9 +184,14 @@ def main() -> None:
         for label, kw in GP_METHODS.items():
             it = case_iter if label.startswith("GP-HM") else max(5, case_iter // 3)
             t = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                solver = GPPDESolver(grid_size=grid, max_iter=it, random_state=0, **kw).fit(problem)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    solver = GPPDESolver(grid_size=grid, max_iter=it, random_state=0, **kw).fit(problem)
+            except ValueError as exc:  # NotPSDError: the solve diverged for this prior
+                results[label] = (float("nan"), time.perf_counter() - t, f"failed: {str(exc)[:60]}...")
+                print(f"{name:38s} {label:10s} failed: {exc}", flush=True)
+                continue
             secs = time.perf_counter() - t
             err = float((torch.as_tensor(solver.predict(X_test)) - u_test).norm() / u_test.norm())
             kept = "/".join(str(len(f)) for f in solver.frequencies_)

@@ -462,13 +462,34 @@ class GridCollocation:
             X = inverse(Rd) if start is None else start[self.interior].clone()
             it = 0
             for it in range(1, max_picard + 1):  # noqa: B007 (returned)
-                X_new = inverse(Rd - self.nonlinearity(X))
+                if self.d == 1:
+                    # 1-D: Newton on the dense (n x n) system, robust where Picard may not contract.
+                    with torch.enable_grad():
+                        Xg = X.detach().requires_grad_(True)
+                        (slope,) = torch.autograd.grad(self.nonlinearity(Xg).sum(), Xg)
+                    A = mats[0].detach()
+                    F = A @ X + self.nonlinearity(X) - Rd
+                    step = torch.linalg.solve(A + torch.diag(slope), F)
+                    # Damped: halve the step until the residual norm decreases.
+                    t, base = 1.0, F.norm()
+                    for _ in range(30):
+                        X_new = X - t * step
+                        if (A @ X_new + self.nonlinearity(X_new) - Rd).norm() < base:
+                            break
+                        t *= 0.5
+                else:
+                    X_new = inverse(Rd - self.nonlinearity(X))
+                if not torch.isfinite(X_new).all():
+                    X = X_new
+                    break
                 change = (X_new - X).norm() / X_new.norm().clamp_min(1e-300)
                 X = X_new
                 if change < tol:
                     break
         # A few differentiable steps from the converged point give the implicit gradient up to
         # a factor (contraction)^unroll.
+        if not torch.isfinite(X).all():
+            return self.assemble(X), it
         for _ in range(unroll):
             X = kronecker_sum_solve(mats, R - self.nonlinearity(X))
         return self.assemble(X), it

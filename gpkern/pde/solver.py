@@ -11,6 +11,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from gpkern.exceptions import NotPSDError
 from gpkern.models.pde import SPECTRA, GridCollocation, SpectralGridPrior, uniform_grid
 from gpkern.models.training import minimize
 from gpkern.pde.problems import PDEProblem, evaluate_point_function
@@ -319,9 +320,14 @@ class GPPDESolver(BaseEstimator):
             state = {"U": None}
 
             def objective() -> torch.Tensor:
-                fac = coll.factors(prior)
+                try:
+                    fac = coll.factors(prior)
+                except NotPSDError:
+                    # An L-BFGS trial point with a broken prior: reject it, the line search backs off.
+                    return torch.tensor(math.inf, dtype=torch.float64)
                 U, _ = coll.solve(fac, start=state["U"])
-                state["U"] = U.detach()
+                if torch.isfinite(U).all():
+                    state["U"] = U.detach()
                 return coll.profile_objective(fac, U)
 
             counter = _Counter(callback)
@@ -351,6 +357,12 @@ class GPPDESolver(BaseEstimator):
             n_iter = counter.n
             extras = {"noise_precisions_": (float(log_tau_b.detach().exp()), float(log_tau_r.detach().exp()))}
 
+        if not torch.isfinite(U).all():
+            raise NotPSDError(
+                "The collocation solve diverged (non-finite solution values): the prior is too "
+                "ill-conditioned for this grid, or the nonlinear iteration did not converge. Try "
+                "spectrum='student_t', a larger jitter, or a finer grid."
+            )
         w_all = [w.detach().numpy().copy() for w in prior.weights]
         f_all = [np.abs(f.detach().numpy().copy()) for f in prior.frequencies]
         s_all = [s.detach().numpy().copy() for s in prior.scales]
