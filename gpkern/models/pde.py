@@ -103,9 +103,10 @@ def toeplitz_derivatives(
     n = x.shape[0]
     h = (x[-1] - x[0]) / max(n - 1, 1)
     lags = torch.arange(-(n - 1), n, dtype=x.dtype, device=x.device) * h
-    idx = torch.arange(n, device=x.device)[:, None] - torch.arange(n, device=x.device)[None, :] + n - 1
     values = spectral_mixture_1d(lags, weights, frequencies, scales, envelope=envelope, orders=orders)
-    return [v[idx] for v in values]
+    # M[a, b] = v[a - b + n - 1]: row a of M is the reversed lag vector starting at n - 1 - a,
+    # a strided view (its backward is a strided add, cheaper than a scatter).
+    return [v.flip(0).unfold(0, n, 1).flip(0) for v in values]
 
 
 def apply_mode(
@@ -183,6 +184,38 @@ def kronecker_sum_solve(
     if len(mats) == 1:
         return torch.linalg.solve(mats[0], R)
     return _KroneckerSumSolve.apply(R, *mats)
+
+
+class _CholeskySolve(torch.autograd.Function):
+    """X = K^{-1} B from a precomputed factor L, with the closed-form backward
+    (grad_B = K^{-1} G, grad_K = -K^{-1} G X^T) instead of autograd through the factorisation."""
+
+    @staticmethod
+    def forward(ctx, K, B, L):
+        X = torch.cholesky_solve(B, L)
+        ctx.save_for_backward(X, L)
+        return X
+
+    @staticmethod
+    def backward(ctx, G):
+        X, L = ctx.saved_tensors
+        Gs = torch.cholesky_solve(G, L)
+        grad_K = -Gs @ X.T if ctx.needs_input_grad[0] else None
+        return grad_K, Gs, None
+
+
+class _CholeskyLogdet(torch.autograd.Function):
+    """log|K| from a precomputed factor L; backward g K^{-1} (one Cholesky inverse)."""
+
+    @staticmethod
+    def forward(ctx, K, L):
+        ctx.save_for_backward(L)
+        return 2.0 * L.diagonal().log().sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (L,) = ctx.saved_tensors
+        return g * torch.cholesky_inverse(L), None
 
 
 def _kronecker_sum_inverse(mats: Sequence[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -340,20 +373,23 @@ class GridCollocation:
     def factors(self, prior: SpectralGridPrior) -> dict:
         """Cholesky factors, log-determinant and derivative kernel matrices :math:`K_j^{(m)}`."""
         mats = prior.factor_matrices(self.grids, self.orders)
-        chol, logdets, kmats = [], [], []
+        chol, logdets, kmats, padded = [], [], [], []
         for per_order in mats:
             K = per_order[0]
             n = K.shape[0]
             # Absolute jitter, as in the paper: a relative one would let the joint ("adam") loss
             # run to -inf by shrinking every weight (log|K| unbounded below).
-            eps = self.jitter
-            L, _ = robust_cholesky(K + eps * torch.eye(n, dtype=K.dtype), warn=False)
+            Kj = K + self.jitter * torch.eye(n, dtype=K.dtype)
+            L, extra = robust_cholesky(Kj.detach(), warn=False)
+            if extra:
+                Kj = Kj + extra * torch.eye(n, dtype=K.dtype)
             chol.append(L)
-            logdets.append(2.0 * L.diagonal().log().sum())
+            padded.append(Kj)
+            logdets.append(_CholeskyLogdet.apply(Kj, L))
             kmats.append(dict(zip(self.orders, per_order)))
         N = math.prod(self.shape)
         logdet = sum(N / n * ld for n, ld in zip(self.shape, logdets))
-        return {"chol": chol, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
+        return {"chol": chol, "Kj": padded, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
 
     def operator(self, fac: dict, j: int, m: int) -> torch.Tensor:
         r""":math:`D_j^{(m)} = K_j^{(m)} (K_j + \epsilon I)^{-1}` (cached in ``fac``)."""
@@ -361,22 +397,22 @@ class GridCollocation:
         if D is None:
             if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
-            D = torch.cholesky_solve(fac["K"][j][m].T, fac["chol"][j]).T
+            D = _CholeskySolve.apply(fac["Kj"][j], fac["K"][j][m].T, fac["chol"][j]).T
             fac["D"][j][m] = D
         return D
 
     @staticmethod
-    def _solve_mode(L: torch.Tensor, X: torch.Tensor, j: int) -> torch.Tensor:
+    def _solve_mode(fac: dict, X: torch.Tensor, j: int) -> torch.Tensor:
         Xj = torch.movedim(X, j, 0)
         shape = Xj.shape
-        out = torch.cholesky_solve(Xj.reshape(shape[0], -1), L).reshape(shape)
+        out = _CholeskySolve.apply(fac["Kj"][j], Xj.reshape(shape[0], -1), fac["chol"][j]).reshape(shape)
         return torch.movedim(out, 0, j)
 
     def quad(self, fac: dict, U: torch.Tensor) -> torch.Tensor:
         r""":math:`U^\top K^{-1} U` with :math:`K^{-1} = \otimes_j K_j^{-1}` applied mode by mode."""
         A = U
-        for j, L in enumerate(fac["chol"]):
-            A = self._solve_mode(L, A, j)
+        for j in range(self.d):
+            A = self._solve_mode(fac, A, j)
         return (U * A).sum()
 
     def derivative(self, fac: dict, U: torch.Tensor, alpha: Sequence[int], interior: bool = True) -> torch.Tensor:
@@ -393,7 +429,7 @@ class GridCollocation:
             if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
             Km = fac["K"][j][m]
-            out = apply_mode(Km[self.interior[j]] if interior else Km, self._solve_mode(fac["chol"][j], out, j), j)
+            out = apply_mode(Km[self.interior[j]] if interior else Km, self._solve_mode(fac, out, j), j)
         return out
 
     def residual(self, fac: dict, U: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
