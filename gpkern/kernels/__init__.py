@@ -2,6 +2,11 @@
 
 from gpkern.kernels.feature_map import FeatureMapKernel
 from gpkern.kernels.random_features import RandomFeatureKernel
+from gpkern.kernels.spectral import GaussianSpectralMixtureKernel, StudentTSpectralMixtureKernel
 
-__all__: list[str] = []
-__all__ += ["FeatureMapKernel", "RandomFeatureKernel"]
+__all__ = [
+    "FeatureMapKernel",
+    "GaussianSpectralMixtureKernel",
+    "RandomFeatureKernel",
+    "StudentTSpectralMixtureKernel",
+]
