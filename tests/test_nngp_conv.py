@@ -26,6 +26,15 @@ from gpkern.kernels.nngp import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # many small tensor ops: one thread is much faster on a shared, oversubscribed CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _images():
     i, c, h, w = np.meshgrid(np.arange(3), np.arange(2), np.arange(5), np.arange(5), indexing="ij")
     return torch.from_numpy(np.sin(1.0 + i + 0.3 * c + 0.7 * h + 1.1 * w * (i + 1)))  # (3, 2, 5, 5)

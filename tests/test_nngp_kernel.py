@@ -14,6 +14,15 @@ from gpkern.kernels import NNGPKernel
 from gpkern.kernels.nngp import Dense, Erf, Relu, serial
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # many small tensor ops: one thread is much faster on a shared, oversubscribed CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _arch():
     return serial(Dense(1.5, 0.1), Relu(), Dense(1.2, 0.2), Erf(), Dense(1.0, 0.05))
 

@@ -25,6 +25,16 @@ from gpkern.kernels.nngp import (
     serial,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # many small tensor ops: one thread is much faster on a shared, oversubscribed CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 X_NT = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [-1.0, 2.0, 0.5]], dtype=torch.float64)
 
 
@@ -158,6 +168,7 @@ def test_layernorm_normalises_dense_kernel():
     act=st.sampled_from(["relu", "erf", "gelu", "leaky"]),
     kind=st.sampled_from(["nngp", "ntk"]),
 )
+
 def test_kernel_symmetric_psd(seed, act, kind):
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.normal(size=(7, 4)))

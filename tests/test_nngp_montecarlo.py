@@ -31,6 +31,15 @@ from gpkern.kernels.nngp import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # many small tensor ops: one thread is much faster on a shared, oversubscribed CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _check(K, mean, se, width, bias=4.0, power=0.05):
     K, mean, se = K.numpy(), mean.numpy(), se.numpy()
     tol = 4 * se + bias * np.abs(K) / width
@@ -97,6 +106,7 @@ def test_empirical_nngp_converges(name, arch, x, width, draws, power):
         pytest.param("cnn", CNN, _images(), 128, 12, marks=pytest.mark.slow),
     ],
 )
+
 def test_empirical_ntk_converges(name, arch, x, width, draws):
     # the NTK of one finite net fluctuates more than its NNGP, and Jacobians are costly:
     # fewer draws, and a looser power requirement (tolerance < 12% of the kernel's scale)

@@ -3,3 +3,6 @@
 from gpkern.estimators.gp_regressor import GPRegressor
 
 __all__ = ["GPRegressor"]
+from gpkern.estimators.kernel_classifier import KernelClassifier  # noqa: E402
+
+__all__ += ["KernelClassifier"]

@@ -10,7 +10,6 @@ import warnings
 import gpytorch
 import numpy as np
 import torch
-
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
