@@ -22,7 +22,7 @@ from gpkern.kernels.nngp.layers import KernelState, Layer, Variances
 __all__ = ["Serial", "Parallel", "FanOut", "FanInSum", "serial", "parallel", "DEFAULT_MAX_MEMORY"]
 
 #: bytes a kernel block may use for its intermediate tensors (about, per block).
-DEFAULT_MAX_MEMORY = 2**28
+DEFAULT_MAX_MEMORY = 2**24
 
 _KINDS = ("nngp", "ntk")
 
@@ -210,8 +210,9 @@ class Serial(Layer):
         batch_size : int, optional
             Rows of ``x1`` and of ``x2`` per block. ``None`` picks the largest block whose
             intermediates fit ``max_memory``.
-        max_memory : int, default=2**28
-            Approximate bytes per block when ``batch_size`` is None.
+        max_memory : int, default=2**24
+            Approximate bytes per block when ``batch_size`` is None; blocks that stay near
+            the CPU caches are faster than big ones.
         variances : dict, optional
             ``{layer: {"W_std": tensor, "b_std": tensor}}`` overriding layers' standard
             deviations (differentiable; :class:`~gpkern.kernels.NNGPKernel` uses it).
@@ -229,6 +230,7 @@ class Serial(Layer):
         >>> arch.kernel(torch.eye(3, dtype=torch.float64), kind="ntk").shape
         torch.Size([3, 3])
         """
+        symmetric = x2 is None or x2 is x1
         x1, x2 = self._check_inputs(x1, x2, kind, diag)
         ntk = kind == "ntk"
         n1, n2 = x1.shape[0], x2.shape[0]
@@ -257,6 +259,17 @@ class Serial(Layer):
             )
         if b1 >= n1 and b2 >= n2:
             return self._block(x1, x2, ntk, False, variances)
+        if symmetric:
+            # k(x1, x1): compute the upper block triangle only and mirror it
+            b = min(b1, b2)
+            out = torch.empty(n1, n1, dtype=x1.dtype, device=x1.device)
+            for i in range(0, n1, b):
+                for j in range(i, n1, b):
+                    blk = self._block(x1[i : i + b], x1[j : j + b], ntk, False, variances)
+                    out[i : i + b, j : j + b] = blk
+                    if j != i:
+                        out[j : j + b, i : i + b] = blk.T
+            return out
         rows = []
         for i in range(0, n1, b1):
             rows.append(

@@ -85,6 +85,19 @@ def _diagonal_window_sum(t: torch.Tensor, dims: tuple[int, int], k: int, stride:
     out, lo, hi = conv_output_size(size, k, stride, padding)
     nd = t.dim()
     d1, d2 = dims[0] % nd, dims[1] % nd
+    if stride == 1 and out == size:
+        # 'same' at stride 1: add shifted views in place, no padded copy
+        acc = t.clone()
+        for delta in range(k):
+            sh = delta - lo
+            if sh == 0:
+                continue
+            n = size - abs(sh)
+            if n <= 0:
+                continue
+            src, dst = max(sh, 0), max(-sh, 0)
+            acc.narrow(d1, dst, n).narrow(d2, dst, n).add_(t.narrow(d1, src, n).narrow(d2, src, n))
+        return acc
     if lo or hi:
         pad = [0, 0] * nd
         for d in (d1, d2):
@@ -99,9 +112,9 @@ def _diagonal_window_sum(t: torch.Tensor, dims: tuple[int, int], k: int, stride:
         idx[d1] = idx[d2] = slice(None, None, stride)
         return s[tuple(idx)]
 
-    acc = piece(0)
+    acc = piece(0).clone()
     for delta in range(1, k):
-        acc = acc + piece(delta)
+        acc.add_(piece(delta))
     return acc
 
 
@@ -164,23 +177,30 @@ class Conv(Layer):
             conv_output_size(n, k, s, self.padding)[0] for n, k, s in zip(spatial, self.kernel_size, self.stride)
         )
 
-    def _filter(self, t: torch.Tensor) -> torch.Tensor:  # (..., H, W, H, W)
+    def _filter(self, t: torch.Tensor) -> torch.Tensor:  # (..., H, W, H, W), unnormalised
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         t = _diagonal_window_sum(t, (-4, -2), kh, sh, self.padding)
-        t = _diagonal_window_sum(t, (-3, -1), kw, sw, self.padding)
-        return t / (kh * kw)
+        return _diagonal_window_sum(t, (-3, -1), kw, sw, self.padding)
+
+    def _affine(self, t: torch.Tensor, W, b) -> torch.Tensor:
+        scale = W**2 / (self.kernel_size[0] * self.kernel_size[1])
+        f = self._filter(t)
+        if isinstance(scale, torch.Tensor) and scale.requires_grad or isinstance(b, torch.Tensor) and b.requires_grad:
+            return scale * f + b**2
+        return f.mul_(scale).add_(b**2)
 
     def apply(self, state: KernelState, variances: Variances = None) -> KernelState:
         _check_spatial(state, self)
         W, b = self.stds(variances)
         out = self.output_shape(state.spatial)
-        cov12 = W**2 * self._filter(state.cov12) + b**2
+        cov12 = self._affine(state.cov12, W, b)
         ntk12 = None
         if state.ntk12 is not None:
-            ntk12 = cov12 + W**2 * self._filter(state.ntk12)
+            # the filter is linear: Theta' = W^2 filt(Sigma + Theta) / k + b^2, one pass
+            ntk12 = self._affine(state.cov12 + state.ntk12, W, b)
         return state.replace(
-            var1=W**2 * self._filter(state.var1) + b**2,
-            var2=W**2 * self._filter(state.var2) + b**2,
+            var1=self._affine(state.var1, W, b),
+            var2=self._affine(state.var2, W, b),
             cov12=cov12,
             ntk12=ntk12,
             spatial=out,

@@ -44,7 +44,7 @@ class NNGPKernel(gpytorch.kernels.Kernel):
         convolutional architectures used through 2-D interfaces (GPyTorch, scikit-learn).
     batch_size : int, optional
         Block size for the kernel computation (see ``Serial.kernel``).
-    max_memory : int, default=2**28
+    max_memory : int, default=2**24
         Bytes per block when ``batch_size`` is None.
     **kwargs
         Passed to :class:`gpytorch.kernels.Kernel` (``active_dims``, ``batch_shape``).

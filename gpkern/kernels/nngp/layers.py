@@ -241,10 +241,16 @@ class Activation(Layer):
         """:math:`\\Theta_{12} \\dot\\Sigma_{12}`."""
         return theta12 * self.ntk_factor(sigma11, sigma12, sigma22)
 
+    def nngp_and_factor(self, sigma11, sigma12, sigma22, need_factor: bool):
+        """:math:`(\\Sigma'_{12}, \\dot\\Sigma_{12})` together (subclasses share work); the
+        factor is ``None`` unless ``need_factor``."""
+        value = self.nngp(sigma11, sigma12, sigma22)
+        return value, (self.ntk_factor(sigma11, sigma12, sigma22) if need_factor else None)
+
     def apply(self, state: KernelState, variances: Variances = None) -> KernelState:
         s11, s22 = state.pair_variances()
-        cov12 = self.nngp(s11, state.cov12, s22)
-        ntk12 = None if state.ntk12 is None else self.ntk(s11, state.cov12, s22, state.ntk12)
+        cov12, dot = self.nngp_and_factor(s11, state.cov12, s22, state.ntk12 is not None)
+        ntk12 = None if state.ntk12 is None else state.ntk12 * dot
         return state.replace(
             var1=self._self_map(state.var1, state.is_spatial),
             var2=self._self_map(state.var2, state.is_spatial),
@@ -318,8 +324,28 @@ class ABRelu(Activation):
         return (self.a**2 + self.b**2) / 2 - (self.a - self.b) ** 2 * theta / (2 * math.pi)
 
     def nngp(self, sigma11, sigma12, sigma22):
-        theta, root = _angle(sigma11, sigma12, sigma22)
-        return (self.a - self.b) ** 2 / (2 * math.pi) * root + self._dot(theta) * sigma12
+        return self.nngp_and_factor(sigma11, sigma12, sigma22, False)[0]
+
+    def nngp_and_factor(self, sigma11, sigma12, sigma22, need_factor: bool):
+        f = (self.a - self.b) ** 2 / (2 * math.pi)
+        if torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in (sigma11, sigma12, sigma22)
+        ):
+            theta, root = _angle(sigma11, sigma12, sigma22)
+            dot = self._dot(theta)
+            return f * root + dot * sigma12, (dot if need_factor else None)
+        # Inference path: the same formula in a few fused, in-place passes (this map dominates
+        # the cost of a dense architecture). Subtracting tiny * prod from the gap snaps
+        # rounding-level gaps to zero, as _angle does, and moves others by < 1e-12 relative.
+        tiny = 64 * torch.finfo(sigma12.dtype).eps
+        prod = sigma11 * sigma22
+        root = torch.addcmul(prod.mul_(1 - tiny), sigma12, sigma12, value=-1).clamp_min_(0).sqrt_()
+        theta = torch.atan2(root, sigma12)
+        if not (bool((sigma11 > 0).all()) and bool((sigma22 > 0).all())):
+            theta = torch.where((root == 0) & (sigma12 == 0), torch.full_like(theta, math.pi / 2), theta)
+        dot = theta.mul_(-f).add_((self.a**2 + self.b**2) / 2)
+        value = torch.addcmul(root.mul_(f), dot, sigma12)
+        return value, (dot if need_factor else None)
 
     def ntk_factor(self, sigma11, sigma12, sigma22):
         theta, _ = _angle(sigma11, sigma12, sigma22)
