@@ -23,9 +23,19 @@ def _gp_rbf():
     return GPRegressor(n_restarts=2, random_state=0)
 
 
+def _gp_nngp():
+    from gpkern.estimators import GPRegressor
+    from gpkern.kernels import NNGPKernel
+    from gpkern.kernels.nngp import Dense, Erf, serial
+
+    arch = serial(Dense(0.05, 1.0), Erf(), Dense(2.0, 0.5), Erf(), Dense(1.0, 0.1))
+    return GPRegressor(kernel=NNGPKernel(arch, learn_variances=True), n_restarts=1, random_state=0)
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
+    ("GP (NNGP, 2-hidden-layer erf net, learned variances)", _gp_nngp),
 ]
 
 #: Functions ``section(quick: bool) -> list[dict]``; rows have the keys of :class:`TourResult`.
