@@ -189,3 +189,16 @@ def test_erf_arcsine_identity_scipy():
     ref = _gauss_expect(f, 0.4, 0.1, 0.6)
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     assert Erf().nngp(t(0.4), t(0.1), t(0.6)).item() == pytest.approx(ref, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_ten_thousand_dense_inputs_in_bounded_blocks():
+    # n = 10,000: only the (n, n) output is held; blocks are checked against direct rows
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10_000, 20, generator=g, dtype=torch.float32)
+    arch = serial(Dense(1.5, 0.1), Relu(), Dense(1.5, 0.1), Relu(), Dense(1.0))
+    K = arch.kernel(x, kind="ntk", max_memory=2**24)
+    assert K.shape == (10_000, 10_000) and K.dtype == torch.float32
+    rows = torch.tensor([0, 4321, 9999])
+    ref = arch.kernel(x[rows].double(), x.double(), kind="ntk")
+    np.testing.assert_allclose(K[rows].double().numpy(), ref.numpy(), rtol=2e-4, atol=1e-5)
