@@ -198,6 +198,14 @@ def write_table(rows, mc, args, have_nt, load_before, load_after) -> None:
             )
         else:
             lines.append(f"| {names[r['case']]} | {r['n']} | {r['kind'].upper()} | {r['gpkern']:.2f} | n/a | n/a | n/a |")
+    if not args.quick and args.cnn_n != 500:
+        lines += [
+            "",
+            f"The CNN case ran with n = {args.cnn_n} (``--cnn-n {args.cnn_n}``), not the issue's 500: on "
+            "the shared machine the n = 500 run (cost grows as n^2 on both sides) projected to about "
+            "30 minutes. For scale, /work/shared/PAPERS.md records neural-tangents at 63 s (NNGP) / "
+            "113 s (NTK) for n = 500 on this CPU under lighter load.",
+        ]
     lines += [
         "",
         f"Monte Carlo of finite nets (same MLP, width 512, 32 random initialisations, n = {mc['n']}): "
