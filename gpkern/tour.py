@@ -69,9 +69,19 @@ def _feature_map_section(quick: bool) -> list[dict]:
     return rows
 
 
+def _gp_nngp():
+    from gpkern.estimators import GPRegressor
+    from gpkern.kernels import NNGPKernel
+    from gpkern.kernels.nngp import Dense, Erf, serial
+
+    arch = serial(Dense(0.05, 1.0), Erf(), Dense(2.0, 0.5), Erf(), Dense(1.0, 0.1))
+    return GPRegressor(kernel=NNGPKernel(arch, learn_variances=True), n_restarts=1, random_state=0)
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
+    ("GP (NNGP, 2-hidden-layer erf net, learned variances)", _gp_nngp),
 ]
 
 def _grid_gp_volcano(quick: bool) -> list[dict]:

@@ -1,8 +1,11 @@
 """scikit-learn estimators: validate input, call a model from :mod:`gpkern.models`, store results."""
 
 from gpkern.estimators.gp_regressor import GPRegressor
+from gpkern.estimators.grid_gp import GridGPRegressor
+from gpkern.estimators.kernel_classifier import KernelClassifier
 
-__all__ = ["GPRegressor"]
-from gpkern.estimators.grid_gp import GridGPRegressor  # noqa: E402
-
-__all__ += ["GridGPRegressor"]
+__all__ = [
+    "GPRegressor",
+    "GridGPRegressor",
+    "KernelClassifier",
+]
