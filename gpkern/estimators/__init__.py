@@ -3,3 +3,6 @@
 from gpkern.estimators.gp_regressor import GPRegressor
 
 __all__ = ["GPRegressor"]
+from gpkern.estimators.dkm import DKMClassifier, DKMRegressor  # noqa: E402
+
+__all__ += ["DKMRegressor", "DKMClassifier"]
