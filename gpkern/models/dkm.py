@@ -321,6 +321,9 @@ class _DKMBase(torch.nn.Module):
             raise ValueError(f"widths_ratio must be positive and finite, got {widths_ratio!r}.")
         self.n_layers = n_layers
         self.nus = nus
+        #: When True every Gram is tied to its NNGP value G_l = K(G_{l-1}) (nu = infinity): the
+        #: learned factors are ignored and the KL terms vanish. Used to fit hyperparameters first.
+        self.tied = False
         self.gram_kernel = NNGPGramKernel(kernel, n_layers, ard_num_dims=d)
         self.outputscale_constraint = gpytorch.constraints.Positive()
         self.raw_outputscale = torch.nn.Parameter(self.outputscale_constraint.inverse_transform(torch.tensor(1.0)))
@@ -366,6 +369,14 @@ class _DKMBase(torch.nn.Module):
         P = Z.shape[0]
         return [math.sqrt(P) * _chol(G) for G in self.prior_grams(Z)[1:]]
 
+    def reset_grams(self, Z: torch.Tensor) -> None:
+        """Set the learned Grams at ``Z`` to the NNGP's, :math:`K^l(G_0)`, at the current
+        hyperparameters (``Z``: the training inputs of a :class:`DKM`, the inducing inputs of
+        a :class:`SparseDKM`)."""
+        with torch.no_grad():
+            for V, V0 in zip(self.factors, self._init_factors(Z)):
+                V.copy_(V0)
+
     def propagate(
         self,
         Z: torch.Tensor,  # (m, d) inducing (or training) inputs
@@ -398,6 +409,8 @@ class _DKMBase(torch.nn.Module):
             Kti = kern.layer_map(layer, Gti, gt, gi)
             ktt = kern.layer_map_diag(layer, gt)
             L_K = _chol(Kii)
+            if self.tied:
+                V = math.sqrt(m) * L_K
             kls.append(gaussian_kl(V / math.sqrt(m), L_K))
             W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)  # (m, b)
             C = torch.linalg.solve_triangular(L_K.T, W, upper=True)  # K_ii^{-1} K_it
@@ -484,12 +497,6 @@ class DKM(_DKMBase):
             [torch.nn.Parameter(V.tril()) for V in self._init_factors(X)]
         )
 
-    def reset_grams(self, X: torch.Tensor) -> None:
-        """Set every :math:`G_l` to the NNGP Gram :math:`K^l(G_0)` at the current hyperparameters."""
-        with torch.no_grad():
-            for V, V0 in zip(self.factors, self._init_factors(X)):
-                V.copy_(V0)
-
     def grams(self) -> list[torch.Tensor]:  # L of (P, P)
         """The learned Grams :math:`G_1, \\dots, G_L`."""
         P = self.factors[0].shape[0]
@@ -504,7 +511,7 @@ class DKM(_DKMBase):
         kls = []
         for layer, V in enumerate(self.factors, start=1):
             L_K = _chol(kern.layer_map(layer, G, g, g))
-            Vt = V.tril() / math.sqrt(P)
+            Vt = L_K if self.tied else V.tril() / math.sqrt(P)
             kls.append(gaussian_kl(Vt, L_K))
             G = Vt @ Vt.T
             g = G.diagonal()
