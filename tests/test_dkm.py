@@ -321,8 +321,8 @@ def GPRegressorFixed(kernel, noise):
 @parametrize_with_checks(
     [
         DKMRegressor(max_iter=5, random_state=0),
-        DKMRegressor(n_inducing=5, max_iter=5, random_state=0),
-        DKMClassifier(max_iter=25, random_state=0),
+        DKMRegressor(n_inducing=8, max_iter=10, random_state=0),
+        DKMClassifier(n_inducing=10, max_iter=15, random_state=0),
     ]
 )
 def test_sklearn_compatible(estimator, check):
@@ -362,7 +362,7 @@ def test_classifier_learns_xor():
     rng = np.random.default_rng(7)
     X = rng.standard_normal((80, 2))
     y = np.where(X[:, 0] * X[:, 1] > 0, "a", "b")
-    clf = DKMClassifier(max_iter=80, random_state=0).fit(X, y)
+    clf = DKMClassifier(max_iter=40, random_state=0).fit(X, y)
     Xs = rng.standard_normal((200, 2))
     ys = np.where(Xs[:, 0] * Xs[:, 1] > 0, "a", "b")
     proba = clf.predict_proba(Xs)

@@ -120,11 +120,15 @@ def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: boo
 def _sparse_loss(model: SparseDKM, X, Y, batch_size, gen):
     n = X.shape[0]
     stream = _batches(n, batch_size, gen)
+    # Full batch: the same Monte Carlo draws at every call (common random numbers), so the
+    # objective is deterministic and L-BFGS applies.
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
     def loss() -> torch.Tensor:
         idx = next(stream)
+        g = gen if batch_size is not None else torch.Generator(device=X.device).manual_seed(seed)
         try:
-            return -model.elbo(X[idx], Y[idx], n_total=n, generator=gen) / n
+            return -model.elbo(X[idx], Y[idx], n_total=n, generator=g) / n
         except NotPSDError:
             return torch.tensor(math.inf, dtype=X.dtype, device=X.device)
 
@@ -440,7 +444,7 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
     layer is variational, :math:`q(f_i) = \mathcal{N}(\mu_c, A_c)` per class, and the softmax
     expectation is estimated by Monte Carlo. With ``n_inducing=None`` the inducing points are the
     training points themselves (the full DKM, at most 3000 samples); an integer uses that many
-    learned inducing points (the sparse DKM, linear in ``n`` per epoch). Trained with Adam.
+    learned inducing points (the sparse DKM, linear in ``n`` per epoch).
 
     Parameters
     ----------
@@ -452,13 +456,14 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         Gram-level kernel.
     n_inducing : int, optional
         ``None``: full DKM; an integer: sparse DKM with that many inducing points.
-    max_iter : int, default=200
-        Adam steps (full batch) or epochs (with ``batch_size``), per stage: hyperparameters
-        with the Grams tied to the NNGP's first, then the Grams (as in :class:`DKMRegressor`).
+    max_iter : int, default=100
+        L-BFGS iterations (full batch, with fixed Monte Carlo draws) or Adam epochs (with
+        ``batch_size``), per stage: hyperparameters with the Grams tied to the NNGP's first,
+        then the Grams (as in :class:`DKMRegressor`).
     batch_size : int, optional
         Minibatch size (sparse DKM only).
     lr : float, default=0.05
-        Adam learning rate.
+        Adam learning rate (minibatch training only).
     n_mc : int, default=8
         Monte Carlo samples of the softmax expectation during training.
     random_state : int, RandomState instance or None, default=None
@@ -502,7 +507,7 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         widths_ratio=1.0,
         kernel="relu",
         n_inducing=None,
-        max_iter=200,
+        max_iter=100,
         batch_size=None,
         lr=0.05,
         n_mc=8,
@@ -580,7 +585,7 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
                 self,
                 "DKMClassifier",
                 steps,
-                use_lbfgs=False,
+                use_lbfgs=self.batch_size is None,
             )
         with torch.no_grad():
             grams = [G.cpu().numpy() for G in model.grams()]
@@ -612,7 +617,8 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         Xs = torch.tensor(X, dtype=torch.float64, device=self._device)
         mean, var = self.model_.predict(Xs)
         gen = torch.Generator(device=self._device).manual_seed(self._seed)
-        eps = torch.randn((self.n_mc_predict, *mean.shape), generator=gen, dtype=mean.dtype, device=mean.device)
+        # One set of draws shared by all rows: predictions do not depend on row order or batch.
+        eps = torch.randn((self.n_mc_predict, 1, mean.shape[1]), generator=gen, dtype=mean.dtype, device=mean.device)
         probs = torch.softmax(mean + var.sqrt() * eps, dim=-1).mean(0)
         return probs.cpu().numpy()
 
@@ -631,4 +637,5 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         -------
         y_pred : ndarray of shape (n_queries,)
         """
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]

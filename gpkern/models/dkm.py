@@ -328,6 +328,7 @@ class _DKMBase(torch.nn.Module):
         self.outputscale_constraint = gpytorch.constraints.Positive()
         self.raw_outputscale = torch.nn.Parameter(self.outputscale_constraint.inverse_transform(torch.tensor(1.0)))
         self.noise_constraint = gpytorch.constraints.GreaterThan(1e-6)
+
         if noise is not None:
             init = self.noise_constraint.inverse_transform(torch.tensor(max(noise, 1.0001e-6)))
             self.raw_noise = torch.nn.Parameter(init, requires_grad=learn_noise)
@@ -494,7 +495,7 @@ class DKM(_DKMBase):
         super().__init__(X.shape[1], kernel, n_layers, widths_ratio, noise, learn_noise)
         self.to(dtype=X.dtype, device=X.device)
         self.factors = torch.nn.ParameterList(
-            [torch.nn.Parameter(V.tril()) for V in self._init_factors(X)]
+            [torch.nn.Parameter(V.tril().contiguous()) for V in self._init_factors(X)]
         )
 
     def grams(self) -> list[torch.Tensor]:  # L of (P, P)
@@ -635,7 +636,7 @@ class SparseDKM(_DKMBase):
         self.n_mc = n_mc
         self.inducing = torch.nn.Parameter(Z.clone(), requires_grad=learn_inducing)
         self.factors = torch.nn.ParameterList(
-            [torch.nn.Parameter(V.tril()) for V in self._init_factors(Z)]
+            [torch.nn.Parameter(V.tril().contiguous()) for V in self._init_factors(Z)]
         )
         M = Z.shape[0]
         self.q_mean = torch.nn.Parameter(torch.zeros(M, n_outputs, dtype=Z.dtype, device=Z.device))
@@ -643,7 +644,8 @@ class SparseDKM(_DKMBase):
             Kii = self.propagate(Z, [V.tril() for V in self.factors], Z[:1])[0]
             L0 = _chol(Kii)
         # q(f_i) starts at the prior (scaled down so early steps see the data).
-        self.q_factor = torch.nn.Parameter(0.1 * L0.expand(n_outputs, M, M).clone())
+        # contiguous: L-BFGS flattens gradients with .view() and Cholesky factors are column-major.
+        self.q_factor = torch.nn.Parameter((0.1 * L0).expand(n_outputs, M, M).contiguous())
 
     def grams(self) -> list[torch.Tensor]:  # L of (M, M)
         """The learned inducing Grams :math:`G^1_{ii}, \\dots, G^L_{ii}`."""
