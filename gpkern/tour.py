@@ -23,9 +23,16 @@ def _gp_rbf():
     return GPRegressor(n_restarts=2, random_state=0)
 
 
+def _dkm():
+    from gpkern.estimators import DKMRegressor
+
+    return DKMRegressor(kernel="se", n_layers=2, widths_ratio=10.0, max_iter=50, random_state=0)
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
+    ("DKM (se, 2 layers)", _dkm),
 ]
 
 #: Functions ``section(quick: bool) -> list[dict]``; rows have the keys of :class:`TourResult`.
