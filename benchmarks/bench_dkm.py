@@ -79,7 +79,11 @@ def fit_gpkern(est, Xtr, ytr, Xte, yte):
     est.fit(Xtr, ytr)
     mean = est.predict(Xte)
     lpd = est.log_predictive_density(Xte, yte)
-    return time.perf_counter() - start, float(np.sqrt(np.mean((mean - yte) ** 2))), float(lpd.mean())
+    return (
+        time.perf_counter() - start,
+        float(np.sqrt(np.mean((mean - yte) ** 2))),
+        float(lpd.mean()),
+    )
 
 
 def gp_rbf():
@@ -102,7 +106,12 @@ def dkm(max_iter: int, n_inducing=None):
     from gpkern.estimators import DKMRegressor
 
     return DKMRegressor(
-        kernel=KERNEL, n_layers=2, widths_ratio=NU, n_inducing=n_inducing, max_iter=max_iter, random_state=0
+        kernel=KERNEL,
+        n_layers=2,
+        widths_ratio=NU,
+        n_inducing=n_inducing,
+        max_iter=max_iter,
+        random_state=0,
     )
 
 
@@ -117,16 +126,27 @@ def fit_deep_gp(Xtr, ytr, Xte, yte, n_iter: int, seed: int = 0):
         def __init__(self, input_dims, output_dims, num_inducing=64, linear_mean=True):
             shape = torch.Size([]) if output_dims is None else torch.Size([output_dims])
             Z = torch.randn(*shape, num_inducing, input_dims)
-            dist = gpytorch.variational.CholeskyVariationalDistribution(num_inducing, batch_shape=shape)
-            strat = gpytorch.variational.VariationalStrategy(self, Z, dist, learn_inducing_locations=True)
+            dist = gpytorch.variational.CholeskyVariationalDistribution(
+                num_inducing, batch_shape=shape
+            )
+            strat = gpytorch.variational.VariationalStrategy(
+                self, Z, dist, learn_inducing_locations=True
+            )
             super().__init__(strat, input_dims, output_dims)
-            self.mean_module = gpytorch.means.LinearMean(input_dims) if linear_mean else gpytorch.means.ConstantMean()
+            self.mean_module = (
+                gpytorch.means.LinearMean(input_dims)
+                if linear_mean
+                else gpytorch.means.ConstantMean()
+            )
             self.covar_module = gpytorch.kernels.ScaleKernel(
-                gpytorch.kernels.RBFKernel(batch_shape=shape, ard_num_dims=input_dims), batch_shape=shape
+                gpytorch.kernels.RBFKernel(batch_shape=shape, ard_num_dims=input_dims),
+                batch_shape=shape,
             )
 
         def forward(self, x):
-            return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(x), self.covar_module(x)
+            )
 
     class TwoLayer(DeepGP):
         def __init__(self, d):
@@ -143,7 +163,9 @@ def fit_deep_gp(Xtr, ytr, Xte, yte, n_iter: int, seed: int = 0):
     Xs = torch.tensor(Xte)
     start = time.perf_counter()
     model = TwoLayer(X.shape[1]).double()
-    mll = gpytorch.mlls.DeepApproximateMLL(gpytorch.mlls.VariationalELBO(model.likelihood, model, X.shape[0]))
+    mll = gpytorch.mlls.DeepApproximateMLL(
+        gpytorch.mlls.VariationalELBO(model.likelihood, model, X.shape[0])
+    )
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
     for _ in range(n_iter):
@@ -176,25 +198,40 @@ def regression(quick: bool) -> list[dict]:
             n_te = len(y) // 10
             te, tr = perm[:n_te], perm[n_te:]
             args = (X[tr], y[tr], X[te], y[te])
+            d = X.shape[1]
             models = {
-                "GPRegressor (ARD RBF)": lambda: fit_gpkern(gp_rbf(), *args),
-                f"NNGP ({KERNEL}, L=2; DKM nu->inf)": lambda: fit_gpkern(nngp(X.shape[1]), *args),
-                f"DKM ({KERNEL}, L=2, nu={NU:g})": lambda: fit_gpkern(dkm(it), *args),
-                "sparse DKM (M=100)": lambda: fit_gpkern(dkm(it, n_inducing=100), *args),
-                "GPyTorch 2-layer deep GP": lambda: fit_deep_gp(*args, n_iter=150 if quick else 300),
+                "GPRegressor (ARD RBF)": lambda a=args: fit_gpkern(gp_rbf(), *a),
+                f"NNGP ({KERNEL}, L=2; DKM nu->inf)": lambda a=args, d=d: fit_gpkern(nngp(d), *a),
+                f"DKM ({KERNEL}, L=2, nu={NU:g})": lambda a=args: fit_gpkern(dkm(it), *a),
+                "sparse DKM (M=100)": lambda a=args: fit_gpkern(dkm(it, n_inducing=100), *a),
+                "GPyTorch 2-layer deep GP": lambda a=args: fit_deep_gp(
+                    *a, n_iter=150 if quick else 300
+                ),
             }
             for model, fn in models.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     res.setdefault(model, []).append(fn())
-                t, r, l = res[model][-1]
-                print(f"{name} split {split} {model:34s} rmse {r:.3f} lpd {l:+.3f} time {t:.1f}s", flush=True)
+                t, r, lp = res[model][-1]
+                print(
+                    f"{name} split {split} {model:34s} rmse {r:.3f} lpd {lp:+.3f} time {t:.1f}s",
+                    flush=True,
+                )
         for model, vals in res.items():
             a = np.array(vals)
             se = a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(3)
             rows.append(
-                dict(data=name, model=model, rmse=a[:, 1].mean(), rmse_se=se[1], lpd=a[:, 2].mean(),
-                     lpd_se=se[2], time=a[:, 0].mean(), splits=len(a), lpd_all=a[:, 2])
+                dict(
+                    data=name,
+                    model=model,
+                    rmse=a[:, 1].mean(),
+                    rmse_se=se[1],
+                    lpd=a[:, 2].mean(),
+                    lpd_se=se[2],
+                    time=a[:, 0].mean(),
+                    splits=len(a),
+                    lpd_all=a[:, 2],
+                )
             )
     return rows
 
@@ -216,8 +253,8 @@ def scaling(sizes: list[int]) -> list[dict]:
         perm = torch.randperm(n, generator=g)
         batches = iter([perm[s : s + batch] for s in range(0, n, batch)] * 2)
 
-        def loss():
-            idx = next(batches)
+        def loss(model=model, X=X, Y=Y, n=n):
+            idx = next(batches)  # noqa: B023 (rebound before each timed loop, used at once)
             return -model.elbo(X[idx], Y[idx], n_total=n) / n
 
         minimize(loss, model.parameters(), optimizer="adam", max_iter=1, lr=0.01)  # warm-up
@@ -310,7 +347,9 @@ def hmc_grams(X, Y, model, width: int, n_iter: int, seed: int = 0) -> list[torch
         pn = [p + 0.5 * step * gr for p, gr in zip(pn, gn)]
         h0 = -lp + 0.5 * sum((p * p).sum() for p in p0)
         h1 = -lpn + 0.5 * sum((p * p).sum() for p in pn)
-        accept = bool(torch.isfinite(h1)) and float(torch.rand(1, generator=g)) < math.exp(min(0.0, float(h0 - h1)))
+        accept = bool(torch.isfinite(h1)) and float(torch.rand(1, generator=g)) < math.exp(
+            min(0.0, float(h0 - h1))
+        )
         if accept:
             Zs, lp, grads, grams = Zn, lpn, gn, gramsn
         if it < burn:
@@ -332,9 +371,16 @@ def wide_deep_gp(widths: list[int], n_iter: int) -> list[dict]:
         post = hmc_grams(X, Y, model, N, n_iter)
         rel = [float(torch.linalg.norm(P - T) / torch.linalg.norm(T)) for P, T in zip(post, target)]
         rows.append(dict(width=N, err1=rel[0], err2=rel[1], time=time.perf_counter() - start))
-        print(f"width {N}: rel. error of E[G_1], E[G_2] vs DKM: {rel[0]:.3f}, {rel[1]:.3f}", flush=True)
-    prior_err = [float(torch.linalg.norm(P - T) / torch.linalg.norm(T)) for P, T in zip(prior, target)]
-    rows.append(dict(width="NNGP prior (reference)", err1=prior_err[0], err2=prior_err[1], time=0.0))
+        print(
+            f"width {N}: rel. error of E[G_1], E[G_2] vs DKM: {rel[0]:.3f}, {rel[1]:.3f}",
+            flush=True,
+        )
+    prior_err = [
+        float(torch.linalg.norm(P - T) / torch.linalg.norm(T)) for P, T in zip(prior, target)
+    ]
+    rows.append(
+        dict(width="NNGP prior (reference)", err1=prior_err[0], err2=prior_err[1], time=0.0)
+    )
     return rows
 
 
@@ -429,7 +475,9 @@ def write_report(args, t0, load0, reg, sca, wide) -> None:
             "| width N | layer 1 error | layer 2 error | HMC time (s) |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {r['width']} | {r['err1']:.4f} | {r['err2']:.4f} | {r['time']:.1f} |" for r in wide]
+        lines += [
+            f"| {r['width']} | {r['err1']:.4f} | {r['err2']:.4f} | {r['time']:.1f} |" for r in wide
+        ]
         lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

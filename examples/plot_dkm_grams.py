@@ -34,7 +34,9 @@ grid = np.linspace(-3.5, 3.5, 300)[:, None]
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    dkm = DKMRegressor(kernel="se", n_layers=2, widths_ratio=1.0, max_iter=40, random_state=0).fit(X, y)
+    dkm = DKMRegressor(kernel="se", n_layers=2, widths_ratio=1.0, max_iter=40, random_state=0).fit(
+        X, y
+    )
     nngp = GPRegressor(
         kernel=gpytorch.kernels.ScaleKernel(NNGPGramKernel("se", n_layers=2)), random_state=0
     ).fit(X, y)
@@ -48,7 +50,13 @@ for layer in range(2):
     panels = [
         (prior, f"NNGP prior Gram $K^{layer + 1}(G_0)$", "viridis", 0, vmax),
         (learned, f"learned DKM Gram $G_{layer + 1}$", "viridis", 0, vmax),
-        (diff, f"$G_{layer + 1} - K^{layer + 1}(G_0)$", "RdBu_r", -abs(diff).max(), abs(diff).max()),
+        (
+            diff,
+            f"$G_{layer + 1} - K^{layer + 1}(G_0)$",
+            "RdBu_r",
+            -abs(diff).max(),
+            abs(diff).max(),
+        ),
     ]
     for col, (img, title, cmap, lo, hi) in enumerate(panels):
         a = fig.add_subplot(grid_spec[layer, col])

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from conftest import dense_gp_reference
 from gpkern.estimators import DKMClassifier, DKMRegressor
 from gpkern.estimators.dkm import MAX_FULL_SAMPLES
 from gpkern.models.dkm import (
@@ -24,7 +25,6 @@ from gpkern.models.dkm import (
     se_gram_map,
 )
 from gpkern.models.training import minimize
-from conftest import dense_gp_reference
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,8 +61,11 @@ def test_relu_map_matches_neural_tangents_values():
         S = 0.5 * relu_gram_map(S, S.diagonal(), S.diagonal())  # NT's ReLU is half our map
         S = 2.25 * S + 0.01 if _ == 0 else S
     expected = torch.tensor(
-        [[0.4325, 0.3195738818, 0.3831629765], [0.3195738818, 0.4325, 0.6441747102],
-         [0.3831629765, 0.6441747102, 2.22546875]]
+        [
+            [0.4325, 0.3195738818, 0.3831629765],
+            [0.3195738818, 0.4325, 0.6441747102],
+            [0.3831629765, 0.6441747102, 2.22546875],
+        ]
     )
     torch.testing.assert_close(S, expected, atol=1e-9, rtol=1e-8)
 
@@ -115,7 +118,9 @@ def test_nngp_kernel_batch_and_active_dims():
     assert K.shape == (2, 5, 5)
     torch.testing.assert_close(K[1], NNGPGramKernel("relu", 2)(X[1]).to_dense())
     ka = NNGPGramKernel("se", 1, active_dims=torch.tensor([0, 2]))
-    torch.testing.assert_close(ka(X[0]).to_dense(), NNGPGramKernel("se", 1)(X[0][:, [0, 2]]).to_dense())
+    torch.testing.assert_close(
+        ka(X[0]).to_dense(), NNGPGramKernel("se", 1)(X[0][:, [0, 2]]).to_dense()
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,13 +169,17 @@ def test_full_dkm_objective_matches_dense_formula(kind):
     w = model.gram_kernel.input_weight.detach().numpy().ravel()
     b = float(model.gram_kernel.input_bias)
     G0 = (X.numpy() * w) @ X.numpy().T / 2 + b
-    kmap = (lambda S, layer: np_relu(S)) if kind == "relu" else (
-        lambda S, layer: np_se(S, 1.0 if layer == 1 else lss[layer - 2])
+    kmap = (
+        (lambda S, layer: np_relu(S))
+        if kind == "relu"
+        else (lambda S, layer: np_se(S, 1.0 if layer == 1 else lss[layer - 2]))
     )
 
     def kl(G, K):
         P = G.shape[0]
-        return 0.5 * (np.trace(np.linalg.solve(K, G)) - np.linalg.slogdet(G)[1] + np.linalg.slogdet(K)[1] - P)
+        return 0.5 * (
+            np.trace(np.linalg.solve(K, G)) - np.linalg.slogdet(G)[1] + np.linalg.slogdet(K)[1] - P
+        )
 
     K3 = float(model.outputscale) * kmap(G2, 3)
     _, _, lml = dense_gp_reference(K3, K3[:1], K3[:1, :1], Y.numpy()[:, 0], 0.05)
@@ -280,7 +289,9 @@ def test_large_nu_collapses_to_nngp(kind):
     lss = model.gram_kernel.layer_lengthscale.detach().numpy() if kind == "se" else ()
     XA = np.vstack([X.numpy(), Xs.numpy()])
     K = np_nngp(XA, kind, 2, w, b, lss)
-    mean_ref, var_ref, _ = dense_gp_reference(K[:12, :12], K[12:, :12], K[12:, 12:], Y.numpy()[:, 0], 0.05)
+    mean_ref, var_ref, _ = dense_gp_reference(
+        K[:12, :12], K[12:, :12], K[12:, 12:], Y.numpy()[:, 0], 0.05
+    )
     mean, var = model.predict(X, Y, Xs)
     np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, atol=3e-3 * np.abs(mean_ref).max())
     np.testing.assert_allclose(var.numpy(), var_ref, atol=3e-3 * var_ref.max())
@@ -307,7 +318,8 @@ def test_estimator_large_nu_matches_nngp_gp_regressor():
     np.testing.assert_allclose(sd, sd_ref, atol=2e-3 * sd_ref.max())
     np.testing.assert_allclose(
         dkm.log_predictive_density(Xs, np.sin(2 * Xs[:, 0])),
-        gp.log_predictive_density(Xs, np.sin(2 * Xs[:, 0])), atol=1e-2,
+        gp.log_predictive_density(Xs, np.sin(2 * Xs[:, 0])),
+        atol=1e-2,
     )
 
 
@@ -321,7 +333,10 @@ def GPRegressorFixed(kernel, noise):
 # Estimators
 # ------------------------------------------------------------------------------------------------
 @parametrize_with_checks(
-    [DKMRegressor(max_iter=5, random_state=0), DKMClassifier(n_inducing=10, max_iter=15, random_state=0)]
+    [
+        DKMRegressor(max_iter=5, random_state=0),
+        DKMClassifier(n_inducing=10, max_iter=15, random_state=0),
+    ]
 )
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
@@ -331,7 +346,10 @@ def test_sklearn_compatible(estimator, check):
 
 @pytest.mark.slow
 @parametrize_with_checks(
-    [DKMRegressor(n_inducing=8, max_iter=10, random_state=0), DKMClassifier(max_iter=15, random_state=0)]
+    [
+        DKMRegressor(n_inducing=8, max_iter=10, random_state=0),
+        DKMClassifier(max_iter=15, random_state=0),
+    ]
 )
 def test_sklearn_compatible_other_modes(estimator, check):
     with warnings.catch_warnings():
@@ -355,7 +373,9 @@ def test_wide_deep_gp_posterior_grams_approach_dkm():
     target = bench.dkm_optimum(X, Y, model)
 
     def err(grams):
-        return [float(torch.linalg.norm(G - T) / torch.linalg.norm(T)) for G, T in zip(grams, target)]
+        return [
+            float(torch.linalg.norm(G - T) / torch.linalg.norm(T)) for G, T in zip(grams, target)
+        ]
 
     narrow = err(bench.hmc_grams(X, Y, model, 4, 200))
     wide = err(bench.hmc_grams(X, Y, model, 64, 200))
@@ -384,7 +404,9 @@ def test_sparse_regressor_minibatches():
     rng = np.random.default_rng(6)
     X = rng.uniform(-3, 3, (300, 2))
     y = np.sin(X[:, 0]) + 0.1 * rng.standard_normal(300)
-    dkm = DKMRegressor(n_inducing=15, batch_size=100, max_iter=30, lr=0.03, random_state=0).fit(X, y)
+    dkm = DKMRegressor(n_inducing=15, batch_size=100, max_iter=30, lr=0.03, random_state=0).fit(
+        X, y
+    )
     Xs = rng.uniform(-3, 3, (100, 2))
     rmse = np.sqrt(np.mean((dkm.predict(Xs) - np.sin(Xs[:, 0])) ** 2))
     assert rmse < 0.3

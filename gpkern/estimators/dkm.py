@@ -28,13 +28,19 @@ MAX_FULL_SAMPLES = 3000
 
 
 def _check_common(est) -> torch.device:
-    if not isinstance(est.n_layers, numbers.Integral) or isinstance(est.n_layers, bool) or est.n_layers < 1:
+    if (
+        not isinstance(est.n_layers, numbers.Integral)
+        or isinstance(est.n_layers, bool)
+        or est.n_layers < 1
+    ):
         raise ValueError(f"n_layers must be an integer >= 1, got {est.n_layers!r}.")
     ratios = np.atleast_1d(np.asarray(est.widths_ratio, dtype=object))
     try:
         values = ratios.astype(np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"widths_ratio must be a positive float or a sequence of them, got {est.widths_ratio!r}.") from err
+        raise ValueError(
+            f"widths_ratio must be a positive float or a sequence of them, got {est.widths_ratio!r}."
+        ) from err
     if not np.all(np.isfinite(values)) or not np.all(values > 0):
         raise ValueError(
             f"widths_ratio must be positive and finite (it is the width ratio nu_l), got "
@@ -107,7 +113,12 @@ def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: boo
     )
     model.tied = True
     try:
-        minimize(loss, [p for p in model.parameters() if id(p) not in factors], desc=desc + " (NNGP stage)", **opts)
+        minimize(
+            loss,
+            [p for p in model.parameters() if id(p) not in factors],
+            desc=desc + " (NNGP stage)",
+            **opts,
+        )
     finally:
         model.tied = False
     with torch.no_grad():
@@ -253,9 +264,13 @@ class DKMRegressor(BaseGPRegressor):
 
     def _check_params(self) -> torch.device:
         if self.noise is not None and (
-            not isinstance(self.noise, numbers.Real) or not math.isfinite(self.noise) or self.noise <= 0
+            not isinstance(self.noise, numbers.Real)
+            or not math.isfinite(self.noise)
+            or self.noise <= 0
         ):
-            raise ValueError(f"noise must be a positive float or None (learned), got {self.noise!r}.")
+            raise ValueError(
+                f"noise must be a positive float or None (learned), got {self.noise!r}."
+            )
         return _check_common(self)
 
     def fit(self, X, y):
@@ -306,8 +321,14 @@ class DKMRegressor(BaseGPRegressor):
             else:
                 idx = torch.randperm(n, generator=gen)[: self.n_inducing]
                 model = SparseDKM(
-                    Xt[idx], Yt.shape[1], self.kernel, int(self.n_layers), _nu(self),
-                    "gaussian", noise, learn_noise,
+                    Xt[idx],
+                    Yt.shape[1],
+                    self.kernel,
+                    int(self.n_layers),
+                    _nu(self),
+                    "gaussian",
+                    noise,
+                    learn_noise,
                 ).to(device)
                 _two_stage(
                     model,
@@ -315,7 +336,8 @@ class DKMRegressor(BaseGPRegressor):
                     _sparse_loss(model, Xt, Yt, self.batch_size, gen),
                     self,
                     "DKMRegressor",
-                    self.max_iter * (1 if self.batch_size is None else math.ceil(n / self.batch_size)),
+                    self.max_iter
+                    * (1 if self.batch_size is None else math.ceil(n / self.batch_size)),
                     use_lbfgs=self.batch_size is None,
                 )
                 with torch.no_grad():
@@ -323,7 +345,9 @@ class DKMRegressor(BaseGPRegressor):
                 points = model.inducing.detach()
                 inducing = points.cpu().numpy().copy()
         if not math.isfinite(obj_norm):
-            raise NotPSDError("The DKM objective is not finite at any visited point; try a larger noise.")
+            raise NotPSDError(
+                "The DKM objective is not finite at any visited point; try a larger noise."
+            )
         with torch.no_grad():
             grams = [G.cpu().numpy() for G in model.grams()]
             prior = [G.cpu().numpy() for G in model.prior_grams(points)[1:]]
@@ -433,7 +457,9 @@ class DKMRegressor(BaseGPRegressor):
         mean, var = self._latent(X, full_cov=False)
         total = (var + self.noise_) * self._y_std**2
         return self._as_output(
-            gaussian_log_density(torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)).numpy()
+            gaussian_log_density(
+                torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)
+            ).numpy()
         )
 
 
@@ -548,10 +574,16 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         """
         device = _check_common(self)
         BaseGPRegressor._check_positive_int("n_mc", self.n_mc, minimum=1)
-        saved = {k: getattr(self, k) for k in ("n_features_in_", "feature_names_in_") if hasattr(self, k)}
+        saved = {
+            k: getattr(self, k) for k in ("n_features_in_", "feature_names_in_") if hasattr(self, k)
+        }
         try:
             X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, reset=True)
-            new = {k: getattr(self, k) for k in ("n_features_in_", "feature_names_in_") if hasattr(self, k)}
+            new = {
+                k: getattr(self, k)
+                for k in ("n_features_in_", "feature_names_in_")
+                if hasattr(self, k)
+            }
         finally:
             for k in ("n_features_in_", "feature_names_in_"):
                 if hasattr(self, k):
@@ -574,10 +606,18 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = SparseDKM(
-                Xt[idx], enc.classes_.shape[0], self.kernel, int(self.n_layers), _nu(self),
-                likelihood="softmax", learn_inducing=not full, n_mc=int(self.n_mc),
+                Xt[idx],
+                enc.classes_.shape[0],
+                self.kernel,
+                int(self.n_layers),
+                _nu(self),
+                likelihood="softmax",
+                learn_inducing=not full,
+                n_mc=int(self.n_mc),
             ).to(device)
-            steps = self.max_iter * (1 if self.batch_size is None else math.ceil(n / self.batch_size))
+            steps = self.max_iter * (
+                1 if self.batch_size is None else math.ceil(n / self.batch_size)
+            )
             _two_stage(
                 model,
                 lambda: model.inducing.detach(),
@@ -618,7 +658,12 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         mean, var = self.model_.predict(Xs)
         gen = torch.Generator(device=self._device).manual_seed(self._seed)
         # One set of draws shared by all rows: predictions do not depend on row order or batch.
-        eps = torch.randn((self.n_mc_predict, 1, mean.shape[1]), generator=gen, dtype=mean.dtype, device=mean.device)
+        eps = torch.randn(
+            (self.n_mc_predict, 1, mean.shape[1]),
+            generator=gen,
+            dtype=mean.dtype,
+            device=mean.device,
+        )
         probs = torch.softmax(mean + var.sqrt() * eps, dim=-1).mean(0)
         return probs.cpu().numpy()
 

@@ -326,7 +326,9 @@ class _DKMBase(torch.nn.Module):
         self.tied = False
         self.gram_kernel = NNGPGramKernel(kernel, n_layers, ard_num_dims=d)
         self.outputscale_constraint = gpytorch.constraints.Positive()
-        self.raw_outputscale = torch.nn.Parameter(self.outputscale_constraint.inverse_transform(torch.tensor(1.0)))
+        self.raw_outputscale = torch.nn.Parameter(
+            self.outputscale_constraint.inverse_transform(torch.tensor(1.0))
+        )
         self.noise_constraint = gpytorch.constraints.GreaterThan(1e-6)
 
         if noise is not None:
@@ -682,14 +684,14 @@ class SparseDKM(_DKMBase):
         r""":math:`\mathbb{E}_{q(f_j)} \log p(y_j \mid f_j)` per point."""
         if self.likelihood == "gaussian":
             s2 = self.noise
-            return (
-                -0.5 * ((Y - mean) ** 2 + var) / s2 - 0.5 * torch.log(2 * math.pi * s2)
-            ).sum(-1)
+            return (-0.5 * ((Y - mean) ** 2 + var) / s2 - 0.5 * torch.log(2 * math.pi * s2)).sum(-1)
         eps = torch.randn(
             (self.n_mc, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device
         )
         f = mean + var.sqrt() * eps  # (S, b, C)
-        logp = torch.log_softmax(f, dim=-1).gather(-1, Y.long().view(1, -1, 1).expand(self.n_mc, -1, 1))
+        logp = torch.log_softmax(f, dim=-1).gather(
+            -1, Y.long().view(1, -1, 1).expand(self.n_mc, -1, 1)
+        )
         return logp[..., 0].mean(0)
 
     def elbo(
