@@ -26,7 +26,7 @@ def _gp_rbf():
 def _dkm():
     from gpkern.estimators import DKMRegressor
 
-    return DKMRegressor(kernel="se", n_layers=2, widths_ratio=10.0, max_iter=50, random_state=0)
+    return DKMRegressor(kernel="se", n_layers=2, widths_ratio=10.0, max_iter=20, random_state=0)
 
 
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
