@@ -70,6 +70,17 @@ def test_relu_map_matches_neural_tangents_values():
     torch.testing.assert_close(S, expected, atol=1e-9, rtol=1e-8)
 
 
+def test_relu_map_is_twice_the_nngp_layers_relu():
+    # The issue-5 NNGP layer library, once merged: the DKM map must be 2 x its ReLU layer.
+    layers = pytest.importorskip("gpkern.kernels.nngp.layers")
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((6, 4))
+    G = torch.tensor(A @ A.T / 4)
+    g = G.diagonal()
+    ref = 2.0 * layers.Relu().nngp(g[:, None], G, g[None, :])
+    torch.testing.assert_close(relu_gram_map(G, g, g), ref, rtol=1e-9, atol=1e-9)
+
+
 def test_se_map_is_rbf_of_input_distance():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((7, 3))
