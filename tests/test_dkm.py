@@ -427,9 +427,9 @@ def test_sparse_regressor_minibatches():
 
 def test_classifier_learns_xor():
     rng = np.random.default_rng(7)
-    X = rng.standard_normal((80, 2))
+    X = rng.standard_normal((60, 2))
     y = np.where(X[:, 0] * X[:, 1] > 0, "a", "b")
-    clf = DKMClassifier(max_iter=40, random_state=0).fit(X, y)
+    clf = DKMClassifier(max_iter=30, random_state=0).fit(X, y)
     Xs = rng.standard_normal((200, 2))
     ys = np.where(Xs[:, 0] * Xs[:, 1] > 0, "a", "b")
     proba = clf.predict_proba(Xs)
