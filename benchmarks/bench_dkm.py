@@ -439,7 +439,7 @@ def write_report(args, t0, load0, reg, sca, wide) -> None:
             by = {r["model"]: r for r in reg if r["data"] == data}
             nn = next(v for k, v in by.items() if k.startswith("NNGP"))
             for k, v in by.items():
-                if "DKM" in k:
+                if "DKM" in k and not k.startswith("NNGP"):
                     diff = v["lpd_all"] - nn["lpd_all"]
                     lines.append(
                         f"- {data}, {k}: mean {diff.mean():+.3f}, better on {(diff > 0).sum()}/{len(diff)} splits"
