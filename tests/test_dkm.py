@@ -359,7 +359,6 @@ def test_sklearn_compatible(estimator, check):
 @parametrize_with_checks(
     [
         DKMRegressor(n_inducing=8, max_iter=10, random_state=0),
-        DKMClassifier(max_iter=15, random_state=0),
     ]
 )
 def test_sklearn_compatible_other_modes(estimator, check):
