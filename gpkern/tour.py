@@ -78,10 +78,17 @@ def _gp_nngp():
     return GPRegressor(kernel=NNGPKernel(arch, learn_variances=True), n_restarts=1, random_state=0)
 
 
+def _dkm():
+    from gpkern.estimators import DKMRegressor
+
+    return DKMRegressor(kernel="se", n_layers=2, widths_ratio=10.0, max_iter=20, random_state=0)
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
     ("GP (NNGP, 2-hidden-layer erf net, learned variances)", _gp_nngp),
+    ("DKM (se, 2 layers)", _dkm),
 ]
 
 def _grid_gp_volcano(quick: bool) -> list[dict]:

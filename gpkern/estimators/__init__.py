@@ -1,10 +1,13 @@
 """scikit-learn estimators: validate input, call a model from :mod:`gpkern.models`, store results."""
 
+from gpkern.estimators.dkm import DKMClassifier, DKMRegressor
 from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.estimators.grid_gp import GridGPRegressor
 from gpkern.estimators.kernel_classifier import KernelClassifier
 
 __all__ = [
+    "DKMClassifier",
+    "DKMRegressor",
     "GPRegressor",
     "GridGPRegressor",
     "KernelClassifier",
