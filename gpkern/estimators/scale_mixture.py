@@ -537,6 +537,19 @@ class ScaleMixtureRegressor(_ScaleMixtureRegressorBase):
         }
 
 
+def _classifier_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
+    """Scaled ARD RBF with length-scales at each feature's spread times sqrt(d).
+
+    The sqrt(d) keeps typical squared distances near 2 length-scales in any dimension; at one
+    spread per feature the kernel between distinct points of, e.g., 64-pixel digits is
+    exp(-64): numerically diagonal, with vanishing gradients, and the classifier learns nothing.
+    """
+    kernel = default_kernel(X)
+    with torch.no_grad():
+        kernel.base_kernel.lengthscale = kernel.base_kernel.lengthscale * math.sqrt(X.shape[1])
+    return kernel
+
+
 class ScaleMixtureClassifier(ClassifierMixin, BaseEstimator):
     r"""Sparse variational GP classifier with an inverse-gamma prior on the kernel's scale.
 
@@ -559,7 +572,8 @@ class ScaleMixtureClassifier(ClassifierMixin, BaseEstimator):
     ----------
     kernel : gpytorch.kernels.Kernel, optional
         Covariance function shared by the classes (deep-copied). ``None`` uses a scaled ARD RBF
-        kernel with length-scales starting at each feature's standard deviation.
+        kernel with length-scales starting at each feature's standard deviation times
+        :math:`\sqrt{d}`.
     prior : {"inverse_gamma"} or None, default="inverse_gamma"
         Prior on :math:`\sigma^2`; ``None`` fixes it to 1.
     prior_params : dict, optional
@@ -703,7 +717,7 @@ class ScaleMixtureClassifier(ClassifierMixin, BaseEstimator):
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            kernel = default_kernel(Xt) if self.kernel is None else copy.deepcopy(self.kernel)
+            kernel = _classifier_kernel(Xt) if self.kernel is None else copy.deepcopy(self.kernel)
             M = min(self.n_inducing, n)
             Z = Xt[torch.randperm(n, device="cpu")[:M].to(device)]
             model = SparseScaleMixtureClassifier(kernel, Z, len(classes), prior=prior)
@@ -738,7 +752,9 @@ class ScaleMixtureClassifier(ClassifierMixin, BaseEstimator):
         self.kernel_ = model.kernel
         self.inducing_points_ = model.inducing_points.detach().cpu().numpy()
         self.scale_posterior_ = (
-            (float(model.q_concentration), float(model.q_rate)) if model.has_scale_prior else None
+            (float(model.q_concentration.detach()), float(model.q_rate.detach()))
+            if model.has_scale_prior
+            else None
         )
         self.elbo_ = -best
         self.n_iter_ = self.max_iter
