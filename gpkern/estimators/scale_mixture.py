@@ -362,8 +362,8 @@ class StudentTProcessRegressor(_ScaleMixtureRegressorBase):
 
     def _fitted_extras(self, model, posterior) -> dict:
         return {
-            "df_": float(2 * model.concentration),
-            "rate_": float(model.rate),
+            "df_": float(2 * model.concentration.detach()),
+            "rate_": float(model.rate.detach()),
             "predictive_df_": posterior.scale.df.cpu().numpy(),
         }
 
