@@ -23,10 +23,17 @@ def _gp_rbf():
     return GPRegressor(n_restarts=2, random_state=0)
 
 
+def _student_t_process():
+    from gpkern.estimators import StudentTProcessRegressor
+
+    return StudentTProcessRegressor(n_restarts=2, random_state=0)
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
 ]
+REGRESSORS.append(("Student-t process (ARD RBF)", _student_t_process))
 
 #: Functions ``section(quick: bool) -> list[dict]``; rows have the keys of :class:`TourResult`.
 SECTIONS: list[Callable[[bool], list[dict]]] = []
