@@ -436,6 +436,9 @@ class ScaleMixturePosterior:
         :math:`\log p(y)` of the conditioning data (an estimate for :class:`WeightedScale`).
     """
 
+    #: test points per block in densities and quantiles (memory ~ n_samples x batch_size).
+    batch_size = 256
+
     def __init__(self, gaussian: ExactPosterior, scale, log_marginal_likelihood: float) -> None:
         self.gaussian = gaussian
         self.scale = scale
@@ -466,14 +469,20 @@ class ScaleMixturePosterior:
     @torch.no_grad()
     def log_predictive_density(self, Xs: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:  # (m, t)
         """:math:`\\log p(y_* \\mid y)` per point and output, noise included."""
-        mean, v = self._v(Xs, include_noise=True)
-        return self.scale.log_density(Y, mean, v)
+        out = []
+        for start in range(0, Xs.shape[0], self.batch_size):  # the mixture is (S, batch, t)
+            mean, v = self._v(Xs[start : start + self.batch_size], include_noise=True)
+            out.append(self.scale.log_density(Y[start : start + self.batch_size], mean, v))
+        return torch.cat(out) if out else Y.new_zeros(Y.shape)
 
     @torch.no_grad()
     def quantiles(self, Xs: torch.Tensor, q: torch.Tensor, *, include_noise: bool = True):
         """Quantiles of the predictive of :math:`y_*` (or :math:`f_*`), shape ``(m, t, r)``."""
-        mean, v = self._v(Xs, include_noise=include_noise)
-        return self.scale.quantiles(q, mean, v)
+        out = []
+        for start in range(0, Xs.shape[0], self.batch_size):
+            mean, v = self._v(Xs[start : start + self.batch_size], include_noise=include_noise)
+            out.append(self.scale.quantiles(q, mean, v))
+        return torch.cat(out)
 
     @torch.no_grad()
     def sample(self, Xs: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
