@@ -92,7 +92,7 @@ def test_predict_proba_is_the_student_t_expectation():
     with torch.no_grad():
         mean, var = model.marginals(X)
         gen = torch.Generator().manual_seed(0)
-        S = 200000
+        S = 100000
         s2 = float(model.q_rate) / torch._standard_gamma(model.q_concentration.expand(S), generator=gen)
         eps = torch.randn(S, 3, generator=gen, dtype=torch.float64)
         p = model.predict_proba(X, s2, eps).numpy()[0]
@@ -115,12 +115,12 @@ def test_predict_proba_is_the_student_t_expectation():
         si.quad(lambda s, c=c: st.invgamma(a, scale=b).pdf(s) * given_s2(s)[c], 0, np.inf, limit=200)[0]
         for c in range(3)
     ])
-    np.testing.assert_allclose(p, ref, atol=4e-3)
+    np.testing.assert_allclose(p, ref, atol=5e-3)
 
 
 @pytest.fixture
 def blobs():
-    X, y = make_blobs(n_samples=150, centers=3, cluster_std=1.0, random_state=0)
+    X, y = make_blobs(n_samples=150, centers=[[-4, 0], [4, 0], [0, 5]], cluster_std=1.0, random_state=0)
     return X, y
 
 

@@ -242,8 +242,14 @@ def _quadrature_reference(k, noise, prior_pdf, X, y, Xs, ys, qs):
     "prior,params,pdf,proposal",
     [
         ("burr12", {"c": 2.0, "k": 1.0, "scale": 1.0}, st.burr12(2.0, 1.0).pdf, "adaptive"),
-        ("burr12", {"c": 2.0, "k": 1.0, "scale": 1.0}, st.burr12(2.0, 1.0).pdf, "prior"),
-        ("lognormal", {"loc": 0.0, "scale": 1.0}, st.lognorm(1.0).pdf, "adaptive"),
+        pytest.param(
+            "burr12", {"c": 2.0, "k": 1.0, "scale": 1.0}, st.burr12(2.0, 1.0).pdf, "prior",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "lognormal", {"loc": 0.0, "scale": 1.0}, st.lognorm(1.0).pdf, "adaptive",
+            marks=pytest.mark.slow,
+        ),
         (
             "half_cauchy",
             {"scale": 1.0},
