@@ -9,7 +9,7 @@ three of them gross outliers. The scale mixtures' predictives are not Gaussian: 
 their 5% and 95% predictive quantiles (``predict_quantiles``, noise included); each title
 gives the held-out log predictive density on clean test points.
 
-What the plot shows, honestly: one scale :math:`\sigma^2` is shared by every point, so a
+What the plot shows, honestly: one scale :math:`\\sigma^2` is shared by every point, so a
 scale mixture cannot explain *isolated* outliers better than a GP. Maximum likelihood then
 sends the degrees of freedom to infinity and the Student-t process becomes the GP (second
 panel). Fixing a small ``df`` keeps the predictive's tails heavy (it is a Student-t with

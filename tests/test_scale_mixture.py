@@ -8,9 +8,9 @@ import gpytorch
 import numpy as np
 import pytest
 import scipy.integrate as si
-from scipy.optimize import brentq
 import scipy.stats as st
 import torch
+from scipy.optimize import brentq
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from gpkern.estimators import GPRegressor, ScaleMixtureRegressor, StudentTProcessRegressor
@@ -102,7 +102,7 @@ def test_stp_predictive_matches_scipy_conditional(data):
             assert si.quad(cond, -np.inf, qv)[0] == pytest.approx(p, abs=1e-6)
         # Var(y*) by quadrature; f* has the same scale mixture with Sigma* in place of Sigma* + eps
         m1 = si.quad(lambda v, c=cond: v * c(v), -np.inf, np.inf)[0]
-        var_y = si.quad(lambda v, c=cond: (v - m1) ** 2 * c(v), -np.inf, np.inf)[0]
+        var_y = si.quad(lambda v, c=cond, m1=m1: (v - m1) ** 2 * c(v), -np.inf, np.inf)[0]
         Kxx = C[:n, :n]
         ks = C[n, :n]
         sig = C[n, n] - noise - ks @ np.linalg.solve(Kxx, ks)

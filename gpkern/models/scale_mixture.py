@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
+_EMPTY = torch.Size()
 
 
 # -- scale priors ---------------------------------------------------------------------------------
@@ -99,13 +100,13 @@ class Burr12(torch.distributions.Distribution):
         )
         super().__init__(self.c.shape, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None):
+    def rsample(self, sample_shape=_EMPTY, generator: torch.Generator | None = None):
         shape = self._extended_shape(sample_shape)
         u = torch.rand(shape, dtype=self.c.dtype, device=self.c.device, generator=generator)
         # (1 - u)^(-1/k) - 1 = expm1(-log1p(-u) / k): accurate for small u.
         return self.scale * torch.expm1(-torch.log1p(-u) / self.k).pow(1.0 / self.c)
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None):
+    def sample(self, sample_shape=_EMPTY, generator: torch.Generator | None = None):
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
@@ -134,7 +135,7 @@ class _SquaredHalfCauchy(torch.distributions.Distribution):
         self.scale = torch.as_tensor(scale, dtype=torch.float64)
         super().__init__(self.scale.shape, validate_args=validate_args)
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None):
+    def sample(self, sample_shape=_EMPTY, generator: torch.Generator | None = None):
         shape = self._extended_shape(sample_shape)
         u = torch.rand(shape, dtype=self.scale.dtype, device=self.scale.device, generator=generator)
         return (self.scale * torch.tan(0.5 * math.pi * u)).pow(2)
