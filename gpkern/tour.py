@@ -84,12 +84,19 @@ def _dkm():
     return DKMRegressor(kernel="se", n_layers=2, widths_ratio=10.0, max_iter=20, random_state=0)
 
 
+def _student_t_process():
+    from gpkern.estimators import StudentTProcessRegressor
+
+    return StudentTProcessRegressor(n_restarts=2, random_state=0)
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
     ("GP (NNGP, 2-hidden-layer erf net, learned variances)", _gp_nngp),
     ("DKM (se, 2 layers)", _dkm),
 ]
+REGRESSORS.append(("Student-t process (ARD RBF)", _student_t_process))
 
 def _grid_gp_volcano(quick: bool) -> list[dict]:
     """Grid GP on R's ``volcano`` (87 x 61 heights): fit on a sub-grid, predict the rest."""

@@ -4,6 +4,11 @@ from gpkern.estimators.dkm import DKMClassifier, DKMRegressor
 from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.estimators.grid_gp import GridGPRegressor
 from gpkern.estimators.kernel_classifier import KernelClassifier
+from gpkern.estimators.scale_mixture import (
+    ScaleMixtureClassifier,
+    ScaleMixtureRegressor,
+    StudentTProcessRegressor,
+)
 
 __all__ = [
     "DKMClassifier",
@@ -11,4 +16,7 @@ __all__ = [
     "GPRegressor",
     "GridGPRegressor",
     "KernelClassifier",
+    "ScaleMixtureClassifier",
+    "ScaleMixtureRegressor",
+    "StudentTProcessRegressor",
 ]
