@@ -3,3 +3,7 @@
 from gpkern.estimators.gp_regressor import GPRegressor
 
 __all__ = ["GPRegressor"]
+
+from gpkern.estimators.multiple_kernel import MultipleKernelRegressor  # noqa: E402
+
+__all__ += ["MultipleKernelRegressor"]
