@@ -25,7 +25,7 @@ with :math:`\rho` adapted by residual balancing (Boyd et al., 2011, §3.4.1) and
 unbiased with error below :math:`\Delta`.
 
 What crosses the wire: per round, each agent contributes one integer code vector of the size of
-:math:`x` (``uint8`` up to 8 bits, ``int16`` up to 16, ``int32`` beyond) and a three-float
+:math:`x` (one byte per entry up to 8 bits, two up to 15 bits, four beyond) and a three-float
 header (range and last primal residual). Before the first round the agents exchange a status
 vector, the per-dimension input ranges and spacings (to place one common GSMP grid) and the
 target sums for a common normalisation. Raw data never leave an agent; :attr:`SlimKLResult.messages`
@@ -372,7 +372,7 @@ def fit(
     n_components : int, default=100
         GSMP grid size per bandwidth.
     bandwidths : float or sequence of float, optional
-        Relative GSMP bandwidths; default ``(0.001, 0.1)`` as in
+        Relative GSMP bandwidths; default ``(0.001, 0.05)`` as in
         :class:`~gpkern.estimators.MultipleKernelRegressor`.
     noise : float, optional
         Fixed noise variance (normalised units); ``None`` learns it.
@@ -497,7 +497,7 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
         # Two synthetic points per dimension reproduce the pooled range and spacing exactly.
         proxy = torch.stack([glo, glo + ggap, ghi]).to(torch.float64)
         gen = torch.Generator().manual_seed(int(random_state))
-        bw = (0.001, 0.1) if bandwidths is None else bandwidths
+        bw = (0.001, 0.05) if bandwidths is None else bandwidths
         kern = GSMPKernel.from_data(proxy, n_components, bw, generator=gen)
     else:
         import copy
@@ -535,7 +535,9 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
             x = torch.cat([res.weights, torch.tensor([res.noise])])
             m = x + u
             codes, qlo, qhi = quantize(m, bits, gen_q)
-            codes_all = chan.all_gather(codes, "theta_codes")
+            # gloo has no int16: 9-15-bit codes travel as their raw bytes.
+            wire = codes.view(torch.uint8) if codes.dtype == torch.int16 else codes
+            codes_all = chan.all_gather(wire, "theta_codes").view(codes.dtype)
             heads = chan.all_gather(torch.tensor([qlo, qhi, last_r2], dtype=torch.float64), "theta_range")
             deq = torch.stack([dequantize(codes_all[j], float(heads[j, 0]), float(heads[j, 1]), bits) for j in range(J)])
             step_q = max(float((heads[j, 1] - heads[j, 0]) / (2**bits - 1)) for j in range(J))

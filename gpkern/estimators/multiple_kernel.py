@@ -53,7 +53,8 @@ class MultipleKernelRegressor(GPRegressor):
     bandwidths : float or sequence of float, optional
         GSMP bandwidths relative to :math:`1/\text{range}` of each input dimension (see
         :func:`gpkern.kernels.gsmp.gsmp_grid`); each gets a full frequency grid. Default
-        ``(0.001, 0.1)``: near-pure cosines for periodicities plus smooth envelopes for trends.
+        ``(0.001, 0.05)``: near-pure cosines for periodicities plus components with a smooth
+        envelope (length-scale about three times the data range) for trends.
     noise : float, optional
         Noise variance in normalised units; ``None`` learns it (starting at 0.1).
     noise_lower_bound : float, default=1e-4
@@ -167,7 +168,7 @@ class MultipleKernelRegressor(GPRegressor):
 
     def _make_kernel(self, X: torch.Tensor, gen: torch.Generator) -> WeightedKernelSum:
         if isinstance(self.kernel, str):
-            bw = (0.001, 0.1) if self.bandwidths is None else self.bandwidths
+            bw = (0.001, 0.05) if self.bandwidths is None else self.bandwidths
             return GSMPKernel.from_data(X, int(self.n_components), bw, generator=gen)
         if isinstance(self.kernel, WeightedKernelSum):
             kernel = copy.deepcopy(self.kernel)
