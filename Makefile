@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m gpkern tour
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -17,6 +17,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One BLAS/OpenMP thread per xdist worker: two workers on two cores, no oversubscription.
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

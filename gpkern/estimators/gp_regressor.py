@@ -10,7 +10,6 @@ import warnings
 import gpytorch
 import numpy as np
 import torch
-
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
@@ -70,8 +69,9 @@ class GPRegressor(BaseGPRegressor):
     max_iter : int, default=100
         Iterations of the optimiser per start.
     n_restarts : int, default=0
-        Extra starts from randomly perturbed hyperparameters (each raw parameter plus a
-        standard normal draw); the best log marginal likelihood wins.
+        Extra starts from randomly perturbed hyperparameters (each positive hyperparameter
+        multiplied by :math:`e^{z}`, :math:`z \sim \mathcal{N}(0, 1.5^2)`; other raw values
+        shifted by :math:`z`); the best log marginal likelihood wins.
     random_state : int, RandomState instance or None, default=None
         Seeds the restarts and :meth:`sample_y`'s default.
     verbose : bool, default=False
@@ -202,10 +202,7 @@ class GPRegressor(BaseGPRegressor):
             for restart in range(self.n_restarts + 1):
                 if restart > 0:
                     model.load_state_dict(start)
-                    with torch.no_grad():
-                        for p in model.parameters():
-                            if p.requires_grad:
-                                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+                    _perturb(model, gen, scale=1.5)
                 value = minimize(
                     loss,
                     model.parameters(),
@@ -224,7 +221,7 @@ class GPRegressor(BaseGPRegressor):
         lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
         state.update(
             kernel_=model.kernel,
-            noise_=float(model.noise),
+            noise_=float(model.noise.detach()),
             jitter_=posterior.jitter,
             log_marginal_likelihood_value_=lml,
             n_iter_=n_iter,
@@ -327,6 +324,32 @@ class GPRegressor(BaseGPRegressor):
         return self._as_output(
             gaussian_log_density(torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)).numpy()
         )
+
+
+def _perturb(model: torch.nn.Module, gen: torch.Generator, scale: float) -> None:
+    """Random restart: multiply each positive hyperparameter by exp(N(0, scale^2)).
+
+    Positive (softplus-constrained) values move in log space, so a length-scale explores both
+    much shorter and much longer scales; unconstrained raw values get additive N(0, scale^2).
+    """
+    constraints = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, gpytorch.Module):
+            for name, _, constraint in module.named_parameters_and_constraints():
+                constraints[f"{module_name}.{name}" if module_name else name] = constraint
+    constraints.setdefault("raw_noise", model.noise_constraint)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            z = scale * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
+            c = constraints.get(name)
+            if isinstance(c, gpytorch.constraints.GreaterThan):  # Positive included
+                value = c.transform(p)
+                lower = float(c.lower_bound)
+                p.copy_(c.inverse_transform(lower + (value - lower).clamp_min(1e-12) * z.exp()))
+            else:
+                p.add_(z)
 
 
 def _check_targets(est: BaseGPRegressor, X, y) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 
 from gpkern.exceptions import NotPSDError, NumericalWarning
 
-__all__ = ["robust_cholesky", "cholesky_logdet", "gaussian_log_likelihood"]
+__all__ = ["robust_cholesky", "cholesky_logdet", "gaussian_log_likelihood", "mvn_log_likelihood"]
 
 
 def robust_cholesky(
@@ -130,3 +130,74 @@ def gaussian_log_likelihood(
     alpha = torch.cholesky_solve(Y, L)
     quad = (Y * alpha).sum()
     return -0.5 * quad - 0.5 * t * cholesky_logdet(L) - 0.5 * n * t * math.log(2 * math.pi), alpha
+
+
+class _MVNLogLikelihood(torch.autograd.Function):
+    """log N(Y; 0, C) with the closed-form gradient instead of autograd through the factor."""
+
+    @staticmethod
+    def forward(ctx, C: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        L, _ = robust_cholesky(C, warn=False)
+        lml, alpha = gaussian_log_likelihood(L, Y)
+        ctx.save_for_backward(L, alpha)
+        return lml
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        L, alpha = ctx.saved_tensors
+        grad_C = grad_Y = None
+        if ctx.needs_input_grad[0]:
+            # d/dC log N(Y; 0, C) = (alpha alpha^T - t C^{-1}) / 2; one extra n^3/3 for C^{-1},
+            # several times cheaper than differentiating through the Cholesky factorisation.
+            grad_C = 0.5 * grad * (alpha @ alpha.T - alpha.shape[1] * torch.cholesky_inverse(L))
+        if ctx.needs_input_grad[1]:
+            grad_Y = -grad * alpha
+        return grad_C, grad_Y
+
+
+def mvn_log_likelihood(
+    C: torch.Tensor,  # (n, n)
+    Y: torch.Tensor,  # (n, t)
+) -> torch.Tensor:  # ()
+    r"""Differentiable :math:`\sum_j \log \mathcal{N}(y_j \mid 0, C)` with a closed-form gradient.
+
+    The backward pass uses
+
+    .. math::
+
+        \frac{\partial}{\partial C} \sum_{j=1}^t \log \mathcal{N}(y_j \mid 0, C)
+        = \tfrac12 \left(\alpha \alpha^\top - t\, C^{-1}\right), \qquad \alpha = C^{-1} Y,
+
+    so that gradients with respect to kernel hyperparameters cost one extra Cholesky inverse
+    instead of autograd through the factorisation. Jitter is added silently when needed
+    (see :func:`robust_cholesky`; the gradient is that of the jittered matrix).
+
+    Parameters
+    ----------
+    C : torch.Tensor of shape (n, n)
+        Symmetric positive definite covariance.
+    Y : torch.Tensor of shape (n, t)
+        Independent columns sharing ``C``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar log likelihood summed over columns.
+
+    Raises
+    ------
+    NotPSDError
+        If ``C`` is not positive definite even with jitter.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gpkern.linalg.cholesky import mvn_log_likelihood
+    >>> C = torch.eye(2, dtype=torch.float64, requires_grad=True)
+    >>> Y = torch.zeros(2, 1, dtype=torch.float64)
+    >>> mvn_log_likelihood(C, Y).backward()
+    >>> C.grad
+    tensor([[-0.5000, -0.0000],
+            [-0.0000, -0.5000]], dtype=torch.float64)
+    """
+    return _MVNLogLikelihood.apply(C, Y)

@@ -13,7 +13,12 @@ import math
 import gpytorch
 import torch
 
-from gpkern.linalg.cholesky import cholesky_logdet, gaussian_log_likelihood, robust_cholesky
+from gpkern.linalg.cholesky import (
+    cholesky_logdet,
+    gaussian_log_likelihood,
+    mvn_log_likelihood,
+    robust_cholesky,
+)
 
 __all__ = ["ExactGP", "ExactPosterior", "gaussian_log_density"]
 
@@ -99,8 +104,9 @@ class ExactGP(torch.nn.Module):
             \log p(Y) = \sum_{j} -\tfrac12 y_j^\top (K + \sigma^2 I)^{-1} y_j
                 - \tfrac12 \log|K + \sigma^2 I| - \tfrac{n}{2}\log 2\pi
         """
-        L, _ = robust_cholesky(self.covariance(X), warn=warn)
-        return gaussian_log_likelihood(L, Y)[0]
+        if warn:
+            robust_cholesky(self.covariance(X).detach(), warn=True)
+        return mvn_log_likelihood(self.covariance(X), Y)
 
     def posterior(self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = True) -> ExactPosterior:
         """Condition on ``(X, Y)``; the result predicts at new inputs without refactorising."""

@@ -1,0 +1,162 @@
+"""The tour: every gpkern model fitted on embedded real data, with a table and a plot.
+
+Each capability registers itself here: regressors in :data:`REGRESSORS` are fitted on a
+train/test split of MASS ``mcycle`` (head acceleration after a crash, 133 points), and
+functions in :data:`SECTIONS` add rows of their own (PDE solves, grid GPs, classifiers, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["REGRESSORS", "SECTIONS", "TourResult", "run_tour", "format_table"]
+
+
+def _gp_rbf():
+    from gpkern.estimators import GPRegressor
+
+    return GPRegressor(n_restarts=2, random_state=0)
+
+
+def _feature_map_section(quick: bool) -> list[dict]:
+    """Deep kernel GP vs plain GP on modeldata concrete, and an RFF GP through the Woodbury path."""
+    import gpytorch
+    import torch
+
+    from gpkern.datasets import load_concrete
+    from gpkern.estimators import GPRegressor
+    from gpkern.kernels import FeatureMapKernel, RandomFeatureKernel
+    from gpkern.linalg.low_rank import LowRankPosterior
+
+    X, y = load_concrete()
+    X = (X - X.mean(0)) / X.std(0)
+    idx = np.random.default_rng(0).permutation(len(y))
+    n = 200 if quick else 400
+    tr, te = idx[:n], idx[n : 2 * n]
+    iters = 30 if quick else 80
+    rows = []
+
+    def rmse(pred):
+        return float(np.sqrt(np.mean((pred - y[te]) ** 2)))
+
+    start = time.perf_counter()
+    plain = GPRegressor(max_iter=iters).fit(X[tr], y[tr])
+    rows.append(dict(task="concrete regression", model="GP (ARD RBF)", metric="RMSE",
+                     value=rmse(plain.predict(X[te])), time_s=time.perf_counter() - start))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    kern = FeatureMapKernel(net, gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()))
+    start = time.perf_counter()
+    dkl = GPRegressor(kernel=kern, max_iter=iters).fit(X[tr], y[tr])
+    rows.append(dict(task="concrete regression", model="deep kernel GP (MLP + RBF)", metric="RMSE",
+                     value=rmse(dkl.predict(X[te])), time_s=time.perf_counter() - start))
+    # Random Fourier features with the plain GP's hyperparameters, O(n m^2) Woodbury posterior.
+    start = time.perf_counter()
+    rf = RandomFeatureKernel("rbf", n_features=256, ard_num_dims=X.shape[1], random_state=0)
+    rf.lengthscale = plain.kernel_.base_kernel.lengthscale.detach()
+    scale = float(plain.kernel_.outputscale.detach()) ** 0.5
+    with torch.no_grad():
+        post = LowRankPosterior(rf.features(torch.tensor(X[tr])) * scale,
+                                torch.tensor((y[tr] - plain._y_mean) / plain._y_std)[:, None], plain.noise_)
+        mean = post.predict(rf.features(torch.tensor(X[te])) * scale)[0][:, 0].numpy()
+    rows.append(dict(task="concrete regression", model="random Fourier GP (m=256, Woodbury)", metric="RMSE",
+                     value=rmse(mean * plain._y_std[0] + plain._y_mean[0]), time_s=time.perf_counter() - start))
+    return rows
+
+
+#: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
+REGRESSORS: list[tuple[str, Callable[[], object]]] = [
+    ("GP (ARD RBF)", _gp_rbf),
+]
+
+#: Functions ``section(quick: bool) -> list[dict]``; rows have the keys of :class:`TourResult`.
+SECTIONS: list[Callable[[bool], list[dict]]] = [
+    _feature_map_section,
+]
+
+
+@dataclass
+class TourResult:
+    """One row of the tour's table."""
+
+    task: str
+    model: str
+    metric: str
+    value: float
+    time_s: float
+
+
+def _mcycle_split(seed: int = 0):
+    from gpkern.datasets import load_mcycle
+
+    X, y = load_mcycle()
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(y))
+    n_train = int(0.75 * len(y))
+    return X[idx[:n_train]], y[idx[:n_train]], X[idx[n_train:]], y[idx[n_train:]], X, y
+
+
+def run_tour(out: Path, *, quick: bool = False, verbose: bool = False) -> list[TourResult]:
+    """Fit every registered model, write the plot to ``out`` and return the table's rows.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        PNG file the mcycle plot is written to.
+    quick : bool, default=False
+        Passed to the sections so that they use their smallest settings.
+    verbose : bool, default=False
+        Show a progress bar over the models.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tqdm.auto import tqdm
+
+    Xtr, ytr, Xte, yte, X, y = _mcycle_split()
+    grid = np.linspace(X.min(), X.max(), 300)[:, None]
+    rows: list[TourResult] = []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.scatter(Xtr[:, 0], ytr, s=10, c="k", label="train")
+    ax.scatter(Xte[:, 0], yte, s=14, c="tab:red", marker="x", label="held out")
+    for name, factory in tqdm(REGRESSORS, desc="tour", disable=not verbose):
+        est = factory()
+        start = time.perf_counter()
+        est.fit(Xtr, ytr)
+        elapsed = time.perf_counter() - start
+        rmse = float(np.sqrt(np.mean((est.predict(Xte) - yte) ** 2)))
+        mlpd = float(np.mean(est.log_predictive_density(Xte, yte)))
+        rows += [
+            TourResult("mcycle regression", name, "RMSE", rmse, elapsed),
+            TourResult("mcycle regression", name, "mean log pred. density", mlpd, elapsed),
+        ]
+        mean, std = est.predict(grid, return_std=True)
+        (line,) = ax.plot(grid[:, 0], mean, label=name)
+        ax.fill_between(grid[:, 0], mean - 2 * std, mean + 2 * std, color=line.get_color(), alpha=0.15)
+    for section in SECTIONS:
+        rows += [TourResult(**row) for row in section(quick)]
+    ax.set_xlabel("time after impact (ms)")
+    ax.set_ylabel("head acceleration (g)")
+    ax.set_title("gpkern tour: MASS mcycle, posterior mean ± 2 sd of f")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return rows
+
+
+def format_table(rows: list[TourResult]) -> str:
+    """The rows as a plain-text table."""
+    header = ("task", "model", "metric", "value", "time (s)")
+    body = [(r.task, r.model, r.metric, f"{r.value:.4g}", f"{r.time_s:.2f}") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
