@@ -127,7 +127,7 @@ def test_four_agents_match_centralised_and_send_only_theta_sized_messages():
     A1 = Q + 1
     n_local = N // J
     for r in res:
-        for round_, name, shape, dtype, nbytes in r["messages"]:
+        for _round, name, shape, dtype, _nbytes in r["messages"]:
             assert int(np.prod(shape)) <= 2 * A1 < n_local, (name, shape)
             if name == "theta_codes":  # 8-bit codes: one byte per entry of theta
                 assert shape == (A1,) and dtype == "torch.uint8"

@@ -154,7 +154,7 @@ class GSMPKernel(WeightedKernelSum):
         bandwidths: float | torch.Tensor = 0.01,
         weights: torch.Tensor | None = None,
         ard_num_dims: int | None = None,
-        batch_shape: torch.Size = torch.Size([]),
+        batch_shape: torch.Size = torch.Size([]),  # noqa: B008 (GPyTorch convention)
         **kwargs,
     ) -> None:
         dtype = torch.get_default_dtype()

@@ -48,7 +48,7 @@ class WeightedKernelSum(gpytorch.kernels.Kernel):
         self,
         n_basis: int,
         weights: torch.Tensor | None = None,
-        batch_shape: torch.Size = torch.Size([]),
+        batch_shape: torch.Size = torch.Size([]),  # noqa: B008 (GPyTorch convention)
         **kwargs,
     ) -> None:
         super().__init__(batch_shape=batch_shape, **kwargs)

@@ -393,7 +393,7 @@ def sca_fit(
     bar = tqdm(total=max_iter, desc=desc, disable=not verbose, leave=False)
     it = 0
     try:
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007 (it is reported after the loop)
             g = blocks.tangent(x)
             x_new = surrogate_minimize(
                 blocks, x, g, lower, fixed=fixed, rho=rho if prox else 0.0, center=center,
