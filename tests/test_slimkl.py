@@ -124,7 +124,7 @@ def test_four_agents_match_centralised_and_send_only_theta_sized_messages():
     # F moves to first order with the quantised zero weights and noise: 8-bit steps give ~1e-3
     assert res[0]["objective"] >= ref.objective - 1e-6 * abs(ref.objective)
     assert res[0]["objective"] == pytest.approx(ref.objective, rel=5e-3)
-    assert (res[0]["weights"] == 0).sum() >= Q  # sparse: at least half exact zeros
+    assert (res[0]["weights"] == 0).sum() >= Q // 2  # sparse: at least half exact zeros
     # the wire: every message is theta-sized (A + 1 codes) or a short header, never data-sized
     A1 = Q + 1
     n_local = N // J

@@ -530,7 +530,9 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
             res = sca_fit(
                 blocks.bases, blocks.targets, weights=x[:A], noise=float(x[A]),
                 learn_noise=learn_noise, noise_lower_bound=float(lower[A]),
-                max_iter=local_iter, tol=0.0, rho=rho, center=z - u,
+                # Round 0 starts every agent from its own local optimum (no consensus yet).
+                max_iter=local_iter if k > 0 else max(local_iter, 50), tol=0.0 if k > 0 else 1e-6,
+                rho=rho if k > 0 else 0.0, center=z - u,
             )
             x = torch.cat([res.weights, torch.tensor([res.noise])])
             m = x + u
