@@ -4,6 +4,7 @@ from gpkern.estimators.dkm import DKMClassifier, DKMRegressor
 from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.estimators.grid_gp import GridGPRegressor
 from gpkern.estimators.kernel_classifier import KernelClassifier
+from gpkern.estimators.multiple_kernel import MultipleKernelRegressor
 from gpkern.estimators.scale_mixture import (
     ScaleMixtureClassifier,
     ScaleMixtureRegressor,
@@ -16,6 +17,7 @@ __all__ = [
     "GPRegressor",
     "GridGPRegressor",
     "KernelClassifier",
+    "MultipleKernelRegressor",
     "ScaleMixtureClassifier",
     "ScaleMixtureRegressor",
     "StudentTProcessRegressor",
