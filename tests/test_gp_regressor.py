@@ -219,3 +219,15 @@ def test_user_kernel_is_not_modified(rng):
     k = _rbf_kernel(1.0, 1.0)
     GPRegressor(kernel=k).fit(X, y)
     assert float(k.base_kernel.lengthscale) == pytest.approx(1.0)
+
+
+def test_default_kernel_is_not_diagonal_in_high_dimensions():
+    # 64-d digits: with length-scales at the plain feature spread, k ~ exp(-64) off the diagonal.
+    from sklearn.datasets import load_digits
+
+    from gpkern.estimators.gp_regressor import default_kernel
+
+    X = torch.tensor(load_digits().data[:200])
+    K = default_kernel(X)(X).to_dense().detach()
+    off = K[~torch.eye(200, dtype=torch.bool)] / K.diagonal().mean()
+    assert float(off.median()) > 0.05

@@ -24,13 +24,20 @@ __all__ = ["GPRegressor", "default_kernel"]
 
 
 def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
-    """Scaled ARD RBF kernel with length-scales initialised at each feature's spread."""
+    r"""Scaled ARD RBF kernel with length-scales initialised at :math:`\sqrt{d}` times each
+    feature's standard deviation.
+
+    The :math:`\sqrt{d}` keeps the typical scaled squared distance
+    :math:`\sum_j (x_j - x'_j)^2 / \ell_j^2 \approx 2` whatever the dimension; starting at
+    the plain spread gives :math:`k \approx e^{-d}` off the diagonal in high dimensions, a
+    numerically diagonal kernel whose likelihood gradients vanish.
+    """
     d = X.shape[1]
     kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=d))
     spread = X.std(0) if X.shape[0] > 1 else torch.ones(d, dtype=X.dtype, device=X.device)
     spread = torch.where(spread > 0, spread, torch.ones_like(spread))
     kernel = kernel.to(dtype=X.dtype, device=X.device)
-    kernel.base_kernel.lengthscale = spread.view(1, d)
+    kernel.base_kernel.lengthscale = spread.view(1, d) * d**0.5
     kernel.outputscale = torch.tensor(1.0, dtype=X.dtype)
     return kernel
 
@@ -59,7 +66,8 @@ class GPRegressor(BaseGPRegressor):
     ----------
     kernel : gpytorch.kernels.Kernel, optional
         Covariance function; it is deep-copied, never modified. ``None`` uses a scaled ARD
-        RBF kernel whose length-scales start at each feature's standard deviation.
+        RBF kernel whose length-scales start at :math:`\sqrt{d}` times each feature's standard
+        deviation (see :func:`default_kernel`).
     noise : float, optional
         Gaussian noise variance, in the units the kernel sees (normalised targets when
         ``normalize_y=True``). ``None`` learns it, starting from 0.1; a float fixes it.

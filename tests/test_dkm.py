@@ -1,0 +1,486 @@
+"""Deep kernel machines: Gram maps, objectives, NNGP limit, sparse == full, estimators."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from conftest import dense_gp_reference
+from gpkern.estimators import DKMClassifier, DKMRegressor
+from gpkern.estimators.dkm import MAX_FULL_SAMPLES
+from gpkern.models.dkm import (
+    DKM,
+    NNGPGramKernel,
+    SparseDKM,
+    gaussian_kl,
+    relu_gram_map,
+    se_gram_map,
+)
+from gpkern.models.training import minimize
+
+
+# ------------------------------------------------------------------------------------------------
+# Independent numpy references
+# ------------------------------------------------------------------------------------------------
+def np_relu(S: np.ndarray) -> np.ndarray:
+    """neural-tangents' ReLU layer (a = 0, b = 1) on a full covariance, times 2."""
+    d = np.sqrt(np.diag(S))
+    c = np.clip(S / np.outer(d, d), -1, 1)
+    th = np.arccos(c)
+    return np.outer(d, d) * (np.sin(th) + (np.pi - th) * c) / np.pi
+
+
+def np_se(S: np.ndarray, ls: float = 1.0) -> np.ndarray:
+    g = np.diag(S)
+    return np.exp(-(g[:, None] + g[None, :] - 2 * S) / (2 * ls**2))
+
+
+def np_nngp(X: np.ndarray, kind: str, n_layers: int, w, b, lss=(), scale=1.0) -> np.ndarray:
+    S = (X * np.asarray(w)) @ X.T / X.shape[1] + b
+    for layer in range(1, n_layers + 2):
+        S = np_relu(S) if kind == "relu" else np_se(S, 1.0 if layer == 1 else lss[layer - 2])
+    return scale * S
+
+
+# ------------------------------------------------------------------------------------------------
+# Gram maps and the NNGP kernel
+# ------------------------------------------------------------------------------------------------
+def test_relu_map_matches_neural_tangents_values():
+    # PAPERS.md: Dense(1.5, .1) -> ReLU -> Dense(1.5, .1) -> ReLU -> Dense(1, 0), neural-tangents 0.6.5.
+    X = torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [-1, 2, 0.5]])
+    S = 2.25 * X @ X.T / 3 + 0.01
+    for _ in range(2):
+        S = 0.5 * relu_gram_map(S, S.diagonal(), S.diagonal())  # NT's ReLU is half our map
+        S = 2.25 * S + 0.01 if _ == 0 else S
+    expected = torch.tensor(
+        [
+            [0.4325, 0.3195738818, 0.3831629765],
+            [0.3195738818, 0.4325, 0.6441747102],
+            [0.3831629765, 0.6441747102, 2.22546875],
+        ]
+    )
+    torch.testing.assert_close(S, expected, atol=1e-9, rtol=1e-8)
+
+
+def test_relu_map_is_twice_the_nngp_layers_relu():
+    # The issue-5 NNGP layer library, once merged: the DKM map must be 2 x its ReLU layer.
+    layers = pytest.importorskip("gpkern.kernels.nngp.layers")
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((6, 4))
+    G = torch.tensor(A @ A.T / 4)
+    g = G.diagonal()
+    ref = 2.0 * layers.Relu().nngp(g[:, None], G, g[None, :])
+    torch.testing.assert_close(relu_gram_map(G, g, g), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_se_map_is_rbf_of_input_distance():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((7, 3))
+    G = torch.tensor(X @ X.T)
+    K = se_gram_map(G, G.diagonal(), G.diagonal(), 1.3).numpy()
+    D2 = ((X[:, None] - X[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(K, np.exp(-D2 / (2 * 1.3**2)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_nngp_kernel_matches_numpy_recursion(kind):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((9, 3))
+    k = NNGPGramKernel(kind, n_layers=3, ard_num_dims=3)
+    w = np.array([0.5, 2.0, 1.5])
+    k.input_weight = torch.tensor(w).view(1, 3)
+    k.input_bias = 0.2
+    lss = (0.7, 1.4, 0.9)
+    if kind == "se":
+        k.layer_lengthscale = torch.tensor(lss)
+    Xt = torch.tensor(X)
+    K = k(Xt).to_dense().detach().numpy()
+    np.testing.assert_allclose(K, np_nngp(X, kind, 3, w, 0.2, lss), rtol=1e-10, atol=1e-10)
+    diag = k(Xt, diag=True).detach().numpy()
+    np.testing.assert_allclose(diag, np.diag(K), rtol=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(2, 8),
+    st.sampled_from(["relu", "se"]),
+    st.integers(0, 3),
+    st.integers(0, 10_000),
+)
+def test_nngp_kernel_symmetric_psd(n, kind, n_layers, seed):
+    X = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * 2
+    K = NNGPGramKernel(kind, n_layers=n_layers)(X).to_dense().detach()
+    torch.testing.assert_close(K, K.T)
+    assert torch.linalg.eigvalsh(K).min() > -1e-9 * K.diagonal().max()
+
+
+def test_nngp_kernel_batch_and_active_dims():
+    X = torch.randn(2, 5, 4)
+    k = NNGPGramKernel("relu", 2, batch_shape=torch.Size([2]))
+    K = k(X).to_dense()
+    assert K.shape == (2, 5, 5)
+    torch.testing.assert_close(K[1], NNGPGramKernel("relu", 2)(X[1]).to_dense())
+    ka = NNGPGramKernel("se", 1, active_dims=torch.tensor([0, 2]))
+    torch.testing.assert_close(
+        ka(X[0]).to_dense(), NNGPGramKernel("se", 1)(X[0][:, [0, 2]]).to_dense()
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Objectives
+# ------------------------------------------------------------------------------------------------
+def test_kl_matches_torch_distributions():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((6, 6))
+    B = rng.standard_normal((6, 8))
+    G = torch.tensor(A @ A.T / 6 + 0.1 * np.eye(6))
+    K = torch.tensor(B @ B.T / 8 + 0.2 * np.eye(6))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(torch.zeros(6), G),
+        torch.distributions.MultivariateNormal(torch.zeros(6), K),
+    )
+    L_K = torch.linalg.cholesky(K)
+    torch.testing.assert_close(gaussian_kl(torch.linalg.cholesky(G), L_K), ref)
+    # a general (non-triangular) factor: G = V V^T with V = chol(G) Q, Q orthogonal
+    Q = torch.linalg.qr(torch.tensor(rng.standard_normal((6, 6))))[0]
+    torch.testing.assert_close(gaussian_kl(torch.linalg.cholesky(G) @ Q, L_K), ref)
+
+
+def _data(n=14, d=2, t=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    Y = torch.sin(2 * X[:, :1]) * torch.ones(1, t) + 0.1 * torch.randn(n, t, generator=g)
+    return X, Y
+
+
+def _perturb(model, scale=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for V in model.factors:
+            V.add_(scale * torch.randn(V.shape, generator=g).tril() * V.diagonal().mean())
+
+
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_full_dkm_objective_matches_dense_formula(kind):
+    X, Y = _data()
+    model = DKM(X, kind, n_layers=2, widths_ratio=[0.7, 2.0], noise=0.05)
+    _perturb(model)
+    with torch.no_grad():
+        G1, G2 = [G.numpy() for G in model.grams()]
+        obj = float(model.objective(X, Y))
+        lss = model.gram_kernel.layer_lengthscale.numpy() if kind == "se" else (1, 1)
+    w = model.gram_kernel.input_weight.detach().numpy().ravel()
+    b = float(model.gram_kernel.input_bias)
+    G0 = (X.numpy() * w) @ X.numpy().T / 2 + b
+    kmap = (
+        (lambda S, layer: np_relu(S))
+        if kind == "relu"
+        else (lambda S, layer: np_se(S, 1.0 if layer == 1 else lss[layer - 2]))
+    )
+
+    def kl(G, K):
+        P = G.shape[0]
+        return 0.5 * (
+            np.trace(np.linalg.solve(K, G)) - np.linalg.slogdet(G)[1] + np.linalg.slogdet(K)[1] - P
+        )
+
+    K3 = float(model.outputscale) * kmap(G2, 3)
+    _, _, lml = dense_gp_reference(K3, K3[:1], K3[:1, :1], Y.numpy()[:, 0], 0.05)
+    ref = lml - 0.7 * kl(G1, kmap(G0, 1)) - 2.0 * kl(G2, kmap(G1, 2))
+    assert obj == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_sparse_objective_equals_full_when_inducing_are_training_points(kind):
+    X, Y = _data(n=12, t=2)
+    full = DKM(X, kind, n_layers=2, widths_ratio=1.5, noise=0.07)
+    _perturb(full)
+    sparse = SparseDKM(X, n_outputs=2, kernel=kind, n_layers=2, widths_ratio=1.5, noise=0.07)
+    sparse.load_state_dict(full.state_dict(), strict=False)
+    with torch.no_grad():
+        _, K = full.kl_terms(X)
+        C = K + 0.07 * torch.eye(12)
+        # The optimal q(f) is the exact posterior; then the ELBO equals the marginal likelihood.
+        mu = K @ torch.linalg.solve(C, Y)
+        A = K - K @ torch.linalg.solve(C, K)
+        sparse.q_mean.copy_(mu)
+        sparse.q_factor.copy_(torch.linalg.cholesky(A + 1e-13 * torch.eye(12)).expand(2, 12, 12))
+        f_obj = float(full.objective(X, Y))
+        s_obj = float(sparse.elbo(X, Y, n_total=12))
+        assert s_obj == pytest.approx(f_obj, rel=1e-7, abs=1e-7)
+        # a suboptimal q(f) gives a strictly lower bound
+        sparse.q_mean.add_(0.1)
+        assert float(sparse.elbo(X, Y, n_total=12)) < f_obj - 1e-4
+        # predictions agree too
+        fm, fv = full.predict(X, Y, X[:5] + 0.3)
+        sparse.q_mean.sub_(0.1)
+        sm, sv = sparse.predict(X[:5] + 0.3)
+    torch.testing.assert_close(sm, fm, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sv, fv[:, None].expand(-1, 2), rtol=1e-5, atol=1e-7)
+
+
+def test_propagate_full_cov_diagonal_matches_diag():
+    X, Y = _data(n=10)
+    model = DKM(X, "relu", n_layers=3)
+    _perturb(model)
+    Xs = torch.randn(6, 2)
+    with torch.no_grad():
+        m1, v1 = model.predict(X, Y, Xs)
+        m2, C = model.predict(X, Y, Xs, full_cov=True)
+    torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(C.diagonal(), v1, rtol=1e-8, atol=1e-10)
+    assert torch.linalg.eigvalsh(C).min() > -1e-8
+
+
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_full_objective_gradients_match_finite_differences(kind):
+    X, Y = _data(n=6)
+    model = DKM(X, kind, n_layers=2, widths_ratio=1.0, noise=0.1)
+    _perturb(model)
+    params = [p for p in model.parameters()]
+    values = [p.detach().clone().requires_grad_() for p in params]
+
+    def f(*vals):
+        for p, v in zip(params, vals):
+            p.data = v
+        return model.objective(X, Y)
+
+    # gradcheck needs a functional form: swap parameters for the probed tensors.
+    def functional(*vals):
+        state = {n: v for (n, _), v in zip(model.named_parameters(), vals)}
+        return torch.func.functional_call(model, state, (X, Y), strict=False, tie_weights=False)
+
+    model.forward = lambda X, Y: model.objective(X, Y)
+    assert torch.autograd.gradcheck(functional, values, eps=1e-6, atol=1e-5, rtol=1e-4)
+    del f
+
+
+def test_sparse_objective_gradients_match_finite_differences():
+    X, Y = _data(n=10)
+    model = SparseDKM(X[:4], n_outputs=1, kernel="se", n_layers=2, widths_ratio=2.0)
+    _perturb(model)
+    values = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    model.forward = lambda X, Y: model.elbo(X, Y, n_total=30)
+
+    def functional(*vals):
+        return torch.func.functional_call(model, dict(zip(names, vals)), (X, Y), strict=False)
+
+    assert torch.autograd.gradcheck(functional, values, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# nu -> infinity: the DKM is the NNGP
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_large_nu_collapses_to_nngp(kind):
+    X, Y = _data(n=12)
+    Xs = torch.linspace(-2.5, 2.5, 7)[:, None] * torch.tensor([[1.0, -0.5]])
+
+    iters = 300 if kind == "relu" else 600  # the SE Grams are worse conditioned
+
+    def fitted(nu):
+        model = DKM(X, kind, n_layers=2, widths_ratio=nu, noise=0.05, learn_noise=False)
+        model.set_hyperparameters_trainable(False)
+        _perturb(model, 0.02, seed=1)  # start away from the NNGP Grams
+        minimize(lambda: -model.objective(X, Y), model.parameters(), max_iter=iters, tol=1e-12)
+        return model
+
+    model = fitted(1e4)
+    w = model.gram_kernel.input_weight.detach().numpy().ravel()
+    b = float(model.gram_kernel.input_bias)
+    lss = model.gram_kernel.layer_lengthscale.detach().numpy() if kind == "se" else ()
+    XA = np.vstack([X.numpy(), Xs.numpy()])
+    K = np_nngp(XA, kind, 2, w, b, lss)
+    mean_ref, var_ref, _ = dense_gp_reference(
+        K[:12, :12], K[12:, :12], K[12:, 12:], Y.numpy()[:, 0], 0.05
+    )
+    mean, var = model.predict(X, Y, Xs)
+    np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, atol=3e-3 * np.abs(mean_ref).max())
+    np.testing.assert_allclose(var.numpy(), var_ref, atol=3e-3 * var_ref.max())
+    # Small nu learns a different representation: the test can fail.
+    mean_small, _ = fitted(0.05).predict(X, Y, Xs)
+    assert np.abs(mean_small[:, 0].numpy() - mean_ref).max() > 2e-2 * np.abs(mean_ref).max()
+
+
+def test_estimator_large_nu_matches_nngp_gp_regressor():
+    rng = np.random.default_rng(4)
+    X = rng.uniform(-2, 2, (30, 2))
+    y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 1] + 0.1 * rng.standard_normal(30)
+    Xs = rng.uniform(-2, 2, (8, 2))
+    dkm = DKMRegressor(widths_ratio=1e5, max_iter=60, random_state=0).fit(X, y)
+    m = dkm.model_
+    kern = NNGPGramKernel("relu", 2, ard_num_dims=2)
+    kern.load_state_dict(m.gram_kernel.state_dict())
+    sk = gpytorch.kernels.ScaleKernel(kern)
+    sk.outputscale = float(m.outputscale)
+    gp = GPRegressorFixed(sk, dkm.noise_).fit(X, y)
+    mu, sd = dkm.predict(Xs, return_std=True)
+    mu_ref, sd_ref = gp.predict(Xs, return_std=True)
+    np.testing.assert_allclose(mu, mu_ref, atol=2e-3 * np.abs(mu_ref).max())
+    np.testing.assert_allclose(sd, sd_ref, atol=2e-3 * sd_ref.max())
+    np.testing.assert_allclose(
+        dkm.log_predictive_density(Xs, np.sin(2 * Xs[:, 0])),
+        gp.log_predictive_density(Xs, np.sin(2 * Xs[:, 0])),
+        atol=1e-2,
+    )
+
+
+def GPRegressorFixed(kernel, noise):
+    from gpkern.estimators import GPRegressor
+
+    return GPRegressor(kernel=kernel, noise=noise, optimizer=None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Estimators
+# ------------------------------------------------------------------------------------------------
+@parametrize_with_checks(
+    [
+        DKMRegressor(max_iter=5, random_state=0),
+        DKMClassifier(n_inducing=10, max_iter=15, random_state=0),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+@pytest.mark.slow
+@parametrize_with_checks(
+    [
+        DKMRegressor(n_inducing=8, max_iter=10, random_state=0),
+    ]
+)
+def test_sklearn_compatible_other_modes(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+@pytest.mark.slow
+def test_wide_deep_gp_posterior_grams_approach_dkm():
+    """HMC on finite 2-layer deep GPs: posterior mean Grams approach the DKM's as width grows."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dkm.py"
+    spec = importlib.util.spec_from_file_location("bench_dkm", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    X, Y, model = bench.toy_problem()
+    with torch.no_grad():
+        prior = model.prior_grams(X)[1:]
+    target = bench.dkm_optimum(X, Y, model)
+
+    def err(grams):
+        return [
+            float(torch.linalg.norm(G - T) / torch.linalg.norm(T)) for G, T in zip(grams, target)
+        ]
+
+    narrow = err(bench.hmc_grams(X, Y, model, 4, 200))
+    wide = err(bench.hmc_grams(X, Y, model, 64, 200))
+    reference = err(prior)
+    for layer in range(2):
+        assert wide[layer] < narrow[layer]
+        assert wide[layer] < 0.3 * reference[layer]
+
+
+def test_regressor_learns_and_beats_nngp_start():
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-3, 3, (60, 1))
+    y = np.sign(X[:, 0]) * np.abs(X[:, 0]) ** 0.5 + 0.05 * rng.standard_normal(60)
+    Xs = rng.uniform(-3, 3, (40, 1))
+    ys = np.sign(Xs[:, 0]) * np.abs(Xs[:, 0]) ** 0.5
+    dkm = DKMRegressor(max_iter=80, random_state=0).fit(X, y)
+    rmse = np.sqrt(np.mean((dkm.predict(Xs) - ys) ** 2))
+    assert rmse < 0.15
+    assert len(dkm.grams_) == 2 and dkm.grams_[0].shape == (60, 60)
+    assert np.linalg.eigvalsh(dkm.grams_[1]).min() > -1e-10
+    samples = dkm.sample_y(Xs[:5], n_samples=3)
+    assert samples.shape == (5, 3)
+
+
+def test_sparse_regressor_minibatches():
+    rng = np.random.default_rng(6)
+    X = rng.uniform(-3, 3, (300, 2))
+    y = np.sin(X[:, 0]) + 0.1 * rng.standard_normal(300)
+    dkm = DKMRegressor(n_inducing=15, batch_size=100, max_iter=30, lr=0.03, random_state=0).fit(
+        X, y
+    )
+    Xs = rng.uniform(-3, 3, (100, 2))
+    rmse = np.sqrt(np.mean((dkm.predict(Xs) - np.sin(Xs[:, 0])) ** 2))
+    assert rmse < 0.3
+    assert dkm.inducing_points_.shape == (15, 2)
+    assert np.isfinite(dkm.log_predictive_density(Xs, np.sin(Xs[:, 0]))).all()
+
+
+def test_classifier_learns_xor():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((60, 2))
+    y = np.where(X[:, 0] * X[:, 1] > 0, "a", "b")
+    clf = DKMClassifier(max_iter=30, random_state=0).fit(X, y)
+    Xs = rng.standard_normal((200, 2))
+    ys = np.where(Xs[:, 0] * Xs[:, 1] > 0, "a", "b")
+    proba = clf.predict_proba(Xs)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert (clf.predict(Xs) == ys).mean() > 0.85
+    sparse = DKMClassifier(n_inducing=20, batch_size=40, max_iter=40, random_state=0).fit(X, y)
+    assert (sparse.predict(Xs) == ys).mean() > 0.8
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("Est", [DKMRegressor, DKMClassifier])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_layers": 0}, "n_layers"),
+        ({"n_layers": 1.5}, "n_layers"),
+        ({"widths_ratio": 0.0}, "widths_ratio"),
+        ({"widths_ratio": -1.0}, "widths_ratio"),
+        ({"widths_ratio": [1.0, -2.0]}, "widths_ratio"),
+        ({"widths_ratio": [1.0, 2.0, 3.0]}, "widths_ratio"),
+        ({"widths_ratio": math.inf}, "widths_ratio"),
+        ({"kernel": "tanh"}, "kernel"),
+        ({"n_inducing": 50}, "n_inducing"),
+        ({"n_inducing": 0}, "n_inducing"),
+        ({"batch_size": 10}, "n_inducing"),
+    ],
+)
+def test_bad_parameters(Est, kwargs, match):
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match=match):
+        Est(**kwargs).fit(X, y)
+
+
+def test_full_dkm_refuses_large_n_before_any_work():
+    X = np.zeros((MAX_FULL_SAMPLES + 1, 1))
+    y = np.zeros(MAX_FULL_SAMPLES + 1)
+    for est in (DKMRegressor(), DKMClassifier()):
+        with pytest.raises(ValueError, match="n_inducing"):
+            est.fit(X, np.arange(len(y)) % 2 if isinstance(est, DKMClassifier) else y)
+
+
+def test_failed_fit_leaves_fitted_estimator_unchanged():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((20, 2))
+    y = X[:, 0]
+    dkm = DKMRegressor(max_iter=5, random_state=0).fit(X, y)
+    before = dkm.predict(X[:3])
+    dkm.set_params(n_inducing=100)
+    with pytest.raises(ValueError, match="n_inducing"):
+        dkm.fit(X, y)
+    np.testing.assert_array_equal(dkm.predict(X[:3]), before)
+    assert dkm.n_features_in_ == 2
