@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m gpkern tour
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
