@@ -18,7 +18,7 @@ from gpkern.linalg.cholesky import robust_cholesky
 from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP, gaussian_log_density
 from gpkern.models.iterative import IterativeGP, IterativeSettings
-from gpkern.models.training import minimize
+from gpkern.models.training import minimize_with_restarts
 
 __all__ = ["GPRegressor", "default_kernel"]
 
@@ -244,24 +244,16 @@ class GPRegressor(BaseGPRegressor):
                 except NotPSDError:
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            start = copy.deepcopy(model.state_dict())
-            best_loss, best_state = math.inf, start
-            for restart in range(self.n_restarts + 1):
-                if restart > 0:
-                    model.load_state_dict(start)
-                    _perturb(model, gen, scale=1.5)
-                value = minimize(
-                    loss,
-                    model.parameters(),
-                    optimizer=self.optimizer,
-                    max_iter=self.max_iter,
-                    verbose=self.verbose,
-                    desc=f"GPRegressor fit {restart + 1}/{self.n_restarts + 1}",
-                )
-                n_iter += self.max_iter
-                if value < best_loss:
-                    best_loss, best_state = value, copy.deepcopy(model.state_dict())
-            model.load_state_dict(best_state)
+            _, n_iter = minimize_with_restarts(
+                loss,
+                model,
+                n_restarts=self.n_restarts,
+                generator=gen,
+                optimizer=self.optimizer,
+                max_iter=self.max_iter,
+                verbose=self.verbose,
+                desc=f"{type(self).__name__} fit",
+            )
 
         posterior = model.posterior(Xt, Yt, warn=True)
         # log p(y) in original units: the normalisation is a change of variables per column.
@@ -371,32 +363,6 @@ class GPRegressor(BaseGPRegressor):
         return self._as_output(
             gaussian_log_density(torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)).numpy()
         )
-
-
-def _perturb(model: torch.nn.Module, gen: torch.Generator, scale: float) -> None:
-    """Random restart: multiply each positive hyperparameter by exp(N(0, scale^2)).
-
-    Positive (softplus-constrained) values move in log space, so a length-scale explores both
-    much shorter and much longer scales; unconstrained raw values get additive N(0, scale^2).
-    """
-    constraints = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, gpytorch.Module):
-            for name, _, constraint in module.named_parameters_and_constraints():
-                constraints[f"{module_name}.{name}" if module_name else name] = constraint
-    constraints.setdefault("raw_noise", model.noise_constraint)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            z = scale * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
-            c = constraints.get(name)
-            if isinstance(c, gpytorch.constraints.GreaterThan):  # Positive included
-                value = c.transform(p)
-                lower = float(c.lower_bound)
-                p.copy_(c.inverse_transform(lower + (value - lower).clamp_min(1e-12) * z.exp()))
-            else:
-                p.add_(z)
 
 
 def _check_targets(est: BaseGPRegressor, X, y) -> np.ndarray:

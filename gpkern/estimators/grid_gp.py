@@ -17,7 +17,7 @@ from gpkern.exceptions import NotPSDError
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
 from gpkern.models.exact import ExactPosterior
 from gpkern.models.grid import GridGP, ProductAxisKernel
-from gpkern.models.training import minimize
+from gpkern.models.training import minimize_with_restarts
 
 __all__ = ["GridGPRegressor", "detect_grid"]
 
@@ -347,29 +347,16 @@ class GridGPRegressor(GPRegressor):
                 except (NotPSDError, ValueError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            start = copy.deepcopy(model.state_dict())
-            best_loss, best_state = math.inf, start
-            for restart in range(self.n_restarts + 1):
-                if restart > 0:
-                    model.load_state_dict(start)
-                    with torch.no_grad():
-                        for p in model.parameters():
-                            if p.requires_grad:
-                                p.add_(
-                                    torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
-                                )
-                value = minimize(
-                    loss,
-                    model.parameters(),
-                    optimizer=self.optimizer,
-                    max_iter=self.max_iter,
-                    verbose=self.verbose,
-                    desc=f"GridGPRegressor fit {restart + 1}/{self.n_restarts + 1}",
-                )
-                n_iter += self.max_iter
-                if value < best_loss:
-                    best_loss, best_state = value, copy.deepcopy(model.state_dict())
-            model.load_state_dict(best_state)
+            _, n_iter = minimize_with_restarts(
+                loss,
+                model,
+                n_restarts=self.n_restarts,
+                generator=gen,
+                optimizer=self.optimizer,
+                max_iter=self.max_iter,
+                verbose=self.verbose,
+                desc="GridGPRegressor fit",
+            )
 
         if backend == "dense":
             with torch.no_grad():

@@ -19,7 +19,7 @@ from gpkern.estimators.gp_regressor import _check_targets, default_kernel
 from gpkern.exceptions import NotPSDError
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
-from gpkern.models.training import minimize
+from gpkern.models.training import minimize, minimize_with_restarts
 
 __all__ = ["StudentTProcessRegressor", "ScaleMixtureRegressor", "ScaleMixtureClassifier"]
 
@@ -66,27 +66,16 @@ class _ScaleMixtureRegressorBase(BaseGPRegressor):
                 except (NotPSDError, FloatingPointError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            start = copy.deepcopy(model.state_dict())
-            best_loss, best_state = math.inf, start
-            for restart in range(self.n_restarts + 1):
-                if restart > 0:
-                    model.load_state_dict(start)
-                    with torch.no_grad():
-                        for p in model.parameters():
-                            if p.requires_grad:
-                                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
-                value = minimize(
-                    loss,
-                    model.parameters(),
-                    optimizer=self.optimizer,
-                    max_iter=self.max_iter,
-                    verbose=self.verbose,
-                    desc=f"{type(self).__name__} fit {restart + 1}/{self.n_restarts + 1}",
-                )
-                n_iter += self.max_iter
-                if value < best_loss:
-                    best_loss, best_state = value, copy.deepcopy(model.state_dict())
-            model.load_state_dict(best_state)
+            _, n_iter = minimize_with_restarts(
+                loss,
+                model,
+                n_restarts=self.n_restarts,
+                generator=gen,
+                optimizer=self.optimizer,
+                max_iter=self.max_iter,
+                verbose=self.verbose,
+                desc=f"{type(self).__name__} fit",
+            )
         posterior = model.posterior(Xt, Yt, warn=True)
         lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
         state.update(

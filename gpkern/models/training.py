@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 
+import gpytorch
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["minimize"]
+__all__ = ["minimize", "minimize_with_restarts", "perturb_hyperparameters"]
 
 
 def minimize(
@@ -128,3 +130,80 @@ def minimize(
         for p, s in zip(params, best["state"]):
             p.copy_(s)
     return best["loss"]
+
+
+def perturb_hyperparameters(model: torch.nn.Module, generator: torch.Generator, scale: float = 1.5) -> None:
+    r"""Random restart point: move every trainable parameter of ``model`` in place.
+
+    A positive (GPyTorch ``GreaterThan``/``Positive``-constrained) hyperparameter :math:`v` with
+    lower bound :math:`l` becomes :math:`l + (v - l) e^{z}`, :math:`z \sim \mathcal{N}(0,
+    \text{scale}^2)`, so a length-scale explores much shorter and much longer scales; any other
+    raw value is shifted by :math:`z`. Constraints are found through GPyTorch's
+    ``named_parameters_and_constraints`` and, for plain torch modules, an attribute
+    ``<name>_constraint`` next to a parameter ``raw_<name>``.
+    """
+    constraints = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, gpytorch.Module):
+            for name, _, constraint in module.named_parameters_and_constraints():
+                constraints.setdefault(prefix + name, constraint)
+        for name, _ in module.named_parameters(recurse=False):
+            attr = getattr(module, f"{name.removeprefix('raw_')}_constraint", None)
+            if attr is not None:
+                constraints.setdefault(prefix + name, attr)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            z = scale * torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+            c = constraints.get(name)
+            if isinstance(c, gpytorch.constraints.GreaterThan):  # Positive included
+                lower = float(c.lower_bound)
+                value = c.transform(p)
+                p.copy_(c.inverse_transform(lower + (value - lower).clamp_min(1e-12) * z.exp()))
+            else:
+                p.add_(z)
+
+
+def minimize_with_restarts(
+    loss_fn: Callable[[], torch.Tensor],
+    model: torch.nn.Module,
+    *,
+    n_restarts: int,
+    generator: torch.Generator,
+    optimizer: str = "lbfgs",
+    max_iter: int = 100,
+    verbose: bool = False,
+    desc: str = "fit",
+) -> tuple[float, int]:
+    """:func:`minimize` from the current parameters and from ``n_restarts`` perturbed copies.
+
+    Each restart starts from the initial state moved by :func:`perturb_hyperparameters`; the
+    model ends with the parameters of the best run.
+
+    Returns
+    -------
+    best_loss : float
+        The lowest loss over all starts.
+    n_iter : int
+        Iteration budget used, ``max_iter * (n_restarts + 1)``.
+    """
+    start = copy.deepcopy(model.state_dict())
+    best_loss, best_state = math.inf, start
+    for restart in range(n_restarts + 1):
+        if restart > 0:
+            model.load_state_dict(start)
+            perturb_hyperparameters(model, generator)
+        value = minimize(
+            loss_fn,
+            model.parameters(),
+            optimizer=optimizer,
+            max_iter=max_iter,
+            verbose=verbose,
+            desc=f"{desc} {restart + 1}/{n_restarts + 1}",
+        )
+        if value < best_loss:
+            best_loss, best_state = value, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return best_loss, max_iter * (n_restarts + 1)
