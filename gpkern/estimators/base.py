@@ -7,13 +7,19 @@ target normalisation and output shapes; it implements the maths by calling a mod
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Callable
 
+import gpytorch
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from gpkern.exceptions import NotPSDError
+from gpkern.models.training import minimize_with_restarts
 
 __all__ = ["BaseGPRegressor", "torch_generator", "resolve_device"]
 
@@ -125,6 +131,88 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
         for key, value in state.items():
             if key != "Y_norm":
                 setattr(self, key, value)
+
+    # -- the marginal-likelihood fit shared by GP-style regressors ----------------------------
+    def _check_gp_params(self) -> torch.device:
+        """Check ``kernel``, ``noise``, ``optimizer``, ``max_iter``, ``n_restarts``, ``device``."""
+        if self.kernel is not None and not isinstance(self.kernel, gpytorch.kernels.Kernel):
+            raise ValueError(
+                f"kernel must be a gpytorch.kernels.Kernel or None, got {type(self.kernel).__name__}."
+            )
+        if self.noise is not None and (
+            not isinstance(self.noise, numbers.Real) or not math.isfinite(self.noise) or self.noise <= 0
+        ):
+            raise ValueError(f"noise must be a positive float or None (learned), got {self.noise!r}.")
+        if self.optimizer not in ("lbfgs", "adam", None):
+            raise ValueError(f"optimizer must be 'lbfgs', 'adam' or None, got {self.optimizer!r}.")
+        self._check_positive_int("max_iter", self.max_iter, minimum=0)
+        self._check_positive_int("n_restarts", self.n_restarts, minimum=0)
+        return resolve_device(self.device)
+
+    def _fit_marginal_likelihood(
+        self,
+        X,
+        y,
+        make_model: Callable[[torch.Tensor, torch.Generator], torch.nn.Module],
+        extras: Callable[[torch.nn.Module, object], dict] | None = None,
+    ):
+        """Validate, build ``make_model(X, generator)``, maximise its log marginal likelihood
+        (with restarts), condition, and commit everything at once.
+
+        The model must offer ``log_marginal_likelihood(X, Y)``, ``posterior(X, Y, warn)`` (with
+        ``log_marginal_likelihood`` and ``jitter``), ``kernel`` and ``noise``; ``extras(model,
+        posterior)`` adds estimator-specific fitted attributes.
+        """
+        device = self._check_params()
+        state = self._validate_train(X, y)
+        Xt = self._tensor(state["X_train_"], device)
+        Yt = self._tensor(state["Y_norm"], device)
+        gen = torch_generator(self.random_state)
+        model = make_model(Xt, gen).to(dtype=torch.float64, device=device)
+        # Fails loudly, before any state changes, on a kernel that is not PSD at its start.
+        if not getattr(model, "iterative", False):  # (CG cannot tell; one check costs a full solve)
+            with torch.no_grad():
+                model.log_marginal_likelihood(Xt, Yt)
+
+        n_iter = 0
+        if self.optimizer is not None:
+            scale = float(Yt.numel())
+
+            def loss() -> torch.Tensor:
+                try:
+                    return -model.log_marginal_likelihood(Xt, Yt) / scale
+                except (NotPSDError, FloatingPointError):
+                    return torch.tensor(math.inf, dtype=torch.float64, device=device)
+
+            _, n_iter = minimize_with_restarts(
+                loss,
+                model,
+                n_restarts=self.n_restarts,
+                generator=gen,
+                optimizer=self.optimizer,
+                max_iter=self.max_iter,
+                verbose=self.verbose,
+                desc=f"{type(self).__name__} fit",
+            )
+
+        posterior = model.posterior(Xt, Yt, warn=True)
+        # log p(y) in original units: the normalisation is a change of variables per column.
+        lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
+        state.update(
+            kernel_=model.kernel,
+            noise_=float(model.noise.detach()),
+            jitter_=posterior.jitter,
+            log_marginal_likelihood_value_=lml,
+            n_iter_=n_iter,
+            _model=model,
+            _posterior=posterior,
+            _device=device,
+            _generator_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
+        )
+        if extras is not None:
+            state.update(extras(model, posterior))
+        self._store(state)
+        return self
 
     # -- conversions --------------------------------------------------------------------------
     def _tensor(self, A: np.ndarray, device: torch.device) -> torch.Tensor:

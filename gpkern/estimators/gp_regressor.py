@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import warnings
 
 import gpytorch
@@ -12,13 +10,11 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
-from gpkern.exceptions import NotPSDError
+from gpkern.estimators.base import BaseGPRegressor, torch_generator
 from gpkern.linalg.cholesky import robust_cholesky
 from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP, gaussian_log_density
 from gpkern.models.iterative import IterativeGP, IterativeSettings
-from gpkern.models.training import minimize_with_restarts
 
 __all__ = ["GPRegressor", "default_kernel"]
 
@@ -156,18 +152,7 @@ class GPRegressor(BaseGPRegressor):
 
     # -- parameter checks ---------------------------------------------------------------------
     def _check_params(self) -> torch.device:
-        if self.kernel is not None and not isinstance(self.kernel, gpytorch.kernels.Kernel):
-            raise ValueError(
-                f"kernel must be a gpytorch.kernels.Kernel or None, got {type(self.kernel).__name__}."
-            )
-        if self.noise is not None and (
-            not isinstance(self.noise, numbers.Real) or not math.isfinite(self.noise) or self.noise <= 0
-        ):
-            raise ValueError(f"noise must be a positive float or None (learned), got {self.noise!r}.")
-        if self.optimizer not in ("lbfgs", "adam", None):
-            raise ValueError(f"optimizer must be 'lbfgs', 'adam' or None, got {self.optimizer!r}.")
-        self._check_positive_int("max_iter", self.max_iter, minimum=0)
-        self._check_positive_int("n_restarts", self.n_restarts, minimum=0)
+        device = self._check_gp_params()
         if self.backend not in ("auto", "dense", "keops"):
             raise ValueError(
                 f"backend must be 'auto', 'dense' or 'keops', got {self.backend!r}."
@@ -183,7 +168,7 @@ class GPRegressor(BaseGPRegressor):
             raise ValueError(
                 f"backend_options: {exc}; see gpkern.models.iterative.IterativeSettings."
             ) from exc
-        return resolve_device(self.device)
+        return device
 
     # -- fitting ------------------------------------------------------------------------------
     def _make_model(self, X: torch.Tensor) -> ExactGP:
@@ -223,54 +208,7 @@ class GPRegressor(BaseGPRegressor):
         gpkern.exceptions.NotPSDError
             If the kernel matrix is not positive definite even with jitter.
         """
-        device = self._check_params()
-        state = self._validate_train(X, y)
-        Xt = self._tensor(state["X_train_"], device)
-        Yt = self._tensor(state["Y_norm"], device)
-        gen = torch_generator(self.random_state)
-        model = self._make_model(Xt)
-        # Fails loudly, before any state changes, on a kernel that is not PSD at its start.
-        if not getattr(model, "iterative", False):  # (CG cannot tell; one check costs a full solve)
-            with torch.no_grad():
-                model.log_marginal_likelihood(Xt, Yt)
-
-        n_iter = 0
-        if self.optimizer is not None:
-            scale = float(Yt.numel())
-
-            def loss() -> torch.Tensor:
-                try:
-                    return -model.log_marginal_likelihood(Xt, Yt) / scale
-                except NotPSDError:
-                    return torch.tensor(math.inf, dtype=torch.float64, device=device)
-
-            _, n_iter = minimize_with_restarts(
-                loss,
-                model,
-                n_restarts=self.n_restarts,
-                generator=gen,
-                optimizer=self.optimizer,
-                max_iter=self.max_iter,
-                verbose=self.verbose,
-                desc=f"{type(self).__name__} fit",
-            )
-
-        posterior = model.posterior(Xt, Yt, warn=True)
-        # log p(y) in original units: the normalisation is a change of variables per column.
-        lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
-        state.update(
-            kernel_=model.kernel,
-            noise_=float(model.noise.detach()),
-            jitter_=posterior.jitter,
-            log_marginal_likelihood_value_=lml,
-            n_iter_=n_iter,
-            _model=model,
-            _posterior=posterior,
-            _device=device,
-            _generator_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
-        )
-        self._store(state)
-        return self
+        return self._fit_marginal_likelihood(X, y, lambda Xt, gen: self._make_model(Xt))
 
     # -- prediction ---------------------------------------------------------------------------
     def _latent(self, X, full_cov: bool):

@@ -16,10 +16,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
 from gpkern.estimators.gp_regressor import _check_targets, default_kernel
-from gpkern.exceptions import NotPSDError
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
-from gpkern.models.training import minimize, minimize_with_restarts
+from gpkern.models.training import minimize
 
 __all__ = ["StudentTProcessRegressor", "ScaleMixtureRegressor", "ScaleMixtureClassifier"]
 
@@ -29,69 +28,11 @@ class _ScaleMixtureRegressorBase(BaseGPRegressor):
 
     _model_name = "scale mixture"
 
-    def _check_common(self) -> torch.device:
-        if self.kernel is not None and not isinstance(self.kernel, gpytorch.kernels.Kernel):
-            raise ValueError(
-                f"kernel must be a gpytorch.kernels.Kernel or None, got {type(self.kernel).__name__}."
-            )
-        if self.noise is not None and (
-            not isinstance(self.noise, numbers.Real) or not math.isfinite(self.noise) or self.noise <= 0
-        ):
-            raise ValueError(f"noise must be a positive float or None (learned), got {self.noise!r}.")
-        if self.optimizer not in ("lbfgs", "adam", None):
-            raise ValueError(f"optimizer must be 'lbfgs', 'adam' or None, got {self.optimizer!r}.")
-        self._check_positive_int("max_iter", self.max_iter, minimum=0)
-        self._check_positive_int("n_restarts", self.n_restarts, minimum=0)
-        return resolve_device(self.device)
-
     def _kernel(self, X: torch.Tensor) -> gpytorch.kernels.Kernel:
         return default_kernel(X) if self.kernel is None else copy.deepcopy(self.kernel)
 
     def _fit(self, X, y, make_model):
-        device = self._check_params()
-        state = self._validate_train(X, y)
-        Xt = self._tensor(state["X_train_"], device)
-        Yt = self._tensor(state["Y_norm"], device)
-        gen = torch_generator(self.random_state)
-        model = make_model(Xt, gen).to(dtype=torch.float64, device=device)
-        with torch.no_grad():  # fails loudly, before any state changes
-            model.log_marginal_likelihood(Xt, Yt)
-        n_iter = 0
-        if self.optimizer is not None:
-            scale = float(Yt.numel())
-
-            def loss() -> torch.Tensor:
-                try:
-                    return -model.log_marginal_likelihood(Xt, Yt) / scale
-                except (NotPSDError, FloatingPointError):
-                    return torch.tensor(math.inf, dtype=torch.float64, device=device)
-
-            _, n_iter = minimize_with_restarts(
-                loss,
-                model,
-                n_restarts=self.n_restarts,
-                generator=gen,
-                optimizer=self.optimizer,
-                max_iter=self.max_iter,
-                verbose=self.verbose,
-                desc=f"{type(self).__name__} fit",
-            )
-        posterior = model.posterior(Xt, Yt, warn=True)
-        lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
-        state.update(
-            kernel_=model.kernel,
-            noise_=float(model.noise.detach()),
-            jitter_=posterior.jitter,
-            log_marginal_likelihood_value_=lml,
-            n_iter_=n_iter,
-            _model=model,
-            _posterior=posterior,
-            _device=device,
-            _generator_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
-        )
-        state.update(self._fitted_extras(model, posterior))
-        self._store(state)
-        return self
+        return self._fit_marginal_likelihood(X, y, make_model, extras=self._fitted_extras)
 
     # -- prediction ---------------------------------------------------------------------------
     def _test_tensor(self, X) -> torch.Tensor:
@@ -311,7 +252,7 @@ class StudentTProcessRegressor(_ScaleMixtureRegressorBase):
             or self.df <= 0
         ):
             raise ValueError(f"df must be a positive float or None (learned), got {self.df!r}.")
-        return self._check_common()
+        return self._check_gp_params()
 
     def fit(self, X, y):
         """Fit the Student-t process by maximising the multivariate-t marginal likelihood.
@@ -473,7 +414,7 @@ class ScaleMixtureRegressor(_ScaleMixtureRegressorBase):
             not isinstance(self.min_ess, numbers.Real) or not self.min_ess >= 0
         ):
             raise ValueError(f"min_ess must be a non-negative number or None, got {self.min_ess!r}.")
-        return self._check_common()
+        return self._check_gp_params()
 
     def fit(self, X, y):
         """Fit the kernel and noise by maximising the importance-sampling marginal likelihood.
