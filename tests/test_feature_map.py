@@ -309,6 +309,85 @@ def test_keops_base_kernel_on_learned_features():
         torch.testing.assert_close(op @ v, dense(x).to_dense() @ v, rtol=1e-9, atol=1e-9)
 
 
+def _keops_compiles() -> bool:
+    import importlib.util
+    import shutil
+
+    return shutil.which("g++") is not None and importlib.util.find_spec("pykeops") is not None
+
+
+@pytest.mark.parametrize(
+    "base",
+    [None, gpytorch.kernels.LinearKernel(), gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())],
+    ids=["dot", "linear", "scaled-rbf"],
+)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("keops", marks=pytest.mark.slow)])
+def test_kernel_operator_maps_inputs_through_the_network(base, backend):
+    """Lazy operator k_0(h(x), h(x')) == the dense FeatureMapKernel, values and gradients."""
+    from gpkern.linalg.keops import kernel_operator
+
+    if backend == "keops" and not _keops_compiles():
+        pytest.skip("pykeops cannot compile here")
+    torch.manual_seed(0)
+    kern = FeatureMapKernel(mlp(4, 3), None if base is None else base.double())
+    x1, x2 = torch.randn(60, 4, dtype=torch.float64), torch.randn(45, 4, dtype=torch.float64)
+    u, v = torch.randn(60, 2, dtype=torch.float64), torch.randn(45, 2, dtype=torch.float64)
+    params = [p for p in kern.parameters() if p.requires_grad]
+
+    ref = (u * (kern(x1, x2).to_dense() @ v)).sum()
+    ref_grads = torch.autograd.grad(ref, params)
+    op = kernel_operator(kern, x1, x2, backend=backend)
+    assert op.x1.shape == (60, 3)  # the reduction runs on the 3 features, not the 4 inputs
+    value = (u * op._matmul(v)).sum()
+    grads = torch.autograd.grad(value, params)
+    torch.testing.assert_close(value, ref, rtol=1e-9, atol=1e-9)
+    for g, g_ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
+    with torch.no_grad():
+        sym = kernel_operator(kern, x1, backend=backend)
+        torch.testing.assert_close(sym._diagonal(), kern(x1, diag=True), rtol=1e-10, atol=1e-12)
+
+
+def test_nested_feature_map_has_no_keops_formula():
+    from gpkern.linalg.keops import kernel_operator
+
+    inner = FeatureMapKernel(mlp(2, 2), gpytorch.kernels.RBFKernel())
+    with pytest.raises(TypeError, match="outermost"):
+        kernel_operator(gpytorch.kernels.ScaleKernel(inner), torch.zeros(3, 2, dtype=torch.float64))
+
+
+def test_gp_regressor_trains_a_deep_kernel_on_the_iterative_backend(rng, monkeypatch):
+    """backend='keops' (here on its chunked torch twin, no compile): same posterior as dense at
+    fixed hyperparameters, and marginal-likelihood training moves the network's weights."""
+    import gpkern.linalg.dispatch as dispatch
+    import gpkern.linalg.keops as keops
+
+    monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (False, "simulated"))
+    monkeypatch.setitem(keops.FALLBACK, "active", False)
+    X = rng.uniform(-2, 2, size=(150, 2))
+    y = np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] + 0.05 * rng.standard_normal(150)
+    Xt = rng.uniform(-2, 2, size=(40, 2))
+    kern = FeatureMapKernel(mlp(2, 2), gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()))
+    dense = GPRegressor(kernel=kern, noise=0.01, optimizer=None, backend="dense").fit(X, y)
+    with pytest.warns(dispatch.KeOpsFallbackWarning, match="simulated"):
+        lazy = GPRegressor(
+            kernel=kern, noise=0.01, optimizer=None, backend="keops",
+            backend_options={"eval_cg_tol": 1e-10},
+        ).fit(X, y)
+    assert type(lazy._model).__name__ == "IterativeGP"
+    md, sd = dense.predict(Xt, return_std=True)
+    mk, sk = lazy.predict(Xt, return_std=True)
+    np.testing.assert_allclose(mk, md, atol=1e-4 * np.abs(md).max())
+    np.testing.assert_allclose(sk, sd, atol=2e-2)
+
+    before = kern.feature_map[0].weight.detach().clone()
+    with pytest.warns(dispatch.KeOpsFallbackWarning):
+        fitted = GPRegressor(kernel=kern, max_iter=5, backend="keops", random_state=0).fit(X, y)
+    after = fitted.kernel_.feature_map[0].weight.detach()
+    assert (after - before).abs().max() > 1e-4
+    assert np.isfinite(fitted.log_marginal_likelihood())
+
+
 def test_kronecker_grid_with_per_axis_deep_kernels():
     """Kronecker backend (issue 3's gpkern.linalg.kronecker; skipped until merged).
 

@@ -249,7 +249,7 @@ def test_operator_is_symmetric_psd_and_equals_its_dense_matrix(n, d, seed, which
 
 def test_unsupported_kernels_are_rejected_clearly():
     with pytest.raises(TypeError, match="no KeOps formula"):
-        kernel_formula(gpytorch.kernels.LinearKernel())
+        kernel_formula(gpytorch.kernels.PolynomialKernel(power=2))
     with pytest.raises(TypeError, match="batch"):
         kernel_formula(gpytorch.kernels.RBFKernel(batch_shape=torch.Size([2])))
     with pytest.raises(ValueError, match="Unknown layer"):
@@ -266,9 +266,9 @@ def test_dispatch_rule(monkeypatch):
     assert choose_backend(DENSE_MAX_N + 1, rbf) == "keops"
     assert choose_backend(10, rbf, "keops") == "keops"
     assert choose_backend(10**6, rbf, "dense") == "dense"
-    assert choose_backend(10**6, gpytorch.kernels.LinearKernel()) == "dense"
+    assert choose_backend(10**6, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
     with pytest.raises(ValueError, match="KeOps formula"):
-        choose_backend(10, gpytorch.kernels.LinearKernel(), "keops")
+        choose_backend(10, gpytorch.kernels.PolynomialKernel(power=2), "keops")
     with pytest.raises(ValueError, match="backend must be"):
         choose_backend(10, rbf, "gpu")
     monkeypatch.setattr(
@@ -288,7 +288,7 @@ def test_estimator_rejects_bad_backend_arguments():
     with pytest.raises(ValueError, match="cg_tol"):
         GPRegressor(backend="keops", backend_options={"cg_tol": -1.0}).fit(X, y)
     with pytest.raises(ValueError, match="KeOps formula"):
-        GPRegressor(kernel=gpytorch.kernels.LinearKernel(), backend="keops").fit(X, y)
+        GPRegressor(kernel=gpytorch.kernels.PolynomialKernel(power=2), backend="keops").fit(X, y)
 
 
 def test_preconditioned_cg_solves_and_keeps_conjugate_directions():

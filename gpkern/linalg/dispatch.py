@@ -81,10 +81,10 @@ def keops_available(dtype: torch.dtype = torch.float64) -> tuple[bool, str]:
 
 
 def _has_formula(kernel: gpytorch.kernels.Kernel) -> tuple[bool, str]:
-    from gpkern.linalg.keops import kernel_formula
+    from gpkern.linalg.keops import operator_formula
 
     try:
-        kernel_formula(kernel)
+        operator_formula(kernel)
     except TypeError as exc:
         return False, str(exc)
     return True, ""

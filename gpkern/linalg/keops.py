@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gpytorch
@@ -41,6 +41,7 @@ __all__ = [
     "DenseNetworkKernel",
     "kernel_formula",
     "kernel_operator",
+    "operator_formula",
     "sq_dist",
     "rbf",
     "matern",
@@ -569,6 +570,21 @@ class _Scale(KernelFormula):
         return self.child.evaluate(xi, xj, theta, start + 1) * _slice(theta, start, 1)
 
 
+class _Linear(KernelFormula):
+    r""":math:`v\, x^\top x'` (GPyTorch ``LinearKernel``), or the dot product when ``kernel`` is None."""
+
+    def __init__(self, kernel: gpytorch.kernels.LinearKernel | None) -> None:
+        self.kernel = kernel
+        self.size = 0 if kernel is None else 1
+
+    def theta_parts(self):
+        return [] if self.kernel is None else [self.kernel.variance.reshape(-1)]
+
+    def evaluate(self, xi, xj, theta, start=0):
+        dot = (xi * xj).sum(-1)
+        return dot if self.kernel is None else dot * _slice(theta, start, 1)
+
+
 class _Combine(KernelFormula):
     def __init__(self, children: list[KernelFormula], op: str) -> None:
         self.children, self.op = children, op
@@ -763,6 +779,8 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         return _Combine([child(k) for k in kernel.kernels], "sum")
     if isinstance(kernel, gpytorch.kernels.ProductKernel):
         return _Combine([child(k) for k in kernel.kernels], "product")
+    if isinstance(kernel, gpytorch.kernels.LinearKernel):
+        return _Linear(kernel)
     if isinstance(kernel, gpytorch.kernels.PeriodicKernel):
         return _Periodic(kernel)
     if isinstance(kernel, gpytorch.kernels.SpectralMixtureKernel):
@@ -780,6 +798,11 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         return _SpectralSum(kernel)
     if name == "NNGPKernel":
         return _NNGPArchitecture(kernel)
+    if name == "FeatureMapKernel":
+        raise TypeError(
+            "a FeatureMapKernel has a KeOps path only as the outermost kernel (its network runs "
+            "before the reduction): put ScaleKernel, sums and products into its base_kernel."
+        )
     for cls, kind in _STATIONARY:
         if type(kernel) is cls:
             if kind == "matern" and float(kernel.nu) not in (0.5, 1.5, 2.5):
@@ -787,8 +810,43 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
             return _Stationary(kernel, kind, 0)
     raise TypeError(
         f"{type(kernel).__name__} has no KeOps formula in gpkern.linalg.keops; supported: RBF, Matern, "
-        "RQ, Periodic, SpectralMixture, Scale, sums, products and DenseNetworkKernel. Use backend='dense'."
+        "RQ, Periodic, SpectralMixture, Linear, Scale, sums, products, DenseNetworkKernel, NNGPKernel, "
+        "gpkern's spectral and GSMP kernels, and FeatureMapKernel over any of them. Use backend='dense'."
     )
+
+
+def operator_formula(
+    kernel: gpytorch.kernels.Kernel,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, KernelFormula]:
+    r"""The input map and the formula that :func:`kernel_operator` uses for ``kernel``.
+
+    A :class:`gpkern.kernels.FeatureMapKernel` :math:`k(x, x') = k_0(h(x), h(x'))` cannot be a
+    KeOps formula (its network is arbitrary torch code), but its base kernel :math:`k_0` can: the
+    network maps the :math:`n` inputs to features once (:math:`O(np)` memory) and the reduction
+    runs on the features, with gradients flowing back into the network through the operands. A
+    base kernel of None is the dot product :math:`h(x)^\top h(x')`.
+
+    Returns
+    -------
+    input_map : callable or None
+        ``(n, d) -> (n, p)``, None when the formula acts on the inputs themselves.
+    formula : KernelFormula
+
+    Raises
+    ------
+    TypeError
+        As :func:`kernel_formula`.
+    """
+    if type(kernel).__name__ != "FeatureMapKernel" or not hasattr(kernel, "features"):
+        return None, kernel_formula(kernel)
+    base = kernel.base_kernel
+    formula = _Linear(None) if base is None else kernel_formula(base)
+    dims = kernel.active_dims
+
+    def input_map(x: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, p)
+        return kernel.features(x if dims is None else x[..., dims])
+
+    return input_map, formula
 
 
 # -----------------------------------------------------------------------------------------------
@@ -871,7 +929,7 @@ def torch_matmul(
     d = max(1, x1.shape[-1])
     rows = max(1, max_block_elements // max(1, x2.shape[0] * d))
     outs = []
-    grad = torch.is_grad_enabled() and (theta.requires_grad or rhs.requires_grad)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, theta, rhs))
     for start in range(0, x1.shape[0], rows):
         xb = x1[start : start + rows]
         if grad:
@@ -979,7 +1037,8 @@ def kernel_operator(
     Parameters
     ----------
     kernel : gpytorch.kernels.Kernel
-        Any kernel :func:`kernel_formula` supports.
+        Any kernel :func:`kernel_formula` supports, or a ``FeatureMapKernel`` over one
+        (:func:`operator_formula`).
     x1 : torch.Tensor of shape (n, d)
     x2 : torch.Tensor of shape (m, d), optional
         Defaults to ``x1``.
@@ -989,10 +1048,14 @@ def kernel_operator(
     -------
     KernelOperator
     """
-    formula = kernel_formula(kernel)
+    input_map, formula = operator_formula(kernel)
+    same = x2 is None or x2 is x1
     x2 = x1 if x2 is None else x2
     if x1.shape[-1] != x2.shape[-1]:
         raise ValueError(f"x1 has {x1.shape[-1]} features but x2 has {x2.shape[-1]}.")
+    if input_map is not None:
+        x1 = input_map(x1)
+        x2 = x1 if same else input_map(x2)
     theta = formula.theta() if formula.size else x1.new_zeros(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
