@@ -129,8 +129,8 @@ def main(argv=None) -> Path:
         "# Exact GP regression: gpkern vs scikit-learn vs GPyTorch",
         "",
         f"Date {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores (2-core CPU machine, shared with other jobs: load average "
-        f"{os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}. "
+        f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end; on a 2-core "
+        f"machine a load near 2 is this benchmark alone), torch {torch.__version__}. "
         "Friedman #1 (d = 5, noise sd 1), 1000 held-out points; fit + predict time. "
         "Ratio = peer time / gpkern time (> 1 means gpkern is faster). "
         "Produced by `python benchmarks/bench_exact_gp.py`.",
