@@ -1,14 +1,16 @@
 """Shared scikit-learn plumbing for gpkern estimators: validation, dtype, devices, shapes.
 
 Every gpkern regressor subclasses :class:`BaseGPRegressor` and so gets the same input checks,
-target normalisation and output shapes; it implements the maths by calling a model in
-:mod:`gpkern.models`. No maths lives here.
+target normalisation, output shapes, marginal-likelihood fit loop and prediction surface
+(``predict``, ``sample_y``, ``log_predictive_density``); it implements the maths by calling a
+model in :mod:`gpkern.models` and exposing its posterior through ``_latent``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 
 import gpytorch
@@ -16,9 +18,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from gpkern.exceptions import NotPSDError
+from gpkern.linalg.cholesky import robust_cholesky
+from gpkern.models.exact import gaussian_log_density
 from gpkern.models.training import minimize_with_restarts
 
 __all__ = ["BaseGPRegressor", "torch_generator", "resolve_device"]
@@ -214,6 +218,126 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
         self._store(state)
         return self
 
+    # -- the prediction surface shared by Gaussian-predictive regressors ----------------------
+    def _latent(self, X, full_cov: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior of the latent :math:`f` at ``X``, implemented by each regressor.
+
+        Returns
+        -------
+        mean : ndarray of shape (m, t)
+            In the units of ``y``.
+        var : ndarray of shape (m, t), or (m, m, c) with c in {1, t} when ``full_cov``
+            In normalised units (multiply by ``_y_std ** 2``); ``c = 1`` when all outputs share
+            one covariance.
+        """
+        raise NotImplementedError
+
+    def predict(self, X, return_std=False, return_cov=False):
+        """Posterior mean of the latent function, optionally with its std or covariance.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        return_std : bool, default=False
+            Also return the posterior standard deviation of :math:`f` (noise excluded).
+        return_cov : bool, default=False
+            Also return the posterior covariance of :math:`f` (noise excluded).
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_queries,) or (n_queries, n_targets)
+        y_std : ndarray of shape (n_queries,) or (n_queries, n_targets), if ``return_std``
+        y_cov : ndarray of shape (n_queries, n_queries) or (n_queries, n_queries, n_targets), if ``return_cov``
+
+        Notes
+        -----
+        For a non-Gaussian posterior (scale mixtures) these are its first two moments;
+        ``predict_quantiles`` gives its quantiles.
+        """
+        if return_std and return_cov:
+            raise ValueError("At most one of return_std or return_cov can be requested.")
+        mean, var = self._latent(X, full_cov=return_cov)
+        out = self._as_output(mean)
+        if return_std:
+            return out, self._as_output(np.sqrt(np.clip(var, 0.0, None)) * self._y_std)
+        if return_cov:
+            m, t = mean.shape
+            cov = np.broadcast_to(var, (m, m, t)) * self._y_std**2
+            return out, cov[:, :, 0] if self._y_1d else cov
+        return out
+
+    def sample_y(self, X, n_samples=1, random_state=0):
+        """Draw joint samples of the latent function from the posterior at ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None, default=0
+            Seeds the draw (as in scikit-learn's ``sample_y``).
+
+        Returns
+        -------
+        y_samples : ndarray of shape (n_queries, n_samples) or (n_queries, n_targets, n_samples)
+        """
+        self._check_positive_int("n_samples", n_samples)
+        mean, cov = self._latent(X, full_cov=True)  # (m, t), (m, m, c)
+        gen = torch_generator(random_state)
+        m, t = mean.shape
+        factors = [_sample_factor(torch.as_tensor(cov[:, :, c])) for c in range(cov.shape[2])]
+        out = np.empty((m, t, n_samples))
+        for c in range(t):
+            z = torch.randn(m, n_samples, generator=gen, dtype=torch.float64)
+            out[:, c, :] = mean[:, c, None] + (factors[min(c, len(factors) - 1)] @ z).numpy() * self._y_std[c]
+        return self._as_output(out)
+
+    def log_marginal_likelihood(self):
+        """Log marginal likelihood of the training targets at the fitted hyperparameters.
+
+        Reported in the units of ``y`` (the normalisation's Jacobian is included), summed over
+        outputs.
+        """
+        check_is_fitted(self)
+        return self.log_marginal_likelihood_value_
+
+    def log_predictive_density(self, X, y):
+        r"""Per-point log density of held-out targets under the posterior predictive.
+
+        .. math::
+
+            \log p(y_* \mid x_*, \mathcal{D}) = \log \mathcal{N}(y_* \mid \mu_*, \sigma_*^2 + \sigma^2)
+
+        in the units of ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        y : array-like of shape (n_queries,) or (n_queries, n_targets)
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_queries,) or (n_queries, n_targets)
+        """
+        Y = self._check_targets(X, y)
+        mean, var = self._latent(X, full_cov=False)
+        total = (var + self.noise_) * self._y_std**2
+        return self._as_output(
+            gaussian_log_density(torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)).numpy()
+        )
+
+    def _check_targets(self, X, y) -> np.ndarray:
+        """Validate held-out targets against the fitted output count; returns (m, t)."""
+        self._validate_test(X)
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        Y = y[:, None] if y.ndim == 1 else y
+        n_out = self._y_mean.shape[0]
+        if Y.shape[1] != n_out or Y.shape[0] != np.shape(X)[0]:
+            raise ValueError(
+                f"y has shape {y.shape} but X has {np.shape(X)[0]} rows and the model has {n_out} "
+                "output(s); pass one target per row of X with the training target's shape."
+            )
+        return Y
+
     # -- conversions --------------------------------------------------------------------------
     def _tensor(self, A: np.ndarray, device: torch.device) -> torch.Tensor:
         # torch.tensor copies: read-only memmaps and non-contiguous arrays are safe.
@@ -227,3 +351,10 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
     def _check_positive_int(name: str, value, minimum: int = 1) -> None:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _sample_factor(cov: torch.Tensor) -> torch.Tensor:  # (m, m) -> (m, m)
+    """A factor of a posterior covariance for sampling (it is often singular: jitter silently)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return robust_cholesky(cov, initial_jitter=1e-10, max_tries=10)[0]

@@ -14,10 +14,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
-from gpkern.estimators.gp_regressor import _check_targets, _sample_factor
 from gpkern.exceptions import NotPSDError
 from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
-from gpkern.models.exact import gaussian_log_density
 from gpkern.models.training import minimize
 
 __all__ = ["DKMRegressor", "DKMClassifier", "MAX_FULL_SAMPLES"]
@@ -374,61 +372,9 @@ class DKMRegressor(BaseGPRegressor):
             mean, var = self.model_.predict(self._Xt, self._Yt, Xs, full_cov=full_cov)
             var = var[None] if full_cov else var[:, None].expand(-1, mean.shape[1])
         else:
-            mean, var = self.model_.predict(Xs, full_cov=full_cov)
-        return mean.cpu().numpy() * self._y_std + self._y_mean, var.cpu().numpy()
-
-    def predict(self, X, return_std=False, return_cov=False):
-        """Predictive mean of the latent function, optionally with its std or covariance.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        return_std : bool, default=False
-            Also return the predictive standard deviation of :math:`f` (noise excluded).
-        return_cov : bool, default=False
-            Also return the predictive covariance of :math:`f` (noise excluded).
-
-        Returns
-        -------
-        y_mean : ndarray of shape (n_queries,) or (n_queries, n_targets)
-        y_std : ndarray of shape (n_queries,) or (n_queries, n_targets), if ``return_std``
-        y_cov : ndarray of shape (n_queries, n_queries) or (n_queries, n_queries, n_targets), if ``return_cov``
-        """
-        if return_std and return_cov:
-            raise ValueError("At most one of return_std or return_cov can be requested.")
-        mean, var = self._latent(X, full_cov=return_cov)
-        mean = self._as_output(mean)
-        if return_std:
-            return mean, self._as_output(np.sqrt(np.clip(var, 0, None)) * self._y_std)
-        if return_cov:
-            t = self._y_std.shape[0]
-            cov = np.broadcast_to(var, (t, *var.shape[1:])).transpose(1, 2, 0) * self._y_std**2
-            return mean, cov[:, :, 0] if self._y_1d else cov
-        return mean
-
-    def sample_y(self, X, n_samples=1, random_state=0):
-        """Draw joint samples of the latent function at ``X`` from the predictive distribution.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None, default=0
-
-        Returns
-        -------
-        y_samples : ndarray of shape (n_queries, n_samples) or (n_queries, n_targets, n_samples)
-        """
-        self._check_positive_int("n_samples", n_samples)
-        mean, cov = self._latent(X, full_cov=True)  # (m, t), (1 or t, m, m)
-        gen = torch_generator(random_state)
-        m, t = mean.shape
-        out = np.empty((m, t, n_samples))
-        for c in range(t):
-            L, _ = _sample_factor(torch.as_tensor(cov[min(c, cov.shape[0] - 1)]))
-            z = torch.randn(m, n_samples, generator=gen, dtype=torch.float64)
-            out[:, c, :] = mean[:, c, None] + (L @ z).numpy() * self._y_std[c]
-        return self._as_output(out)
+            mean, var = self.model_.predict(Xs, full_cov=full_cov)  # (m, t), (m, t) | (c, m, m)
+        var = var.cpu().numpy()
+        return mean.cpu().numpy() * self._y_std + self._y_mean, var.transpose(1, 2, 0) if full_cov else var
 
     def log_marginal_likelihood(self):
         """The fitted DKM objective (its ELBO for the sparse DKM), in the units of ``y``.
@@ -439,28 +385,6 @@ class DKMRegressor(BaseGPRegressor):
         """
         check_is_fitted(self)
         return self.objective_
-
-    def log_predictive_density(self, X, y):
-        r"""Per-point log density of held-out targets, :math:`\log \mathcal{N}(y_* \mid \mu_*,
-        \sigma_*^2 + \sigma^2)`, in the units of ``y``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        y : array-like of shape (n_queries,) or (n_queries, n_targets)
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_queries,) or (n_queries, n_targets)
-        """
-        Y = _check_targets(self, X, y)
-        mean, var = self._latent(X, full_cov=False)
-        total = (var + self.noise_) * self._y_std**2
-        return self._as_output(
-            gaussian_log_density(
-                torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)
-            ).numpy()
-        )
 
 
 class DKMClassifier(ClassifierMixin, BaseEstimator):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import gpytorch
 import numpy as np
 import torch
-from sklearn.utils.validation import check_array, check_is_fitted
 
-from gpkern.estimators.base import BaseGPRegressor, torch_generator
-from gpkern.linalg.cholesky import robust_cholesky
+from gpkern.estimators.base import BaseGPRegressor
 from gpkern.linalg.dispatch import choose_backend
-from gpkern.models.exact import ExactGP, gaussian_log_density
+from gpkern.models.exact import ExactGP
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
 __all__ = ["GPRegressor", "default_kernel"]
@@ -214,112 +211,9 @@ class GPRegressor(BaseGPRegressor):
     def _latent(self, X, full_cov: bool):
         X = self._validate_test(X)
         Xs = self._tensor(X, self._device)
-        mean, var = self._posterior.predict(Xs, full_cov=full_cov)
-        return mean.cpu().numpy() * self._y_std + self._y_mean, var.cpu().numpy()
-
-    def predict(self, X, return_std=False, return_cov=False):
-        """Posterior mean of the latent function, optionally with its std or covariance.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        return_std : bool, default=False
-            Also return the posterior standard deviation of :math:`f` (noise excluded).
-        return_cov : bool, default=False
-            Also return the posterior covariance of :math:`f` (noise excluded).
-
-        Returns
-        -------
-        y_mean : ndarray of shape (n_queries,) or (n_queries, n_targets)
-        y_std : ndarray of shape (n_queries,) or (n_queries, n_targets), if ``return_std``
-        y_cov : ndarray of shape (n_queries, n_queries) or (n_queries, n_queries, n_targets), if ``return_cov``
-        """
-        if return_std and return_cov:
-            raise ValueError("At most one of return_std or return_cov can be requested.")
-        mean, var = self._latent(X, full_cov=return_cov)
-        mean = self._as_output(mean)
-        if return_std:
-            return mean, self._as_output(np.sqrt(var)[:, None] * self._y_std)
-        if return_cov:
-            cov = var[:, :, None] * self._y_std**2
-            return mean, cov[:, :, 0] if self._y_1d else cov
-        return mean
-
-    def sample_y(self, X, n_samples=1, random_state=0):
-        """Draw joint samples of the latent function from the posterior at ``X``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None, default=0
-            Seeds the draw (as in scikit-learn's ``sample_y``).
-
-        Returns
-        -------
-        y_samples : ndarray of shape (n_queries, n_samples) or (n_queries, n_targets, n_samples)
-        """
-        self._check_positive_int("n_samples", n_samples)
-        mean, cov = self._latent(X, full_cov=True)
-        gen = torch_generator(random_state)
-        L, _ = _sample_factor(torch.as_tensor(cov))
-        z = torch.randn(cov.shape[0], n_samples, generator=gen, dtype=torch.float64)
-        f = (L @ z).numpy()  # (m, s)
-        samples = mean[:, :, None] + f[:, None, :] * self._y_std[None, :, None]
-        return self._as_output(samples)
-
-    def log_marginal_likelihood(self):
-        """Log marginal likelihood of the training targets at the fitted hyperparameters.
-
-        Reported in the units of ``y`` (the normalisation's Jacobian is included), summed over
-        outputs.
-        """
-        check_is_fitted(self)
-        return self.log_marginal_likelihood_value_
-
-    def log_predictive_density(self, X, y):
-        r"""Per-point log density of held-out targets under the posterior predictive.
-
-        .. math::
-
-            \log p(y_* \mid x_*, \mathcal{D}) = \log \mathcal{N}(y_* \mid \mu_*, \sigma_*^2 + \sigma^2)
-
-        in the units of ``y``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        y : array-like of shape (n_queries,) or (n_queries, n_targets)
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_queries,) or (n_queries, n_targets)
-        """
-        Y = _check_targets(self, X, y)
-        mean, var = self._latent(X, full_cov=False)
-        total = (var + self.noise_)[:, None] * self._y_std**2
-        return self._as_output(
-            gaussian_log_density(torch.as_tensor(Y), torch.as_tensor(mean), torch.as_tensor(total)).numpy()
-        )
-
-
-def _check_targets(est: BaseGPRegressor, X, y) -> np.ndarray:
-    """Validate held-out targets against the fitted output count; returns (m, t)."""
-    est._validate_test(X)
-    y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
-    Y = y[:, None] if y.ndim == 1 else y
-    n_out = est._y_mean.shape[0]
-    if Y.shape[1] != n_out or Y.shape[0] != np.shape(X)[0]:
-        raise ValueError(
-            f"y has shape {y.shape} but X has {np.shape(X)[0]} rows and the model has {n_out} "
-            "output(s); pass one target per row of X with the training target's shape."
-        )
-    return Y
-
-
-def _sample_factor(cov: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """A factor of a posterior covariance for sampling (it is often singular: jitter silently)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return robust_cholesky(cov, initial_jitter=1e-10, max_tries=10)
+        mean, var = self._posterior.predict(Xs, full_cov=full_cov)  # (m, t), (m,) | (m, m)
+        var = var.cpu().numpy()[..., None]  # shared by all outputs
+        if not full_cov:
+            var = np.broadcast_to(var, mean.shape)
+        return mean.cpu().numpy() * self._y_std + self._y_mean, var
 

@@ -15,7 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
-from gpkern.estimators.gp_regressor import _check_targets, default_kernel
+from gpkern.estimators.gp_regressor import default_kernel
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
 from gpkern.models.training import minimize
@@ -38,37 +38,11 @@ class _ScaleMixtureRegressorBase(BaseGPRegressor):
     def _test_tensor(self, X) -> torch.Tensor:
         return self._tensor(self._validate_test(X), self._device)
 
-    def predict(self, X, return_std=False, return_cov=False):
-        """Posterior mean of the latent function, optionally with its std or covariance.
-
-        The standard deviation and covariance are those of the (non-Gaussian) scale-mixture
-        posterior of :math:`f`, noise excluded: :math:`E[\\sigma^2 \\mid y]\\, \\Sigma_*`.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-        return_std : bool, default=False
-            Also return the posterior standard deviation of :math:`f`.
-        return_cov : bool, default=False
-            Also return the posterior covariance of :math:`f`.
-
-        Returns
-        -------
-        y_mean : ndarray of shape (n_queries,) or (n_queries, n_targets)
-        y_std : ndarray of shape (n_queries,) or (n_queries, n_targets), if ``return_std``
-        y_cov : ndarray of shape (n_queries, n_queries) or (n_queries, n_queries, n_targets), if ``return_cov``
-        """
-        if return_std and return_cov:
-            raise ValueError("At most one of return_std or return_cov can be requested.")
-        Xs = self._test_tensor(X)
-        mean, var = self._posterior.predict(Xs, full_cov=return_cov)
-        mean = self._as_output(mean.cpu().numpy() * self._y_std + self._y_mean)
-        if return_std:
-            return mean, self._as_output(np.sqrt(var.cpu().numpy()) * self._y_std)
-        if return_cov:
-            cov = var.cpu().numpy() * self._y_std**2
-            return mean, cov[:, :, 0] if self._y_1d else cov
-        return mean
+    def _latent(self, X, full_cov: bool):
+        # Moments of the (non-Gaussian) scale-mixture posterior of f: E[s | y] Sigma_*.
+        Xs = self._test_tensor(X)  # first: raises NotFittedError before _posterior is read
+        mean, var = self._posterior.predict(Xs, full_cov=full_cov)
+        return mean.cpu().numpy() * self._y_std + self._y_mean, var.cpu().numpy()
 
     def predict_quantiles(self, X, q, include_noise=True):
         """Quantiles of the posterior predictive, which is not Gaussian.
@@ -119,15 +93,6 @@ class _ScaleMixtureRegressorBase(BaseGPRegressor):
         f = f.cpu().numpy() * self._y_std[None, :, None] + self._y_mean[None, :, None]
         return self._as_output(f)
 
-    def log_marginal_likelihood(self):
-        """Log marginal likelihood of the training targets at the fitted hyperparameters.
-
-        Reported in the units of ``y`` (the normalisation's Jacobian is included), summed over
-        outputs.
-        """
-        check_is_fitted(self)
-        return self.log_marginal_likelihood_value_
-
     def log_predictive_density(self, X, y):
         """Per-point log density of held-out targets under the posterior predictive.
 
@@ -144,7 +109,7 @@ class _ScaleMixtureRegressorBase(BaseGPRegressor):
         -------
         log_density : ndarray of shape (n_queries,) or (n_queries, n_targets)
         """
-        Y = _check_targets(self, X, y)
+        Y = self._check_targets(X, y)
         Xs = self._test_tensor(X)
         Yn = self._tensor((Y - self._y_mean) / self._y_std, self._device)
         lpd = self._posterior.log_predictive_density(Xs, Yn).cpu().numpy() - np.log(self._y_std)
