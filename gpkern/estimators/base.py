@@ -16,7 +16,7 @@ from collections.abc import Callable
 import gpytorch
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -25,7 +25,7 @@ from gpkern.linalg.cholesky import robust_cholesky
 from gpkern.models.exact import gaussian_log_density
 from gpkern.models.training import minimize_with_restarts
 
-__all__ = ["BaseGPRegressor", "torch_generator", "resolve_device"]
+__all__ = ["BaseGPRegressor", "BaseGPClassifier", "torch_generator", "resolve_device"]
 
 _RESET_ATTRS = ("n_features_in_", "feature_names_in_")
 
@@ -358,3 +358,47 @@ def _sample_factor(cov: torch.Tensor) -> torch.Tensor:  # (m, m) -> (m, m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return robust_cholesky(cov, initial_jitter=1e-10, max_tries=10)[0]
+
+
+class BaseGPClassifier(ClassifierMixin, BaseEstimator):
+    """The prediction surface shared by gpkern's probabilistic classifiers.
+
+    Subclasses implement ``predict_proba`` (which checks fitted-ness) and set ``classes_``.
+    """
+
+    def predict_proba(self, X):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Most probable class under :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_queries,)
+        """
+        proba = self.predict_proba(X)  # checks fitted-ness before classes_ is touched
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def predictive_entropy(self, X):
+        r"""Entropy of the predictive class distribution, :math:`-\sum_c p_c \log p_c` (nats).
+
+        High where the model is unsure, e.g. out of distribution.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+
+        Returns
+        -------
+        entropy : ndarray of shape (n_queries,)
+        """
+        p = self.predict_proba(X)
+        return -(p * np.log(np.clip(p, 1e-300, None))).sum(1)

@@ -8,12 +8,16 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
+from gpkern.estimators.base import (
+    BaseGPClassifier,
+    BaseGPRegressor,
+    resolve_device,
+    torch_generator,
+)
 from gpkern.exceptions import NotPSDError
 from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
 from gpkern.models.training import minimize
@@ -387,7 +391,7 @@ class DKMRegressor(BaseGPRegressor):
         return self.objective_
 
 
-class DKMClassifier(ClassifierMixin, BaseEstimator):
+class DKMClassifier(BaseGPClassifier):
     r"""Deep kernel machine classification with a softmax likelihood.
 
     One latent output per class shares the DKM's last-layer kernel :math:`s K(G_L)`; the output
@@ -599,21 +603,3 @@ class DKMClassifier(ClassifierMixin, BaseEstimator):
         )
         probs = torch.softmax(mean + var.sqrt() * eps, dim=-1).mean(0)
         return probs.cpu().numpy()
-
-    def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`."""
-        return np.log(self.predict_proba(X))
-
-    def predict(self, X):
-        """Most probable class.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_queries,)
-        """
-        proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]

@@ -10,11 +10,15 @@ import numbers
 import gpytorch
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gpkern.estimators.base import BaseGPRegressor, resolve_device, torch_generator
+from gpkern.estimators.base import (
+    BaseGPClassifier,
+    BaseGPRegressor,
+    resolve_device,
+    torch_generator,
+)
 from gpkern.estimators.gp_regressor import default_kernel
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
@@ -445,7 +449,7 @@ def _classifier_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
     return kernel
 
 
-class ScaleMixtureClassifier(ClassifierMixin, BaseEstimator):
+class ScaleMixtureClassifier(BaseGPClassifier):
     r"""Sparse variational GP classifier with an inverse-gamma prior on the kernel's scale.
 
     One latent function per class, :math:`f_c \mid \sigma^2 \sim \mathcal{GP}(0, \sigma^2 k)`,
@@ -677,29 +681,3 @@ class ScaleMixtureClassifier(ClassifierMixin, BaseEstimator):
         for start in range(0, Xt.shape[0], 2048):
             out.append(self._model.predict_proba(Xt[start : start + 2048], *self._draws))
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, len(self.classes_)))
-
-    def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`."""
-        return np.log(self.predict_proba(X))
-
-    def predict(self, X):
-        """Most probable class under :meth:`predict_proba`.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-
-        Returns
-        -------
-        labels : ndarray of shape (n_queries,)
-        """
-        proba = self.predict_proba(X)  # checks fitted-ness before classes_ is touched
-        return self.classes_[np.argmax(proba, axis=1)]
-
-    def predictive_entropy(self, X):
-        """Entropy of the predictive class distribution, :math:`-\\sum_c p_c \\log p_c` (nats).
-
-        High where the model is unsure, e.g. out of distribution.
-        """
-        p = self.predict_proba(X)
-        return -(p * np.log(np.clip(p, 1e-300, None))).sum(1)
