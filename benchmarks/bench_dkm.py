@@ -412,7 +412,7 @@ def write_report(args, t0, load0, reg, sca, wide) -> None:
     lines = [
         "# Deep kernel machines: benchmark",
         "",
-        f"Date: {datetime.date.today()}; machine: 2-core CPU, shared with other jobs "
+        f"Date: {datetime.date.today()}; machine: 2-core CPU "
         f"(load average {load0[0]:.1f} at start, {load1[0]:.1f} at end); torch {torch.__version__}, "
         f"Python {platform.python_version()}; float64; total run {time.perf_counter() - t0:.0f} s"
         f"{' (--quick)' if args.quick else ''}.",

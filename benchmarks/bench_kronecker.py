@@ -243,7 +243,7 @@ def main() -> None:
     lines = [
         "# Kronecker solve + logdet + backward",
         "",
-        f"Date: {datetime.date.today().isoformat()}. Machine: 2-core CPU, shared with other jobs "
+        f"Date: {datetime.date.today().isoformat()}. Machine: 2-core CPU "
         f"({platform.processor() or platform.machine()}); torch {torch.__version__}, "
         f"float64, {args.threads} thread(s). gpkern and GPyTorch alternate run by run, each after "
         f"a warm-up, and the table shows the fastest of {2 * repeats} runs ({repeats} above 65536 "

@@ -204,7 +204,7 @@ def main() -> None:
     lines = [
         "# Linear multiple kernels: extrapolation and distributed SLIM-KL",
         "",
-        f"Date: {datetime.date.today()}; machine: 2-core CPU, shared with other jobs "
+        f"Date: {datetime.date.today()}; machine: 2-core CPU "
         f"(load average {load0[0]:.1f} at start, {load1[0]:.1f} at end; {platform.machine()}); "
         f"torch {torch.__version__}, gpytorch {gpytorch.__version__}; one torch thread per process"
         + ("; **--quick run**" if ns.quick else "") + ".",

@@ -180,7 +180,7 @@ def write_table(rows, mc, args, have_nt, load_before, load_after) -> None:
     lines = [
         "# NNGP / NTK kernels: gpkern vs neural-tangents",
         "",
-        f"Date: {datetime.date.today().isoformat()}. Machine: 2-core CPU, shared with other jobs "
+        f"Date: {datetime.date.today().isoformat()}. Machine: 2-core CPU "
         f"(load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f}); "
         f"{platform.processor() or platform.machine()}. torch {torch.__version__}, one thread per side, "
         "float64. neural-tangents 0.6.5 with jax 0.4.30 in its own venv, run in interleaved "

@@ -158,7 +158,7 @@ def write_table(reg: list[dict], cls: list[dict], args, elapsed: float, load) ->
     lines = [
         "# Scale mixtures of GPs: heavy-tailed regression and OOD detection",
         "",
-        f"Date: {datetime.date.today()}. Machine: 2-core CPU, shared with other jobs "
+        f"Date: {datetime.date.today()}. Machine: 2-core CPU "
         f"(load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}); "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, float64. "
         f"Command: `python benchmarks/bench_scale_mixture.py{' --quick' if args.quick else ''}`"
