@@ -201,3 +201,30 @@ def test_single_agent_without_networking_matches_sca():
                   max_iter=2000, tol=1e-12, noise_lower_bound=1e-4)
     # ADMM on one agent with 16-bit messages stops within its residual tolerance
     assert res.objective == pytest.approx(ref.objective, rel=5e-3)
+
+
+def test_torchrun_command_line_matches_spawned_agents(tmp_path):
+    """`torchrun ... -m gpkern.distributed.slimkl` joins the job torchrun set up (RANK and
+    WORLD_SIZE in the environment) and reaches the same consensus as `--nproc` spawning."""
+    import subprocess
+    import sys
+
+    X, y = _data()
+    data = tmp_path / "data.npz"
+    np.savez(data, X=X[:120], y=y[:120])
+    common = ["--data", str(data), "--n-components", "10", "--max-rounds", "50", "--timeout", "60"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                     "-m", "gpkern.distributed.slimkl", *common, "--out", str(tmp_path / "torchrun.npz")],
+        "spawn": [sys.executable, "-m", "gpkern.distributed.slimkl", "--nproc", "2", *common,
+                  "--out", str(tmp_path / "spawn.npz")],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+        assert "SLIM-KL:" in proc.stdout, (name, proc.stdout)
+    a, b = np.load(tmp_path / "torchrun.npz"), np.load(tmp_path / "spawn.npz")
+    assert int(a["world_size"]) == int(b["world_size"]) == 2
+    np.testing.assert_allclose(a["weights"], b["weights"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a["objective"], b["objective"], rtol=1e-10)
