@@ -120,10 +120,13 @@ def test_four_agents_match_centralised_and_send_only_theta_sized_messages():
     z = np.concatenate([res[0]["weights"], [res[0]["noise"]]])
     zc = np.concatenate([ref.weights.numpy(), [ref.noise]])
     step = res[0]["quantization_step"]
-    assert np.abs(z - zc).max() <= 3 * step, (np.abs(z - zc).max(), step)
-    # F moves to first order with the quantised zero weights and noise: 8-bit steps give ~1e-3
+    # Messages carry changes against the last decoded value, so the 8-bit quantiser's step
+    # shrinks with the iteration (full-range 8-bit messages had steps of ~5e-3 here) ...
+    assert step < 1e-4, step
+    # ... and what is left is where ADMM stops after 150 rounds (primal residual ~3e-3).
+    assert np.abs(z - zc).max() <= 3e-3, (np.abs(z - zc).max(), step)
     assert res[0]["objective"] >= ref.objective - 1e-6 * abs(ref.objective)
-    assert res[0]["objective"] == pytest.approx(ref.objective, rel=5e-3)
+    assert res[0]["objective"] == pytest.approx(ref.objective, rel=1e-3)
     assert (res[0]["weights"] == 0).sum() >= Q // 2  # sparse: at least half exact zeros
     # the wire: every message is theta-sized (A + 1 codes) or a short header, never data-sized
     A1 = Q + 1
