@@ -568,10 +568,11 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
             if k > 0 and r <= tol * scale and s <= tol * scale:
                 converged = True
                 break
-            # Residual balancing: every agent sees the same r and s, so rho stays consistent.
-            if k > 0 and r > 10 * s:
+            # Residual balancing (mu = 3: with 10, rho froze while r stayed ~5 s and ADMM crawled);
+            # every agent sees the same r and s, so rho stays consistent.
+            if k > 0 and r > 3 * s:
                 rho, u = rho * 2.0, u / 2.0
-            elif k > 0 and s > 10 * r:
+            elif k > 0 and s > 3 * r:
                 rho, u = rho / 2.0, u * 2.0
     finally:
         bar.close()
