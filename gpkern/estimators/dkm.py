@@ -440,15 +440,6 @@ class DKMClassifier(BaseGPClassifier):
     n_features_in_ : int
         Number of features seen in ``fit``.
 
-    Notes
-    -----
-    Known limitation: with ``n_inducing=None`` the variational output layer has an
-    :math:`n \times n` covariance factor per class, and L-BFGS makes slow progress on it. On
-    scikit-learn's ``make_blobs`` (300 points, 3 classes, ``max_iter=40``) the latent means
-    shrank towards zero in the Gram stage and training accuracy was near chance, while
-    ``n_inducing=10`` fits the same data (it passes scikit-learn's accuracy check). Prefer
-    ``n_inducing`` (for example 50 to 200) above a few dozen points.
-
     Examples
     --------
     >>> import numpy as np

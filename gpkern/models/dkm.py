@@ -570,7 +570,8 @@ class SparseDKM(_DKMBase):
     :math:`M` inducing inputs :math:`Z` carry learned Grams :math:`G_{ii}^l = V_l V_l^\top / M`
     (:math:`V_l` lower triangular); any other point is attached through the conditional blocks of
     :meth:`propagate`. The output layer is :math:`q(f_i) = \mathcal{N}(\mu, A)` per output column,
-    and the objective (an ELBO, estimated on a minibatch :math:`B` of the :math:`n` points) is
+    stored whitened (:math:`\mu = L_K m`, :math:`A = L_K S S^\top L_K^\top` with
+    :math:`K_{ii} = L_K L_K^\top`; see :meth:`set_output_posterior`), and the objective (an ELBO, estimated on a minibatch :math:`B` of the :math:`n` points) is
 
     .. math::
 
@@ -641,13 +642,14 @@ class SparseDKM(_DKMBase):
             [torch.nn.Parameter(V.tril().contiguous()) for V in self._init_factors(Z)]
         )
         M = Z.shape[0]
+        # Whitened output layer: f_i = L_K v with q(v_c) = N(m_c, S_c S_c^T), L_K the Cholesky
+        # factor of K_ii. Unwhitened (mu, A) parameters made L-BFGS crawl once M reached the
+        # hundreds (the KL's K_ii^{-1} mu gradient spans K_ii's condition number): the full
+        # classifier on 300 blobs stayed at chance accuracy.
         self.q_mean = torch.nn.Parameter(torch.zeros(M, n_outputs, dtype=Z.dtype, device=Z.device))
-        with torch.no_grad():
-            Kii = self.propagate(Z, [V.tril() for V in self.factors], Z[:1])[0]
-            L0 = _chol(Kii)
-        # q(f_i) starts at the prior (scaled down so early steps see the data).
-        # contiguous: L-BFGS flattens gradients with .view() and Cholesky factors are column-major.
-        self.q_factor = torch.nn.Parameter((0.1 * L0).expand(n_outputs, M, M).contiguous())
+        # q(f_i) starts at a tenth of the prior's scale so that early steps see the data.
+        eye = torch.eye(M, dtype=Z.dtype, device=Z.device)
+        self.q_factor = torch.nn.Parameter((0.1 * eye).expand(n_outputs, M, M).contiguous())
 
     def grams(self) -> list[torch.Tensor]:  # L of (M, M)
         """The learned inducing Grams :math:`G^1_{ii}, \\dots, G^L_{ii}`."""
@@ -661,22 +663,34 @@ class SparseDKM(_DKMBase):
 
     def _output(self, Kii, Kti, ktt, kls):
         L_K = _chol(Kii)
-        C = torch.cholesky_solve(Kti.T, L_K)  # (M, b) = K_ii^{-1} K_it
-        W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)
-        mean = C.T @ self.q_mean  # (b, t)
-        LA = self.q_factor.tril()  # (t, M, M)
-        AC = LA.transpose(-1, -2) @ C  # (t, M, b)
-        var = (ktt - (W * W).sum(0)).unsqueeze(-1) + (AC * AC).sum(-2).T  # (b, t)
+        W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)  # (M, b) = L_K^{-1} K_it
+        mean = W.T @ self.q_mean  # (b, t)
+        SW = self.q_factor.tril().transpose(-1, -2) @ W  # (t, M, b)
+        var = (ktt - (W * W).sum(0)).unsqueeze(-1) + (SW * SW).sum(-2).T  # (b, t)
         return mean, var.clamp_min(1e-12), L_K, kls
 
     def _output_kl(self, L_K: torch.Tensor) -> torch.Tensor:
-        # KL(N(mu_c, A_c) || N(0, K_ii)) summed over output columns c.
-        LA = self.q_factor.tril()
-        total = 0.0
-        for c in range(LA.shape[0]):
-            total = total + gaussian_kl(LA[c], L_K)
-        a = torch.linalg.solve_triangular(L_K, self.q_mean, upper=False)
-        return total + 0.5 * (a * a).sum()
+        # KL(q(f_i) || N(0, K_ii)) = KL(N(m_c, S_c S_c^T) || N(0, I)) summed over columns c.
+        S = self.q_factor.tril()
+        M = S.shape[-1]
+        logdet = torch.log(S.diagonal(dim1=-2, dim2=-1) ** 2).sum()
+        return 0.5 * ((S * S).sum() + (self.q_mean**2).sum() - logdet - M * S.shape[0])
+
+    @torch.no_grad()
+    def set_output_posterior(self, mean: torch.Tensor, cov: torch.Tensor) -> None:
+        r"""Set :math:`q(f_i) = \mathcal{N}(\mu_c, A)` for every output column ``c``.
+
+        Parameters
+        ----------
+        mean : torch.Tensor of shape (M, t)
+        cov : torch.Tensor of shape (M, M)
+            Shared by all outputs; positive definite.
+        """
+        Kii = self.propagate(self.inducing, [V.tril() for V in self.factors], self.inducing[:1])[0]
+        L_K = _chol(Kii)
+        self.q_mean.copy_(torch.linalg.solve_triangular(L_K, mean, upper=False))
+        S = torch.linalg.solve_triangular(L_K, torch.linalg.cholesky(cov), upper=False)
+        self.q_factor.copy_(S.expand_as(self.q_factor))
 
     def expected_log_lik(
         self, mean: torch.Tensor, var: torch.Tensor, Y: torch.Tensor, generator=None
@@ -715,11 +729,10 @@ class SparseDKM(_DKMBase):
             factors = [V.tril() for V in self.factors]
             Kii, Kti, Ktt, _ = self.propagate(self.inducing, factors, Xs, full_cov=True)
             L_K = _chol(Kii)
-            C = torch.cholesky_solve(Kti.T, L_K)
             W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)
-            AC = self.q_factor.tril().transpose(-1, -2) @ C  # (t, M, m)
-            cov = Ktt - W.T @ W + AC.transpose(-1, -2) @ AC
-            return C.T @ self.q_mean, cov
+            SW = self.q_factor.tril().transpose(-1, -2) @ W  # (t, M, m)
+            cov = Ktt - W.T @ W + SW.transpose(-1, -2) @ SW
+            return W.T @ self.q_mean, cov
         means, variances = [], []
         for start in range(0, Xs.shape[0], batch_size):
             mean, var, _, _ = self._marginals(Xs[start : start + batch_size])
