@@ -123,8 +123,10 @@ def test_four_agents_match_centralised_and_send_only_theta_sized_messages():
     # Messages carry changes against the last decoded value, so the 8-bit quantiser's step
     # shrinks with the iteration (full-range 8-bit messages had steps of ~5e-3 here) ...
     assert step < 1e-4, step
-    # ... and what is left is where ADMM stops after 150 rounds (primal residual ~3e-3).
-    assert np.abs(z - zc).max() <= 3e-3, (np.abs(z - zc).max(), step)
+    # ... and the consensus is as close to the centralised optimum as an 8-bit quantisation of
+    # that optimum itself (one step over its range); what is left is where ADMM stops.
+    one_step = (zc.max() - zc.min()) / (2**8 - 1)
+    assert np.abs(z - zc).max() <= one_step, (np.abs(z - zc).max(), one_step, step)
     assert res[0]["objective"] >= ref.objective - 1e-6 * abs(ref.objective)
     assert res[0]["objective"] == pytest.approx(ref.objective, rel=1e-3)
     assert (res[0]["weights"] == 0).sum() >= Q // 2  # sparse: at least half exact zeros
