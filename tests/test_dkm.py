@@ -198,12 +198,15 @@ def test_full_dkm_objective_matches_dense_formula(kind):
     assert obj == pytest.approx(ref, rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.parametrize("whiten", [False, True], ids=["unwhitened", "whitened"])
 @pytest.mark.parametrize("kind", ["relu", "se"])
-def test_sparse_objective_equals_full_when_inducing_are_training_points(kind):
+def test_sparse_objective_equals_full_when_inducing_are_training_points(kind, whiten):
     X, Y = _data(n=12, t=2)
     full = DKM(X, kind, n_layers=2, widths_ratio=1.5, noise=0.07)
     _perturb(full)
-    sparse = SparseDKM(X, n_outputs=2, kernel=kind, n_layers=2, widths_ratio=1.5, noise=0.07)
+    sparse = SparseDKM(
+        X, n_outputs=2, kernel=kind, n_layers=2, widths_ratio=1.5, noise=0.07, whiten=whiten
+    )
     sparse.load_state_dict(full.state_dict(), strict=False)
     with torch.no_grad():
         _, K = full.kl_terms(X)
