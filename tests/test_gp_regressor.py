@@ -231,3 +231,19 @@ def test_default_kernel_is_not_diagonal_in_high_dimensions():
     K = default_kernel(X)(X).to_dense().detach()
     off = K[~torch.eye(200, dtype=torch.bool)] / K.diagonal().mean()
     assert float(off.median()) > 0.05
+
+
+def test_refit_on_an_array_forgets_dataframe_feature_names():
+    pd = pytest.importorskip("pandas")
+    from gpkern.estimators import DKMClassifier, KernelClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    df = pd.DataFrame(X, columns=["a", "b"])
+    y_reg, y_cls = X[:, 0], (X[:, 0] > 0).astype(int)
+    for est, y in ((GPRegressor(optimizer=None), y_reg), (KernelClassifier(), y_cls),
+                   (DKMClassifier(n_inducing=5, max_iter=2), y_cls)):
+        est.fit(df, y)
+        assert list(est.feature_names_in_) == ["a", "b"]
+        est.fit(X, y)
+        assert not hasattr(est, "feature_names_in_") and est.n_features_in_ == 2

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from gpkern.exceptions import NotPSDError
@@ -25,7 +26,15 @@ from gpkern.linalg.cholesky import robust_cholesky
 from gpkern.models.exact import gaussian_log_density
 from gpkern.models.training import minimize_with_restarts
 
-__all__ = ["BaseGPRegressor", "BaseGPClassifier", "torch_generator", "resolve_device"]
+__all__ = [
+    "BaseGPRegressor",
+    "BaseGPClassifier",
+    "torch_generator",
+    "resolve_device",
+    "validate_training_data",
+    "commit_feature_attrs",
+    "encode_class_labels",
+]
 
 _RESET_ATTRS = ("n_features_in_", "feature_names_in_")
 
@@ -61,6 +70,60 @@ def torch_generator(random_state, device: torch.device | None = None) -> torch.G
     return gen
 
 
+def validate_training_data(est: BaseEstimator, X, y, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
+    """scikit-learn's ``validate_data(est, X, y, reset=True, **kwargs)`` without side effects.
+
+    ``validate_data`` writes ``n_features_in_`` / ``feature_names_in_``; they are taken back so
+    that a fit that fails later leaves a fitted estimator unchanged.
+
+    Returns
+    -------
+    X, y : ndarray
+        The validated data.
+    meta : dict
+        The new ``n_features_in_`` / ``feature_names_in_``, to be set once the fit succeeded.
+    """
+    saved = {k: getattr(est, k) for k in _RESET_ATTRS if hasattr(est, k)}
+    try:
+        X, y = validate_data(est, X, y, reset=True, **kwargs)
+        meta = {k: getattr(est, k) for k in _RESET_ATTRS if hasattr(est, k)}
+    finally:
+        for k in _RESET_ATTRS:
+            if hasattr(est, k):
+                delattr(est, k)
+        for k, v in saved.items():
+            setattr(est, k, v)
+    return X, y, meta
+
+
+def commit_feature_attrs(est: BaseEstimator, meta: dict) -> None:
+    """Set the ``n_features_in_`` / ``feature_names_in_`` that :func:`validate_training_data`
+    returned, removing one the new data did not have (a DataFrame fit followed by an array fit)."""
+    for k in _RESET_ATTRS:
+        if k in meta:
+            setattr(est, k, meta[k])
+        elif hasattr(est, k):
+            delattr(est, k)
+
+
+def encode_class_labels(est: BaseEstimator, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, codes)`` of classification targets, refusing fewer than two classes.
+
+    Raises
+    ------
+    ValueError
+        For continuous targets or a single class.
+    """
+    check_classification_targets(y)
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{type(est).__name__} needs at least 2 classes in y, got 1 class ({classes[0]!r}); "
+            "pass labels of two or more classes."
+        )
+    return classes, codes
+
+
 class BaseGPRegressor(RegressorMixin, BaseEstimator):
     """Validation and shape handling shared by gpkern's regressors.
 
@@ -85,27 +148,15 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
     # -- validation ---------------------------------------------------------------------------
     def _validate_train(self, X, y) -> dict:
         """Check ``X, y`` and return the training state as a dict (nothing is stored)."""
-        # validate_data(reset=True) writes n_features_in_ / feature_names_in_; take them back
-        # so that nothing changes until the fit has succeeded.
-        saved = {k: getattr(self, k) for k in _RESET_ATTRS if hasattr(self, k)}
-        try:
-            X, y = validate_data(
-                self,
-                X,
-                y,
-                multi_output=True,
-                y_numeric=True,
-                dtype=np.float64,
-                ensure_min_samples=self._min_samples,
-                reset=True,
-            )
-            new = {k: getattr(self, k) for k in _RESET_ATTRS if hasattr(self, k)}
-        finally:
-            for k in _RESET_ATTRS:
-                if hasattr(self, k):
-                    delattr(self, k)
-            for k, v in saved.items():
-                setattr(self, k, v)
+        X, y, new = validate_training_data(
+            self,
+            X,
+            y,
+            multi_output=True,
+            y_numeric=True,
+            dtype=np.float64,
+            ensure_min_samples=self._min_samples,
+        )
         y = np.asarray(y, dtype=np.float64)
         y_1d = y.ndim == 1
         Y = y[:, None] if y_1d else y
@@ -132,8 +183,9 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
 
     def _store(self, state: dict) -> None:
         """Commit a fit's state to the estimator's attributes, all at once."""
+        commit_feature_attrs(self, {k: v for k, v in state.items() if k in _RESET_ATTRS})
         for key, value in state.items():
-            if key != "Y_norm":
+            if key != "Y_norm" and key not in _RESET_ATTRS:
                 setattr(self, key, value)
 
     # -- the marginal-likelihood fit shared by GP-style regressors ----------------------------

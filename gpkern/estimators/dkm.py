@@ -8,15 +8,16 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.preprocessing import LabelEncoder
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gpkern.estimators.base import (
     BaseGPClassifier,
     BaseGPRegressor,
+    commit_feature_attrs,
+    encode_class_labels,
     resolve_device,
     torch_generator,
+    validate_training_data,
 )
 from gpkern.exceptions import NotPSDError
 from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
@@ -502,32 +503,12 @@ class DKMClassifier(BaseGPClassifier):
         """
         device = _check_common(self)
         BaseGPRegressor._check_positive_int("n_mc", self.n_mc, minimum=1)
-        saved = {
-            k: getattr(self, k) for k in ("n_features_in_", "feature_names_in_") if hasattr(self, k)
-        }
-        try:
-            X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, reset=True)
-            new = {
-                k: getattr(self, k)
-                for k in ("n_features_in_", "feature_names_in_")
-                if hasattr(self, k)
-            }
-        finally:
-            for k in ("n_features_in_", "feature_names_in_"):
-                if hasattr(self, k):
-                    delattr(self, k)
-            for k, v in saved.items():
-                setattr(self, k, v)
-        check_classification_targets(y)
-        enc = LabelEncoder().fit(y)
-        if enc.classes_.shape[0] < 2:
-            raise ValueError(
-                f"DKMClassifier needs at least 2 classes in y, got 1 class ({enc.classes_[0]!r})."
-            )
+        X, y, new = validate_training_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        classes, codes = encode_class_labels(self, y)
         n = X.shape[0]
         _check_size(self, n)
         Xt = torch.tensor(X, dtype=torch.float64, device=device)
-        Yt = torch.tensor(enc.transform(y), dtype=torch.float64, device=device)[:, None]
+        Yt = torch.tensor(codes, dtype=torch.float64, device=device)[:, None]
         gen = torch_generator(self.random_state)
         full = self.n_inducing is None
         idx = torch.arange(n) if full else torch.randperm(n, generator=gen)[: self.n_inducing]
@@ -535,7 +516,7 @@ class DKMClassifier(BaseGPClassifier):
             warnings.simplefilter("ignore", UserWarning)
             model = SparseDKM(
                 Xt[idx],
-                enc.classes_.shape[0],
+                len(classes),
                 self.kernel,
                 int(self.n_layers),
                 _nu(self),
@@ -558,9 +539,8 @@ class DKMClassifier(BaseGPClassifier):
         with torch.no_grad():
             grams = [G.cpu().numpy() for G in model.grams()]
             prior = [G.cpu().numpy() for G in model.prior_grams(model.inducing)[1:]]
-        for k, v in new.items():
-            setattr(self, k, v)
-        self.classes_ = enc.classes_
+        commit_feature_attrs(self, new)
+        self.classes_ = classes
         self.model_ = model
         self.grams_ = grams
         self.prior_grams_ = prior

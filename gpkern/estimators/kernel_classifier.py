@@ -9,15 +9,18 @@ import gpytorch
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gpkern.estimators.base import resolve_device
+from gpkern.estimators.base import (
+    commit_feature_attrs,
+    encode_class_labels,
+    resolve_device,
+    validate_training_data,
+)
 from gpkern.linalg.cholesky import robust_cholesky
 
 __all__ = ["KernelClassifier"]
 
-_RESET_ATTRS = ("n_features_in_", "feature_names_in_")
 
 
 def _default_kernel() -> gpytorch.kernels.Kernel:
@@ -108,23 +111,8 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
         self : KernelClassifier
         """
         device = self._check_params()
-        # validate_data(reset=True) writes n_features_in_ / feature_names_in_: take them back
-        # so that a failing fit leaves a fitted estimator unchanged.
-        saved = {k: getattr(self, k) for k in _RESET_ATTRS if hasattr(self, k)}
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False)
-        new = {k: getattr(self, k) for k in _RESET_ATTRS if hasattr(self, k)}
-        for k in _RESET_ATTRS:
-            if k in saved:
-                setattr(self, k, saved[k])
-            elif hasattr(self, k):
-                delattr(self, k)
-        check_classification_targets(y)
-        classes, codes = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"KernelClassifier needs at least 2 classes in y, got {len(classes)} class "
-                f"(from {len(y)} sample(s)); pass labels of two or more classes."
-            )
+        X, y, new = validate_training_data(self, X, y, dtype=np.float64, y_numeric=False)
+        classes, codes = encode_class_labels(self, y)
         kernel = _default_kernel() if self.kernel is None else copy.deepcopy(self.kernel)
         kernel = kernel.to(dtype=torch.float64, device=device)
         K = self._gram(kernel, X, X, device)
@@ -138,11 +126,7 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
         self.X_train_ = X
         self.dual_coef_ = A.cpu().numpy()
         self.jitter_ = float(jitter)
-        for k in _RESET_ATTRS:
-            if k in new:
-                setattr(self, k, new[k])
-            elif hasattr(self, k):
-                delattr(self, k)
+        commit_feature_attrs(self, new)
         self._device = device
         return self
 

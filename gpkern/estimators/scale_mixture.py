@@ -10,14 +10,16 @@ import numbers
 import gpytorch
 import numpy as np
 import torch
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gpkern.estimators.base import (
     BaseGPClassifier,
     BaseGPRegressor,
+    commit_feature_attrs,
+    encode_class_labels,
     resolve_device,
     torch_generator,
+    validate_training_data,
 )
 from gpkern.estimators.gp_regressor import default_kernel
 from gpkern.models.classification import SparseScaleMixtureClassifier
@@ -593,23 +595,8 @@ class ScaleMixtureClassifier(BaseGPClassifier):
             Bad input or parameters, continuous targets, or a single class.
         """
         prior, device = self._check_params()
-        saved = {k: getattr(self, k) for k in ("n_features_in_", "feature_names_in_") if hasattr(self, k)}
-        try:
-            X, y = validate_data(self, X, y, dtype=np.float64, reset=True)
-            fitted_meta = {k: getattr(self, k) for k in ("n_features_in_", "feature_names_in_") if hasattr(self, k)}
-        finally:
-            for k in ("n_features_in_", "feature_names_in_"):
-                if hasattr(self, k):
-                    delattr(self, k)
-            for k, v in saved.items():
-                setattr(self, k, v)
-        check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"ScaleMixtureClassifier needs samples of at least 2 classes in the data; got 1 class "
-                f"({classes[0]!r})."
-            )
+        X, y, fitted_meta = validate_training_data(self, X, y, dtype=np.float64)
+        classes, y_enc = encode_class_labels(self, y)
         n = X.shape[0]
         Xt = torch.tensor(X, dtype=torch.float64, device=device)
         yt = torch.tensor(y_enc, dtype=torch.long, device=device)
@@ -646,8 +633,7 @@ class ScaleMixtureClassifier(BaseGPClassifier):
             raise FloatingPointError(
                 "The ELBO was not finite at any step; lower lr or check the kernel's hyperparameters."
             )
-        for k, v in fitted_meta.items():
-            setattr(self, k, v)
+        commit_feature_attrs(self, fitted_meta)
         self.classes_ = classes
         self.kernel_ = model.kernel
         self.inducing_points_ = model.inducing_points.detach().cpu().numpy()
