@@ -479,10 +479,9 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         Prior on :math:`\sigma^2`; ``None`` fixes it to 1.
     prior_params : dict, optional
         ``{"concentration": a, "rate": b}`` (positive; default 2 and 2).
-    n_inducing : int, default=50
+    n_inducing : int, default=200
         Number of inducing points (at most the number of training samples), initialised at a
-        random subset of the training inputs. The paper uses 200; the default is small so that
-        fits are quick.
+        random subset of the training inputs (the paper's 200).
     n_samples : int, default=16
         Monte-Carlo draws per minibatch in the ELBO.
     n_predict_samples : int, default=256
@@ -529,7 +528,7 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         kernel=None,
         prior="inverse_gamma",
         prior_params=None,
-        n_inducing=50,
+        n_inducing=200,
         n_samples=16,
         n_predict_samples=256,
         batch_size=256,
