@@ -309,13 +309,6 @@ def test_keops_base_kernel_on_learned_features():
         torch.testing.assert_close(op @ v, dense(x).to_dense() @ v, rtol=1e-9, atol=1e-9)
 
 
-def _keops_compiles() -> bool:
-    import importlib.util
-    import shutil
-
-    return shutil.which("g++") is not None and importlib.util.find_spec("pykeops") is not None
-
-
 @pytest.mark.parametrize(
     "base",
     [None, gpytorch.kernels.LinearKernel(), gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())],
@@ -324,9 +317,10 @@ def _keops_compiles() -> bool:
 @pytest.mark.parametrize("backend", ["torch", pytest.param("keops", marks=pytest.mark.slow)])
 def test_kernel_operator_maps_inputs_through_the_network(base, backend):
     """Lazy operator k_0(h(x), h(x')) == the dense FeatureMapKernel, values and gradients."""
+    from conftest import keops_compiles
     from gpkern.linalg.keops import kernel_operator
 
-    if backend == "keops" and not _keops_compiles():
+    if backend == "keops" and not keops_compiles():
         pytest.skip("pykeops cannot compile here")
     torch.manual_seed(0)
     kern = FeatureMapKernel(mlp(4, 3), None if base is None else base.double())

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import gpkern.linalg.dispatch as dispatch
 import gpkern.linalg.keops as keops
+from conftest import keops_compiles
 from gpkern.estimators import GPRegressor
 from gpkern.linalg.dispatch import DENSE_MAX_N, KeOpsFallbackWarning, choose_backend
 from gpkern.linalg.keops import (
@@ -35,16 +36,7 @@ from gpkern.models.iterative import IterativeGP, IterativeSettings, precondition
 WIDTH = 16
 
 
-def _keops_works() -> bool:
-    # Cheap check (no compilation): a compiler and an importable pykeops. A real compile failure
-    # then fails the KeOps tests loudly instead of skipping them.
-    import importlib.util
-    import shutil
-
-    return shutil.which("g++") is not None and importlib.util.find_spec("pykeops") is not None
-
-
-needs_keops = pytest.mark.skipif("not _keops_works()", reason="pykeops cannot compile here")
+needs_keops = pytest.mark.skipif(not keops_compiles(), reason="pykeops cannot compile here")
 
 RELU_NET = [
     ("dense", 1.3, 0.2),

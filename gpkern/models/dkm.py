@@ -657,10 +657,15 @@ class SparseDKM(_DKMBase):
             L0 = torch.eye(M, dtype=Z.dtype, device=Z.device)
         else:
             with torch.no_grad():
-                L0 = _chol(self.propagate(Z, [V.tril() for V in self.factors], Z[:1])[0])
+                L0 = self._inducing_chol()
         # q(f_i) starts at a tenth of the prior's scale so that early steps see the data.
         # contiguous: L-BFGS flattens gradients with .view() and Cholesky factors are column-major.
         self.q_factor = torch.nn.Parameter((0.1 * L0).expand(n_outputs, M, M).contiguous())
+
+    def _inducing_chol(self) -> torch.Tensor:  # (M, M)
+        """Cholesky factor of the output layer's prior covariance :math:`K_{ii}` now."""
+        factors = [V.tril() for V in self.factors]
+        return _chol(self.propagate(self.inducing, factors, self.inducing[:1])[0])
 
     def grams(self) -> list[torch.Tensor]:  # L of (M, M)
         """The learned inducing Grams :math:`G^1_{ii}, \\dots, G^L_{ii}`."""
@@ -713,8 +718,7 @@ class SparseDKM(_DKMBase):
             self.q_mean.copy_(mean)
             self.q_factor.copy_(L_A.expand_as(self.q_factor))
             return
-        Kii = self.propagate(self.inducing, [V.tril() for V in self.factors], self.inducing[:1])[0]
-        L_K = _chol(Kii)
+        L_K = self._inducing_chol()
         self.q_mean.copy_(torch.linalg.solve_triangular(L_K, mean, upper=False))
         self.q_factor.copy_(torch.linalg.solve_triangular(L_K, L_A, upper=False).expand_as(self.q_factor))
 
