@@ -231,13 +231,13 @@ class _KronEigSolveLogdet(torch.autograd.Function):
             alpha_t = _kron_rotate(eigvecs, Y, True) / denom[:, None]  # Q^T alpha
             alpha = _kron_rotate(eigvecs, alpha_t, False)
             logdet = denom.log().sum()
-        ctx.save_for_backward(noise, alpha_t, denom)
+        ctx.save_for_backward(Y, noise, alpha_t, denom)
         ctx.eig = (eigvals, eigvecs)
         return alpha, logdet
 
     @staticmethod
     def backward(ctx, g_alpha, g_logdet):
-        noise, alpha_t, denom = ctx.saved_tensors
+        Y, noise, alpha_t, denom = ctx.saved_tensors
         eigvals, eigvecs = ctx.eig
         d = len(eigvals)
         ns = [e.shape[0] for e in eigvals]
@@ -247,7 +247,12 @@ class _KronEigSolveLogdet(torch.autograd.Function):
         grad_Y = grad_noise = None
         mids: list[torch.Tensor | None] = [None] * d  # Q_i^T (dl/dK_i) Q_i
         if g_alpha is not None:
-            W_t = _kron_rotate(eigvecs, g_alpha, True) * inv_denom[:, None]  # Q^T A^{-1} g
+            if torch.equal(g_alpha, Y):
+                # The quadratic form y^T A^{-1} y: Q^T A^{-1} g is Q^T alpha, already known (saves
+                # one grid rotation, a quarter of the grid-size products).
+                W_t = alpha_t
+            else:
+                W_t = _kron_rotate(eigvecs, g_alpha, True) * inv_denom[:, None]  # Q^T A^{-1} g
             if ctx.needs_input_grad[0]:
                 grad_Y = _kron_rotate(eigvecs, W_t, False)
             if ctx.needs_input_grad[1]:
