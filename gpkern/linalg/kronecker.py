@@ -425,8 +425,11 @@ class _LowRankDiagPreconditioner:
     def __init__(self, op: _RestrictedKronecker, rank: int | None = None) -> None:
         eigvals, eigvecs, lam = op.eig
         D = op.diag
+        above = int((lam > D.min()).sum())
         if rank is None:
-            rank = min(int((lam > D.min()).sum()), self.max_rank)
+            rank = min(above, self.max_rank)
+        # Every eigenvalue above the smallest noise kept: kappa(P^-1 A_S) <= 2, a few CG steps.
+        self.complete = rank >= above
         rank = max(0, min(int(rank), op.n, lam.numel()))
         self.rank, self.D, self.n = rank, D, op.n
         self.Dinv = D.reciprocal()
@@ -549,7 +552,9 @@ def kron_diag_solve_logdet(
 
     which is the dense GP on the observed cells alone. Solves use batched preconditioned
     conjugate gradients with the Kronecker eigenbasis as preconditioner,
-    :math:`P^{-1} = S Q (\Lambda + c I)^{-1} Q^\top S^\top` with :math:`c = \bar d N / |S|`.
+    :math:`P^{-1} = S Q (\Lambda + c I)^{-1} Q^\top S^\top` with :math:`c = \bar d N / |S|`,
+    or, with missing cells, the low-rank-plus-diagonal :math:`P` below whenever it keeps every
+    eigenvalue of :math:`K` above :math:`\min D_S` (then :math:`\kappa(P^{-1} A_S) \le 2`).
     The log-determinant is estimated by preconditioned stochastic Lanczos quadrature: with a
     preconditioner :math:`P` whose log-determinant is exact and probes
     :math:`z_j \sim \mathcal N(0, P)`,
@@ -628,7 +633,11 @@ def kron_diag_solve_logdet(
     Y_s = Y2 if obs is None else Y2.index_select(0, obs)
     op = _RestrictedKronecker([f.detach() for f in factors], D_s.detach(), obs)
     with torch.no_grad():
-        alpha_s = pcg(op.matmul, Y_s.detach(), op.precondition, tol=tol, max_iter=max_iter)
+        # Missing cells: the low-rank-plus-diagonal P when it holds every eigenvalue above the
+        # noise (kappa <= 2; ~300 -> ~8 CG steps at 128^2), else the Kronecker-shift one.
+        pre = None if obs is None else _LowRankDiagPreconditioner(op, precond_rank)
+        solve_pre = pre if pre is not None and pre.complete else op.precondition
+        alpha_s = pcg(op.matmul, Y_s.detach(), solve_pre, tol=tol, max_iter=max_iter)
         logdet_val = None
         if compute_logdet:
             # In exact arithmetic CG ends within n steps; past that, Lanczos only loses orthogonality.
@@ -656,7 +665,6 @@ def kron_diag_solve_logdet(
             else:
                 # Missing cells: P = L L^T + D_S from the top Kronecker eigenpairs (exact
                 # log-determinant by the determinant lemma), z ~ N(0, P), same identity.
-                pre = _LowRankDiagPreconditioner(op, precond_rank)
                 Z = pre.sample(num_probes, generator)
                 V = pre(Z)
                 W, T = pcg(
@@ -681,7 +689,7 @@ def kron_diag_solve_logdet(
         return op.gather(kron_matmul(factors, op.scatter(v))) + D[:, None] * v
 
     alpha_s_c = alpha_s
-    alpha_expr = alpha_s_c + _SolveGrad.apply(Y_s - amat(alpha_s_c, D_s), op)
+    alpha_expr = alpha_s_c + _SolveGrad.apply(Y_s - amat(alpha_s_c, D_s), op, solve_pre)
     alpha = op.scatter(alpha_expr)
     logdet = None
     if compute_logdet:
@@ -695,15 +703,15 @@ class _SolveGrad(torch.autograd.Function):
     """Identity-valued zero (the residual) whose backward applies A^{-1}: d alpha = A^{-1} dr."""
 
     @staticmethod
-    def forward(ctx, residual, op):
-        ctx.op = op
+    def forward(ctx, residual, op, precondition):
+        ctx.op, ctx.precondition = op, precondition
         return torch.zeros_like(residual)
 
     @staticmethod
     def backward(ctx, g):
         op = ctx.op
         with torch.no_grad():
-            return pcg(op.matmul, g, op.precondition, tol=1e-10, max_iter=2000), None
+            return pcg(op.matmul, g, ctx.precondition, tol=1e-10, max_iter=2000), None, None
 
 
 # -------------------------------------------------------------------------------------------
