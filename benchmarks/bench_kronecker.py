@@ -47,16 +47,52 @@ torch.set_default_dtype(torch.float64)
 NOTES = """
 ## Notes
 
-* `x bound` stays near 10 at 512^2 (27 at 64^3), not within 3x: the count `sum n_i^3 + N sum n_i`
-  has constant 1, while a symmetric eigendecomposition with eigenvectors costs about 9 n^3 and
-  runs far below GEMM speed, and solve + logdet + backward needs 12 dense products of the
-  size of the grid (forward Q^T y and Q alpha, backward Q^T g, one unfolding product and
-  Q_i M_i Q_i^T per factor). A profile at 512^2 (earlier code, same algorithm): 45% GEMM,
-  28% eigh, 16% elementwise products.
-* Partial grids: the probe solves of the stochastic log-determinant are unpreconditioned Lanczos
-  (a preconditioner needs a known log-determinant, which the restricted Kronecker preconditioner
-  lacks), so they take a few hundred iterations at 128^2 and above; the solve itself is
-  preconditioned (Kronecker eigenbasis) and converges in tens of iterations.
+Timing method: the machine is shared (load average above 10 on 2 cores during these runs), so
+wall times carry other jobs' time; `gpkern CPU` is the process CPU time of the same runs (one
+thread), and `GFLOP/s` and `x bound` use CPU time against a GEMM rate measured by CPU time
+(1024^3 float64, one thread). Earlier tables used wall time for both.
+
+### Flop-count goal ("within 3x of sum n_i^3 + N sum n_i"): not reachable
+
+Measured on this machine (one thread, process CPU time, load ~13, 2026-11-23): GEMM 49 GFLOP/s
+(1024^3), 44 GFLOP/s (512x512 @ 512x512), 43 GFLOP/s (64x64 @ 64x4096); `torch.linalg.eigh`
+with eigenvectors 33.6 ms at n = 512 (= 36 GFLOP/s counting 9 n^3) and 0.24 ms at n = 64.
+
+Minimal work of solve + logdet + backward by per-factor eigendecompositions, with a grid
+rotation (all factors applied once) costing 2 N sum n_i flops:
+
+| | 512^2 | 64^3 |
+|---|---|---|
+| issue's count sum n_i^3 + N sum n_i | 5.4e8 flop = 10.9 ms at 49 GFLOP/s (3x: 33 ms) | 5.1e7 flop = 1.0 ms (3x: 3.1 ms) |
+| eigh, 9 n^3 per factor | 2.4e9 flop, 67 ms measured | 7e6 flop, 0.7 ms |
+| 3 grid rotations (forward Q^T y, Q alpha; backward one unfolding product per factor) | 1.6e9 flop, 33 ms | 3.0e8 flop, 7 ms |
+| factor gradients Q_i M_i Q_i^T (2 GEMMs of 2 n^3 per factor) | 1.1e9 flop, 22 ms | 3e6 flop |
+| minimal total | 5.1e9 flop = 9.5x the count; ~122 ms | 3.1e8 flop = 6.1x the count; ~8 ms |
+| measured gpkern CPU time, before -> after this change | 135 -> 125 ms | 19.6 -> 16.4 ms |
+| x bound, before -> after | 12.4 -> 11.4 | 18.8 -> 15.8 |
+
+So the goal cannot be met by any method that forms eigenvectors: at 512^2 `eigh` alone takes 6x
+the count's time, and at 64^3 the two rotations a solve needs already cost 4 N sum n_i flops
+(a GEMM does 2 flops per multiply-add) before the backward. At 512^2 gpkern is within 3% of
+this floor; at 64^3 about 2x above it (elementwise passes over the grid for the logdet
+weights and the middle-mode batched GEMMs). A reachable goal would be ~12x at 512^2 and ~8-16x
+at 64^3. The change made here: the backward of `y^T A^-1 y` reuses `Q^T alpha` instead of
+rotating the read-out again (one rotation fewer, tested against dense autograd).
+
+### Partial grids
+
+The probes of the stochastic log-determinant are now preconditioned: P = L L^T + D_S with L
+the top Kronecker eigenpairs of K restricted to the observed cells (every eigenvalue above the
+smallest noise, at most 512), log|P| exact by the determinant lemma, probes z ~ N(0, P), and
+the Hutchinson gradient with the same probes (A^-1 z)^T dA (P^-1 z). Since A_S - P =
+S (K - K_R) S^T, the spectrum of P^-1 A_S lies in [1, 1 + lambda_{r+1} / min D]. The same P
+serves the mean solve and its backward solve when it keeps every eigenvalue above the noise:
+the Kronecker-shift preconditioner used before took ~300 CG steps at 128^2 (not "tens"), this
+one 8. Compared with a pivoted Cholesky of K_SS of the same rank (GPyTorch's choice), the
+Kronecker eigenpairs gave fewer probe steps (64^2: 6 vs 9 at r = 100; 128^2: 10 vs 14 at
+r = 100, 3 vs 4 at r = 150) and need no sequential r-step loop. Columns `P = D` are the same
+run with rank 0, which is the path of before (unpreconditioned probes, Kronecker-shift
+preconditioned solves; the probes are now Gaussian instead of Rademacher).
 """
 
 
