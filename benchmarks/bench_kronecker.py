@@ -316,8 +316,8 @@ def main() -> None:
         "",
         "Loss `y^T (K + s I)^{-1} y + log|K + s I|`, K = RBF factor per axis, backward to every "
         "length-scale and the noise. GPyTorch = `KroneckerProductLinearOperator(...).add_diagonal(s)"
-        ".inv_quad_logdet`. `GFLOP/s` counts `sum n_i^3 + N sum n_i`; `x bound` = our time / "
-        "(that count at the GEMM rate). `grad rel. diff` = max relative difference of our gradients "
+        ".inv_quad_logdet`. `GFLOP/s` counts `sum n_i^3 + N sum n_i` per CPU second; `x bound` = our CPU time / "
+        "(that count at the CPU-time GEMM rate). `grad rel. diff` = max relative difference of our gradients "
         "from GPyTorch's.",
         "",
         "| grid | N | gpkern (s) | gpkern CPU (s) | GPyTorch (s) | dense (s) | GPyTorch / gpkern | dense / gpkern | GFLOP/s | x bound | grad rel. diff |",
