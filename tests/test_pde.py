@@ -371,3 +371,40 @@ def test_fused_lag_kernel_matches_spectral_mixture_1d_with_gradients():
             for x, y in zip(torch.autograd.grad((a * W).sum(), [w, mu, ls]), torch.autograd.grad((b * W).sum(), [w, mu, ls])):
                 torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-11 * float(y.abs().max()))
     assert torch.autograd.gradcheck(lambda w, mu, ls: spectral_mixture_lags(d[:9], w, mu, ls, envelope="matern52", orders=(0, 1, 2)), (w, mu, ls))
+
+
+def test_1d_profile_solve_gradient_matches_dense_autograd():
+    # the 1-D interior solve's rank-one closed-form backward against autograd through dense
+    # K^(m) K^{-1}, torch.linalg.solve and logdet (three linear terms, two of the same order)
+    from gpkern.models.pde import lag_vectors
+
+    torch.manual_seed(3)
+    n, jitter = 12, 1e-4
+    grids = uniform_grid([(0.0, 1.0)], [n])
+    prior = SpectralGridPrior(1, "student_t", 3, [2.0], 4.0)
+    prior.log_scales.requires_grad_(True)
+    with torch.no_grad():
+        prior.log_weights.add_(0.3 * torch.randn(1, 3, dtype=torch.float64))
+    terms = [(0, 2, 1.0), (0, 1, 0.4), (0, 2, 0.3)]
+    coll = GridCollocation(grids, torch.randn(n, dtype=torch.float64), torch.randn(n, dtype=torch.float64), linear_terms=terms, jitter=jitter)
+    params = list(prior.parameters())
+    fac = coll.factors(prior)
+    U, _ = coll.solve(fac)
+    J = coll.profile_objective(fac, U)
+    g1 = torch.autograd.grad(J, params)
+
+    v = dict(zip([0, 1, 2], lag_vectors(grids[0], prior.weights[0], prior.frequencies[0], prior.scales[0], "matern52", (0, 1, 2))))
+    idx = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+    Kp = v[0][idx] + jitter * torch.eye(n, dtype=torch.float64)
+    Kinv = torch.linalg.inv(Kp)
+    inner = slice(1, n - 1)
+    A = sum(c * (v[m][idx] @ Kinv)[inner, inner] for _, m, c in terms)
+    G = coll.boundary_values
+    R = coll.source[inner] - sum(c * (v[m][idx] @ Kinv @ G)[inner] for _, m, c in terms)
+    Ud = G.clone()
+    Ud[inner] = torch.linalg.solve(A, R)
+    Jd = (0.5 * torch.logdet(Kp) + 0.5 * Ud @ torch.linalg.solve(Kp, Ud)) / n
+    g2 = torch.autograd.grad(Jd, params)
+    torch.testing.assert_close(J, Jd, rtol=1e-10, atol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(b.abs().max()))

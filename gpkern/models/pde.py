@@ -329,6 +329,47 @@ def kronecker_sum_solve(
     return _KroneckerSumSolve.apply(R, *mats)
 
 
+class _InteriorSolve1D(torch.autograd.Function):
+    r"""1-D collocation solve :math:`X = A^{-1} R`, :math:`A = (M K^{-1})[I, I]`,
+    :math:`M = \sum_t c_t K^{(m_t)}`, differentiable in :math:`R` and the lag vectors.
+
+    With :math:`y = A^{-\top} G` and :math:`\tilde y, \tilde x` the zero-padded :math:`y, X`,
+    the gradient in :math:`A` is :math:`-y X^\top` (rank one), hence
+    :math:`\partial/\partial M = -\tilde y z^\top` and :math:`\partial/\partial K =
+    (K^{-1} M^\top \tilde y) z^\top` with :math:`z = K^{-1}\tilde x`: the lag gradients are
+    correlations, :math:`O(n^2)`, where autograd through the dense :math:`A` costs
+    :math:`O(n^3)`.
+    """
+
+    @staticmethod
+    def forward(ctx, R, info, v0, *vms):
+        lu, L, Ks, coef, start, stop = info
+        X = torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(X)
+        ctx.info = info
+        return X
+
+    @staticmethod
+    def backward(ctx, G):
+        (X,) = ctx.saved_tensors
+        lu, L, Ks, coef, start, stop = ctx.info
+        n = L.shape[0]
+        y = torch.linalg.lu_solve(*lu, G.unsqueeze(-1), adjoint=True)  # (n_I, 1)
+        yt = y.new_zeros(n, 1)
+        yt[start:stop] = y
+        xt = X.new_zeros(n, 1)
+        xt[start:stop, 0] = X
+        z = _cholesky_solve(xt, L)
+        grads = [None] * len(Ks)
+        Mty = 0.0
+        for i, (K, c) in enumerate(zip(Ks, coef)):
+            if ctx.needs_input_grad[3 + i]:
+                grads[i] = -c * _lag_sums(yt, z, 0, n)
+            Mty = Mty + c * (K.T @ yt)
+        g0 = _lag_sums(_cholesky_solve(Mty, L), z, 0, n) if ctx.needs_input_grad[2] else None
+        return y[:, 0], None, g0, *grads
+
+
 def _kronecker_sum_inverse(mats: Sequence[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Factor a Kronecker sum once (no gradients) for repeated solves."""
     if len(mats) == 1:
@@ -490,7 +531,7 @@ class GridCollocation:
         :math:`K_j^{(m)}` (constants), and the factor :math:`L_j` of :math:`K_j + \epsilon I`.
         """
         lags = prior.factor_lags(self.grids, self.orders)
-        chol, logdets, kmats, vecs = [], [], [], []
+        chol, logdets, kmats, vecs, padded = [], [], [], [], []
         for per_order in lags:
             v0 = per_order[0]
             n = (v0.shape[0] + 1) // 2
@@ -507,22 +548,22 @@ class GridCollocation:
             v0 = v0 + bump
             with torch.no_grad():
                 dense = {m: _toeplitz_dense(v) for m, v in zip(self.orders, per_order)}
-                dense[0] = _toeplitz_dense(v0)
-                L, info = torch.linalg.cholesky_ex(dense[0])
+                L, info = torch.linalg.cholesky_ex(_toeplitz_dense(v0))
                 if info:
-                    L, extra = robust_cholesky(dense[0], warn=False)
+                    L, extra = robust_cholesky(_toeplitz_dense(v0), warn=False)
                     bump = torch.zeros_like(v0)
                     bump[n - 1] = extra
-                    dense[0] = dense[0] + extra * torch.eye(n, dtype=v0.dtype, device=v0.device)
             if info:
                 v0 = v0 + bump
             chol.append(L)
-            vecs.append(dict(zip(self.orders, per_order)) | {0: v0})
+            vecs.append(dict(zip(self.orders, per_order)))
+            padded.append(v0)
             kmats.append(dense)
             logdets.append(_ToeplitzLogdet.apply(v0, L))
         N = math.prod(self.shape)
         logdet = sum(N / n * ld for n, ld in zip(self.shape, logdets))
-        return {"chol": chol, "lags": vecs, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
+        # lags[j][m]: v_j^(m); padded[j]: the lags of K_j + eps I (the factored matrix)
+        return {"chol": chol, "lags": vecs, "padded": padded, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
 
     def operator(self, fac: dict, j: int, m: int) -> torch.Tensor:
         r""":math:`D_j^{(m)} = K_j^{(m)} (K_j + \epsilon I)^{-1}` (cached in ``fac``)."""
@@ -532,7 +573,7 @@ class GridCollocation:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
             # K^(m)^T is the Toeplitz matrix of the reversed lag vector.
             KmT = _ToeplitzMatrix.apply(fac["lags"][j][m].flip(0))
-            D = _ToeplitzSolve.apply(fac["lags"][j][0], KmT, fac["chol"][j]).T
+            D = _ToeplitzSolve.apply(fac["padded"][j], KmT, fac["chol"][j]).T
             fac["D"][j][m] = D
         return D
 
@@ -553,7 +594,7 @@ class GridCollocation:
         hit = cache.get(key)
         if hit is not None and hit[0] is X:
             return hit[1]
-        out = cls._along_mode(lambda B: _ToeplitzSolve.apply(fac["lags"][j][0], B, fac["chol"][j]), X, j)
+        out = cls._along_mode(lambda B: _ToeplitzSolve.apply(fac["padded"][j], B, fac["chol"][j]), X, j)
         cache[key] = (X, out)
         return out
 
@@ -616,6 +657,28 @@ class GridCollocation:
             mats.append(A)
         return mats
 
+    def _interior_1d(self, fac: dict) -> tuple[torch.Tensor, tuple]:
+        """1-D: the dense interior block :math:`A` (a constant) and its LU factors, cached."""
+        st = fac.get("interior_1d")
+        if st is None:
+            sl = self.interior[0]
+            with torch.no_grad():
+                M = sum(c * fac["K"][0][m] for _, m, c in self.linear_terms)
+                # A = (M K^{-1})[I, I] = ((K^{-1} M[I, :]^T)[I, :])^T
+                A = _cholesky_solve(M[sl].T.contiguous(), fac["chol"][0])[sl].T.contiguous()
+                st = fac["interior_1d"] = (A, torch.linalg.lu_factor(A))
+        return st
+
+    def _interior_solve_1d(self, fac: dict, R: torch.Tensor) -> torch.Tensor:  # (n_I,) -> (n_I,)
+        """Differentiable :math:`A^{-1} R` in 1-D with the :math:`O(n^2)` backward of
+        :class:`_InteriorSolve1D` (the gradient of a dense interior block is rank one)."""
+        A, lu = self._interior_1d(fac)
+        ms = sorted({m for _, m, _ in self.linear_terms})
+        coef = [sum(c for _, mm, c in self.linear_terms if mm == m) for m in ms]
+        sl = self.interior[0]
+        info = (lu, fac["chol"][0], [fac["K"][0][m] for m in ms], coef, sl.start, sl.stop)
+        return _InteriorSolve1D.apply(R, info, fac["padded"][0], *[fac["lags"][0][m] for m in ms])
+
     def lift_rhs(self, fac: dict) -> torch.Tensor:
         """Interior right-hand side: source minus the linear operator applied to the boundary lift."""
         G = self.boundary_values
@@ -642,14 +705,26 @@ class GridCollocation:
         start: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Exact collocation solution :math:`U(\\theta)` (differentiable), and Picard iterations used."""
-        mats = self.interior_operators(fac)
+        if self.d == 1:
+            A1, lu = self._interior_1d(fac)
+
+            def solve_linear(R):
+                return self._interior_solve_1d(fac, R)
+        else:
+            mats = self.interior_operators(fac)
+
+            def solve_linear(R):
+                return kronecker_sum_solve(mats, R)
         R = self.lift_rhs(fac)
         if self.nonlinearity is None:
-            return self.assemble(kronecker_sum_solve(mats, R)), 0
+            return self.assemble(solve_linear(R)), 0
         # Fixed point X = S^{-1}(R - n(X)); the Laplacian dominates n'(u) so it contracts fast.
         with torch.no_grad():
             Rd = R.detach()
-            inverse = _kronecker_sum_inverse([A.detach() for A in mats])
+            if self.d == 1:
+                inverse = lambda R: torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+            else:
+                inverse = _kronecker_sum_inverse([A.detach() for A in mats])
             X = inverse(Rd) if start is None else start[self.interior].clone()
             it = 0
             for it in range(1, max_picard + 1):  # noqa: B007 (returned)
@@ -658,7 +733,7 @@ class GridCollocation:
                     with torch.enable_grad():
                         Xg = X.detach().requires_grad_(True)
                         (slope,) = torch.autograd.grad(self.nonlinearity(Xg).sum(), Xg)
-                    A = mats[0].detach()
+                    A = A1
                     F = A @ X + self.nonlinearity(X) - Rd
                     step = torch.linalg.solve(A + torch.diag(slope), F)
                     # Damped: halve the step until the residual norm decreases.
@@ -682,7 +757,7 @@ class GridCollocation:
         if not torch.isfinite(X).all():
             return self.assemble(X), it
         for _ in range(unroll):
-            X = kronecker_sum_solve(mats, R - self.nonlinearity(X))
+            X = solve_linear(R - self.nonlinearity(X))
         return self.assemble(X), it
 
     def profile_objective(self, fac: dict, U: torch.Tensor) -> torch.Tensor:
