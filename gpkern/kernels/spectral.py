@@ -254,7 +254,7 @@ def spectral_mixture_lags(
 
     The same values as :func:`spectral_mixture_1d` for a 1-D ``d`` and ``(Q,)`` parameters,
     computed in one broadcast over components and orders, with a closed-form backward pass for
-    the weights, frequencies and scales (see :class:`_SpectralMixtureLags`): one autograd node
+    the weights, frequencies and scales (scale-family and phase identities): one autograd node
     instead of about a hundred, which is what one optimisation step of the PDE solver costs at
     small grids. ``d`` is treated as a constant; if it requires a gradient this falls back to
     :func:`spectral_mixture_1d`.
