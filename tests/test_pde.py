@@ -316,20 +316,95 @@ def test_paper_cases_reach_1e3(cls, solution, domain, grid, kwargs, max_iter):
 
 
 def test_closed_form_factor_gradients_match_autograd():
-    # the custom backward of the per-factor solve / log-determinant against plain autograd
-    from gpkern.models.pde import _CholeskyLogdet, _CholeskySolve
+    # the custom backward of the Toeplitz solve / log-determinant / row-block product against
+    # plain autograd through a dense gather, torch.linalg.solve and logdet
+    from gpkern.models.pde import (
+        _ToeplitzLogdet,
+        _ToeplitzMatmul,
+        _ToeplitzMatrix,
+        _ToeplitzSolve,
+        lag_vectors,
+    )
 
     g = torch.Generator().manual_seed(0)
-    A = torch.randn(6, 6, generator=g)
-    K = (A @ A.T + 6 * torch.eye(6)).requires_grad_()
-    B = torch.randn(6, 3, generator=g).requires_grad_()
-    W = torch.randn(6, 3, generator=g)
-    L = torch.linalg.cholesky(K.detach())
-    out = (_CholeskySolve.apply(K, B, L) * W).sum() + 0.7 * _CholeskyLogdet.apply(K, L)
-    ref = (torch.linalg.solve(K, B) * W).sum() + 0.7 * torch.logdet(K)
-    g1 = torch.autograd.grad(out, [K, B])
-    g2 = torch.autograd.grad(ref, [K, B])
-    torch.testing.assert_close(out, ref)
-    # the symmetric part is what a symmetric K sees
-    torch.testing.assert_close(g1[0] + g1[0].T, g2[0] + g2[0].T)
-    torch.testing.assert_close(g1[1], g2[1])
+    n = 7
+    x = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    w, mu, ls = torch.rand(3, generator=g, dtype=torch.float64) + 0.2, torch.tensor([0.0, 1.0, 2.5]), torch.tensor([2.0, 3.0, 4.0])
+    v0, v1 = (v.detach() for v in lag_vectors(x, w, mu, ls, "matern52", (0, 1)))
+    v0 = (v0 + 0.05 * (torch.arange(2 * n - 1) == n - 1)).requires_grad_()  # jitter on the zero lag
+    v1 = v1.requires_grad_()
+    idx = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+    for k in (1, 3):  # one column (correlation path) and several (dense diagonal sums)
+        B = torch.randn(n, k, generator=g, dtype=torch.float64).requires_grad_()
+        Y = torch.randn(n, k, generator=g, dtype=torch.float64).requires_grad_()
+        W1 = torch.randn(n, k, generator=g, dtype=torch.float64)
+        W2 = torch.randn(n - 3, k, generator=g, dtype=torch.float64)
+        L = torch.linalg.cholesky(v0.detach()[idx])
+        K1 = v1.detach()[idx]
+        out = (
+            (_ToeplitzSolve.apply(v0, B, L) * W1).sum()
+            + 0.7 * _ToeplitzLogdet.apply(v0, L)
+            + (_ToeplitzMatmul.apply(v1, Y, K1, 2, n - 1) * W2).sum()
+            + (_ToeplitzMatrix.apply(v1) ** 2).sum()
+        )
+        ref = (torch.linalg.solve(v0[idx], B) * W1).sum() + 0.7 * torch.logdet(v0[idx]) + ((v1[idx][2 : n - 1] @ Y) * W2).sum() + (v1[idx] ** 2).sum()
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(out, [v0, v1, B, Y]), torch.autograd.grad(ref, [v0, v1, B, Y])):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_lag_kernel_matches_spectral_mixture_1d_with_gradients():
+    # spectral_mixture_lags (closed-form backward) against spectral_mixture_1d through autograd
+    from gpkern.kernels.spectral import spectral_mixture_1d, spectral_mixture_lags
+
+    g = torch.Generator().manual_seed(1)
+    d = torch.linspace(-1.5, 1.5, 31, dtype=torch.float64)  # includes d = 0
+    for envelope in ("gaussian", "matern52"):
+        for orders in [(0,), (0, 2), (0, 1, 2), (0, 1, 2, 3, 4), (2, 4)]:
+            w = (torch.rand(5, generator=g, dtype=torch.float64) + 0.1).requires_grad_()
+            mu = (torch.rand(5, generator=g, dtype=torch.float64) * 5).requires_grad_()
+            ls = (torch.rand(5, generator=g, dtype=torch.float64) * 3 + 0.2).requires_grad_()
+            a = spectral_mixture_lags(d, w, mu, ls, envelope=envelope, orders=orders)
+            b = torch.stack(spectral_mixture_1d(d, w, mu, ls, envelope=envelope, orders=orders))
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
+            W = torch.randn(a.shape, generator=g, dtype=torch.float64)
+            for x, y in zip(torch.autograd.grad((a * W).sum(), [w, mu, ls]), torch.autograd.grad((b * W).sum(), [w, mu, ls])):
+                torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-11 * float(y.abs().max()))
+    assert torch.autograd.gradcheck(lambda w, mu, ls: spectral_mixture_lags(d[:9], w, mu, ls, envelope="matern52", orders=(0, 1, 2)), (w, mu, ls))
+
+
+def test_1d_profile_solve_gradient_matches_dense_autograd():
+    # the 1-D interior solve's rank-one closed-form backward against autograd through dense
+    # K^(m) K^{-1}, torch.linalg.solve and logdet (three linear terms, two of the same order)
+    from gpkern.models.pde import lag_vectors
+
+    torch.manual_seed(3)
+    n, jitter = 12, 1e-4
+    grids = uniform_grid([(0.0, 1.0)], [n])
+    prior = SpectralGridPrior(1, "student_t", 3, [2.0], 4.0)
+    prior.log_scales.requires_grad_(True)
+    with torch.no_grad():
+        prior.log_weights.add_(0.3 * torch.randn(1, 3, dtype=torch.float64))
+    terms = [(0, 2, 1.0), (0, 1, 0.4), (0, 2, 0.3)]
+    coll = GridCollocation(grids, torch.randn(n, dtype=torch.float64), torch.randn(n, dtype=torch.float64), linear_terms=terms, jitter=jitter)
+    params = list(prior.parameters())
+    fac = coll.factors(prior)
+    U, _ = coll.solve(fac)
+    J = coll.profile_objective(fac, U)
+    g1 = torch.autograd.grad(J, params)
+
+    v = dict(zip([0, 1, 2], lag_vectors(grids[0], prior.weights[0], prior.frequencies[0], prior.scales[0], "matern52", (0, 1, 2))))
+    idx = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+    Kp = v[0][idx] + jitter * torch.eye(n, dtype=torch.float64)
+    Kinv = torch.linalg.inv(Kp)
+    inner = slice(1, n - 1)
+    A = sum(c * (v[m][idx] @ Kinv)[inner, inner] for _, m, c in terms)
+    G = coll.boundary_values
+    R = coll.source[inner] - sum(c * (v[m][idx] @ Kinv @ G)[inner] for _, m, c in terms)
+    Ud = G.clone()
+    Ud[inner] = torch.linalg.solve(A, R)
+    Jd = (0.5 * torch.logdet(Kp) + 0.5 * Ud @ torch.linalg.solve(Kp, Ud)) / n
+    g2 = torch.autograd.grad(Jd, params)
+    torch.testing.assert_close(J, Jd, rtol=1e-10, atol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(b.abs().max()))

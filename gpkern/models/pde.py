@@ -52,9 +52,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from gpkern.kernels.spectral import spectral_mixture_1d
+from gpkern.exceptions import NotPSDError
+from gpkern.kernels.spectral import spectral_mixture_1d, spectral_mixture_lags
 from gpkern.linalg.cholesky import robust_cholesky
 from gpkern.linalg.kronecker import kron_matmul
 
@@ -63,6 +66,7 @@ __all__ = [
     "SpectralGridPrior",
     "uniform_grid",
     "toeplitz_derivatives",
+    "lag_vectors",
     "apply_mode",
     "kronecker_sum_solve",
     "GridCollocation",
@@ -97,16 +101,155 @@ def toeplitz_derivatives(
     r"""Derivative kernel matrices :math:`K^{(m)}[a, b] = k^{(m)}(x_a - x_b)` on a uniform grid.
 
     On a uniform grid the matrices are Toeplitz, so the kernel is evaluated only at the
-    :math:`2N - 1` distinct lags and gathered: :math:`O(NQ)` kernel evaluations instead of
-    :math:`O(N^2 Q)`.
+    :math:`N` non-negative lags (:math:`k^{(m)}(-d) = (-1)^m k^{(m)}(d)`) and gathered:
+    :math:`O(NQ)` kernel evaluations instead of :math:`O(N^2 Q)`.
+    """
+    return [_ToeplitzMatrix.apply(v) for v in lag_vectors(x, weights, frequencies, scales, envelope, orders)]
+
+
+def lag_vectors(
+    x: torch.Tensor,  # (N,) uniform grid
+    weights: torch.Tensor,  # (Q,)
+    frequencies: torch.Tensor,  # (Q,)
+    scales: torch.Tensor,  # (Q,)
+    envelope: str,
+    orders: Sequence[int],
+) -> list[torch.Tensor]:  # one (2N - 1,) vector per order
+    r"""Toeplitz lag vectors :math:`v^{(m)}_t = k^{(m)}((t - N + 1) h)`, :math:`t = 0..2N-2`.
+
+    :math:`K^{(m)}[a, b] = v^{(m)}_{a - b + N - 1}`; the kernel is evaluated (fused, closed-form
+    backward: :func:`~gpkern.kernels.spectral.spectral_mixture_lags`) at the :math:`N`
+    non-negative lags and mirrored with the parity :math:`(-1)^m`.
     """
     n = x.shape[0]
     h = (x[-1] - x[0]) / max(n - 1, 1)
-    lags = torch.arange(-(n - 1), n, dtype=x.dtype, device=x.device) * h
-    values = spectral_mixture_1d(lags, weights, frequencies, scales, envelope=envelope, orders=orders)
-    # M[a, b] = v[a - b + n - 1]: row a of M is the reversed lag vector starting at n - 1 - a,
-    # a strided view (its backward is a strided add, cheaper than a scatter).
-    return [v.flip(0).unfold(0, n, 1).flip(0) for v in values]
+    half = torch.arange(n, dtype=x.dtype, device=x.device) * h
+    vals = spectral_mixture_lags(half, weights, frequencies, scales, envelope=envelope, orders=orders)
+    return [torch.cat([(-1.0) ** m * v[1:].flip(0), v]) for m, v in zip(orders, vals)]
+
+
+def _toeplitz_dense(v: torch.Tensor) -> torch.Tensor:  # (2n - 1,) -> (n, n)
+    n = (v.shape[0] + 1) // 2
+    # M[a, b] = v[a - b + n - 1]: the reversed lags unfolded (a strided view), rows flipped.
+    return v.flip(0).unfold(0, n, 1).flip(0)
+
+
+def _diagonal_sums(M: torch.Tensor) -> torch.Tensor:  # (p, m) -> (p + m - 1,)
+    """``out[a - b + m - 1] = sum of M[a, b]`` over each diagonal, by a skewed reshape."""
+    p, m = M.shape
+    Z = M.new_zeros(p, m + p)
+    Z[:, :m] = M.flip(1)
+    # In rows of length m + p - 1 the entry (a, m - 1 - b) lands in column a + m - 1 - b.
+    return Z.reshape(-1)[: p * (m + p - 1)].reshape(p, m + p - 1).sum(0)
+
+
+def _cholesky_solve(B: torch.Tensor, L: torch.Tensor) -> torch.Tensor:  # (n, k), (n, n) -> (n, k)
+    """:math:`(LL^\top)^{-1}B` by two triangular solves (torch.cholesky_solve copies the factor on
+    every call, which costs more than the solve itself for a few right-hand sides)."""
+    return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
+
+
+def _correlate(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # (p,), (n,) -> (p + n - 1,)
+    """Full cross-correlation ``out[t] = sum_k u[t + k - n + 1] w[k]`` (direct sums, no FFT)."""
+    if u.device.type == "cpu":
+        # numpy's direct loop is ~4x faster than a one-channel conv1d at n = 400
+        return torch.from_numpy(np.correlate(u.detach().numpy(), w.detach().numpy(), "full"))
+    n = w.shape[0]
+    return F.conv1d(F.pad(u, (n - 1, n - 1)).view(1, 1, -1), w.reshape(1, 1, -1)).reshape(-1)
+
+
+def _lag_sums(A: torch.Tensor, B: torch.Tensor, offset: int, n: int) -> torch.Tensor:  # (p, k), (n, k) -> (2n - 1,)
+    r"""Gradient of :math:`\langle A B^\top, T(v)[\text{offset}:\text{offset}+p]\rangle` in the
+    lag vector :math:`v`: the diagonal sums of :math:`A B^\top` (a cross-correlation), placed at
+    lag index :math:`\text{offset} + a - b + n - 1`. Never forms a dense matrix for one column."""
+    p = A.shape[0]
+    if A.shape[1] == 1:
+        s = _correlate(A[:, 0], B[:, 0])
+    else:
+        s = _diagonal_sums(A @ B.T)
+    out = A.new_zeros(2 * n - 1)
+    out[offset : offset + p + n - 1] = s
+    return out
+
+
+class _ToeplitzMatrix(torch.autograd.Function):
+    """Dense Toeplitz matrix from its lag vector; backward = diagonal sums."""
+
+    @staticmethod
+    def forward(ctx, v):
+        return _toeplitz_dense(v)
+
+    @staticmethod
+    def backward(ctx, G):
+        return _diagonal_sums(G)
+
+
+class _ToeplitzMatmul(torch.autograd.Function):
+    """``T(v)[rows] @ Y`` with the dense ``T(v)`` precomputed; backward to ``v`` by correlation."""
+
+    @staticmethod
+    def forward(ctx, v, Y, K, start, stop):
+        Kr = K[start:stop]
+        ctx.save_for_backward(Y, Kr)
+        ctx.start = start
+        return Kr @ Y
+
+    @staticmethod
+    def backward(ctx, G):
+        Y, Kr = ctx.saved_tensors
+        gv = _lag_sums(G, Y, ctx.start, Y.shape[0]) if ctx.needs_input_grad[0] else None
+        gY = Kr.T @ G if ctx.needs_input_grad[1] else None
+        return gv, gY, None, None, None
+
+
+class _ToeplitzSolve(torch.autograd.Function):
+    r"""X = T(v)^{-1} B from a precomputed Cholesky factor L of T(v); closed-form backward
+    grad_B = T^{-1} G, grad_v = diagonal sums of :math:`-T^{-1} G X^\top` (a correlation)."""
+
+    @staticmethod
+    def forward(ctx, v, B, L):
+        X = _cholesky_solve(B, L)
+        ctx.save_for_backward(X, L)
+        return X
+
+    @staticmethod
+    def backward(ctx, G):
+        X, L = ctx.saved_tensors
+        Gs = _cholesky_solve(G, L)
+        gv = -_lag_sums(Gs, X, 0, X.shape[0]) if ctx.needs_input_grad[0] else None
+        return gv, Gs, None
+
+
+class _ToeplitzLogdet(torch.autograd.Function):
+    r"""log|T(v)| of a symmetric positive definite Toeplitz matrix from its Cholesky factor.
+
+    The gradient needs only the diagonal sums of :math:`T^{-1}`. By the Gohberg-Semencul formula
+    :math:`T^{-1} = x_0^{-1}\big(\mathcal L(x)\mathcal L(x)^\top - \mathcal L(c)\mathcal L(c)^\top\big)`
+    with :math:`x = T^{-1} e_0`, :math:`c = (0, x_{n-1}, \dots, x_1)` and :math:`\mathcal L(\cdot)`
+    the lower-triangular Toeplitz matrix with that first column, and the diagonal sum at lag
+    :math:`l` of :math:`\mathcal L(c)\mathcal L(c)^\top` is :math:`\sum_j (n - l - j) c_j c_{j+l}`:
+    one triangular solve pair and four correlations, :math:`O(n^2)`, instead of the
+    :math:`O(n^3)` explicit inverse.
+    """
+
+    @staticmethod
+    def forward(ctx, v, L):
+        ctx.save_for_backward(L)
+        return 2.0 * L.diagonal().log().sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (L,) = ctx.saved_tensors
+        n = L.shape[0]
+        e0 = L.new_zeros(n, 1)
+        e0[0] = 1.0
+        x = _cholesky_solve(e0, L)[:, 0]
+        c = torch.cat([x.new_zeros(1), x[1:].flip(0)])
+        j = torch.arange(n, dtype=x.dtype, device=x.device)
+        # R_l = sum_j c_{j+l} c_j and S_l = sum_j c_{j+l} j c_j: the non-negative lags of a correlation
+        R = [_correlate(u, w)[n - 1 :] for u, w in ((x, x), (x, j * x), (c, c), (c, j * c))]
+        D = ((n - j) * (R[0] - R[2]) - (R[1] - R[3])) / x[0]
+        return g * torch.cat([D[1:].flip(0), D]), None
 
 
 def apply_mode(
@@ -186,36 +329,45 @@ def kronecker_sum_solve(
     return _KroneckerSumSolve.apply(R, *mats)
 
 
-class _CholeskySolve(torch.autograd.Function):
-    """X = K^{-1} B from a precomputed factor L, with the closed-form backward
-    (grad_B = K^{-1} G, grad_K = -K^{-1} G X^T) instead of autograd through the factorisation."""
+class _InteriorSolve1D(torch.autograd.Function):
+    r"""1-D collocation solve :math:`X = A^{-1} R`, :math:`A = (M K^{-1})[I, I]`,
+    :math:`M = \sum_t c_t K^{(m_t)}`, differentiable in :math:`R` and the lag vectors.
+
+    With :math:`y = A^{-\top} G` and :math:`\tilde y, \tilde x` the zero-padded :math:`y, X`,
+    the gradient in :math:`A` is :math:`-y X^\top` (rank one), hence
+    :math:`\partial/\partial M = -\tilde y z^\top` and :math:`\partial/\partial K =
+    (K^{-1} M^\top \tilde y) z^\top` with :math:`z = K^{-1}\tilde x`: the lag gradients are
+    correlations, :math:`O(n^2)`, where autograd through the dense :math:`A` costs
+    :math:`O(n^3)`.
+    """
 
     @staticmethod
-    def forward(ctx, K, B, L):
-        X = torch.cholesky_solve(B, L)
-        ctx.save_for_backward(X, L)
+    def forward(ctx, R, info, v0, *vms):
+        lu, L, Ks, coef, start, stop = info
+        X = torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(X)
+        ctx.info = info
         return X
 
     @staticmethod
     def backward(ctx, G):
-        X, L = ctx.saved_tensors
-        Gs = torch.cholesky_solve(G, L)
-        grad_K = -Gs @ X.T if ctx.needs_input_grad[0] else None
-        return grad_K, Gs, None
-
-
-class _CholeskyLogdet(torch.autograd.Function):
-    """log|K| from a precomputed factor L; backward g K^{-1} (one Cholesky inverse)."""
-
-    @staticmethod
-    def forward(ctx, K, L):
-        ctx.save_for_backward(L)
-        return 2.0 * L.diagonal().log().sum()
-
-    @staticmethod
-    def backward(ctx, g):
-        (L,) = ctx.saved_tensors
-        return g * torch.cholesky_inverse(L), None
+        (X,) = ctx.saved_tensors
+        lu, L, Ks, coef, start, stop = ctx.info
+        n = L.shape[0]
+        y = torch.linalg.lu_solve(*lu, G.unsqueeze(-1), adjoint=True)  # (n_I, 1)
+        yt = y.new_zeros(n, 1)
+        yt[start:stop] = y
+        xt = X.new_zeros(n, 1)
+        xt[start:stop, 0] = X
+        z = _cholesky_solve(xt, L)
+        grads = [None] * len(Ks)
+        Mty = 0.0
+        for i, (K, c) in enumerate(zip(Ks, coef)):
+            if ctx.needs_input_grad[3 + i]:
+                grads[i] = -c * _lag_sums(yt, z, 0, n)
+            Mty = Mty + c * (K.T @ yt)
+        g0 = _lag_sums(_cholesky_solve(Mty, L), z, 0, n) if ctx.needs_input_grad[2] else None
+        return y[:, 0], None, g0, *grads
 
 
 def _kronecker_sum_inverse(mats: Sequence[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -285,11 +437,12 @@ class SpectralGridPrior(torch.nn.Module):
 
     def factor_matrices(self, grids: Sequence[torch.Tensor], orders: Sequence[int]) -> list[list[torch.Tensor]]:
         """For each dimension, the Toeplitz derivative kernel matrices of the given orders."""
+        return [[_ToeplitzMatrix.apply(v) for v in per_dim] for per_dim in self.factor_lags(grids, orders)]
+
+    def factor_lags(self, grids: Sequence[torch.Tensor], orders: Sequence[int]) -> list[list[torch.Tensor]]:
+        """For each dimension, the Toeplitz lag vectors (:func:`lag_vectors`) of the given orders."""
         w, s = self.weights, self.scales
-        return [
-            toeplitz_derivatives(x, w[j], self.frequencies[j], s[j], self.envelope, orders)
-            for j, x in enumerate(grids)
-        ]
+        return [lag_vectors(x, w[j], self.frequencies[j], s[j], self.envelope, orders) for j, x in enumerate(grids)]
 
     def cross_covariance(self, j: int, x_new: torch.Tensor, x_grid: torch.Tensor) -> torch.Tensor:  # (m,), (N_j,) -> (m, N_j)
         """:math:`k_j(x_{new}, x_{grid})` for prediction off the grid."""
@@ -371,25 +524,46 @@ class GridCollocation:
 
     # -- kernel algebra ---------------------------------------------------------------------
     def factors(self, prior: SpectralGridPrior) -> dict:
-        """Cholesky factors, log-determinant and derivative kernel matrices :math:`K_j^{(m)}`."""
-        mats = prior.factor_matrices(self.grids, self.orders)
-        chol, logdets, kmats, padded = [], [], [], []
-        for per_order in mats:
-            K = per_order[0]
-            n = K.shape[0]
+        r"""Cholesky factors, log-determinant and Toeplitz derivative kernel matrices.
+
+        Per dimension: the lag vectors :math:`v_j^{(m)}` (differentiable; every kernel-matrix
+        operation below has a closed-form backward to them), their dense matrices
+        :math:`K_j^{(m)}` (constants), and the factor :math:`L_j` of :math:`K_j + \epsilon I`.
+        """
+        lags = prior.factor_lags(self.grids, self.orders)
+        chol, logdets, kmats, vecs, padded = [], [], [], [], []
+        for per_order in lags:
+            v0 = per_order[0]
+            n = (v0.shape[0] + 1) // 2
+            if not torch.isfinite(v0).all():
+                raise NotPSDError(
+                    "The kernel matrix contains NaN or inf entries; check the kernel hyperparameters "
+                    "and that the inputs are finite."
+                )
             # Absolute jitter, as in the paper: a relative one would let the joint ("adam") loss
-            # run to -inf by shrinking every weight (log|K| unbounded below).
-            Kj = K + self.jitter * torch.eye(n, dtype=K.dtype)
-            L, extra = robust_cholesky(Kj.detach(), warn=False)
-            if extra:
-                Kj = Kj + extra * torch.eye(n, dtype=K.dtype)
+            # run to -inf by shrinking every weight (log|K| unbounded below). The jitter sits on
+            # the zero lag, so K + eps I stays Toeplitz.
+            bump = torch.zeros_like(v0)
+            bump[n - 1] = self.jitter
+            v0 = v0 + bump
+            with torch.no_grad():
+                dense = {m: _toeplitz_dense(v) for m, v in zip(self.orders, per_order)}
+                L, info = torch.linalg.cholesky_ex(_toeplitz_dense(v0))
+                if info:
+                    L, extra = robust_cholesky(_toeplitz_dense(v0), warn=False)
+                    bump = torch.zeros_like(v0)
+                    bump[n - 1] = extra
+            if info:
+                v0 = v0 + bump
             chol.append(L)
-            padded.append(Kj)
-            logdets.append(_CholeskyLogdet.apply(Kj, L))
-            kmats.append(dict(zip(self.orders, per_order)))
+            vecs.append(dict(zip(self.orders, per_order)))
+            padded.append(v0)
+            kmats.append(dense)
+            logdets.append(_ToeplitzLogdet.apply(v0, L))
         N = math.prod(self.shape)
         logdet = sum(N / n * ld for n, ld in zip(self.shape, logdets))
-        return {"chol": chol, "Kj": padded, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
+        # lags[j][m]: v_j^(m); padded[j]: the lags of K_j + eps I (the factored matrix)
+        return {"chol": chol, "lags": vecs, "padded": padded, "logdet": logdet, "K": kmats, "D": [{} for _ in chol]}
 
     def operator(self, fac: dict, j: int, m: int) -> torch.Tensor:
         r""":math:`D_j^{(m)} = K_j^{(m)} (K_j + \epsilon I)^{-1}` (cached in ``fac``)."""
@@ -397,16 +571,38 @@ class GridCollocation:
         if D is None:
             if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
-            D = _CholeskySolve.apply(fac["Kj"][j], fac["K"][j][m].T, fac["chol"][j]).T
+            # K^(m)^T is the Toeplitz matrix of the reversed lag vector.
+            KmT = _ToeplitzMatrix.apply(fac["lags"][j][m].flip(0))
+            D = _ToeplitzSolve.apply(fac["padded"][j], KmT, fac["chol"][j]).T
             fac["D"][j][m] = D
         return D
 
     @staticmethod
-    def _solve_mode(fac: dict, X: torch.Tensor, j: int) -> torch.Tensor:
+    def _along_mode(fn, X: torch.Tensor, j: int) -> torch.Tensor:
+        """Apply ``fn`` to the mode-``j`` unfolding ``(N_j, rest)`` of ``X`` and fold back."""
         Xj = torch.movedim(X, j, 0)
         shape = Xj.shape
-        out = _CholeskySolve.apply(fac["Kj"][j], Xj.reshape(shape[0], -1), fac["chol"][j]).reshape(shape)
-        return torch.movedim(out, 0, j)
+        out = fn(Xj.reshape(shape[0], -1))
+        return torch.movedim(out.reshape(out.shape[0], *shape[1:]), 0, j)
+
+    @classmethod
+    def _solve_mode(cls, fac: dict, X: torch.Tensor, j: int) -> torch.Tensor:
+        # The loss solves with the same U more than once (quadratic term and derivatives):
+        # reuse the result (and its autograd node) within this factorisation.
+        cache = fac.setdefault("solves", {})
+        key = (id(X), j, torch.is_grad_enabled())
+        hit = cache.get(key)
+        if hit is not None and hit[0] is X:
+            return hit[1]
+        out = cls._along_mode(lambda B: _ToeplitzSolve.apply(fac["padded"][j], B, fac["chol"][j]), X, j)
+        cache[key] = (X, out)
+        return out
+
+    @classmethod
+    def _matmul_mode(cls, fac: dict, X: torch.Tensor, j: int, m: int, rows: slice) -> torch.Tensor:
+        K = fac["K"][j][m]
+        start, stop, _ = rows.indices(K.shape[0])
+        return cls._along_mode(lambda Y: _ToeplitzMatmul.apply(fac["lags"][j][m], Y, K, start, stop), X, j)
 
     def quad(self, fac: dict, U: torch.Tensor) -> torch.Tensor:
         r""":math:`U^\top K^{-1} U` with :math:`K^{-1} = \otimes_j K_j^{-1}` applied mode by mode."""
@@ -428,8 +624,8 @@ class GridCollocation:
                 continue
             if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
-            Km = fac["K"][j][m]
-            out = apply_mode(Km[self.interior[j]] if interior else Km, self._solve_mode(fac, out, j), j)
+            rows = self.interior[j] if interior else slice(None)
+            out = self._matmul_mode(fac, self._solve_mode(fac, out, j), j, m, rows)
         return out
 
     def residual(self, fac: dict, U: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
@@ -461,6 +657,28 @@ class GridCollocation:
             mats.append(A)
         return mats
 
+    def _interior_1d(self, fac: dict) -> tuple[torch.Tensor, tuple]:
+        """1-D: the dense interior block :math:`A` (a constant) and its LU factors, cached."""
+        st = fac.get("interior_1d")
+        if st is None:
+            sl = self.interior[0]
+            with torch.no_grad():
+                M = sum(c * fac["K"][0][m] for _, m, c in self.linear_terms)
+                # A = (M K^{-1})[I, I] = ((K^{-1} M[I, :]^T)[I, :])^T
+                A = _cholesky_solve(M[sl].T.contiguous(), fac["chol"][0])[sl].T.contiguous()
+                st = fac["interior_1d"] = (A, torch.linalg.lu_factor(A))
+        return st
+
+    def _interior_solve_1d(self, fac: dict, R: torch.Tensor) -> torch.Tensor:  # (n_I,) -> (n_I,)
+        """Differentiable :math:`A^{-1} R` in 1-D with the :math:`O(n^2)` backward of
+        :class:`_InteriorSolve1D` (the gradient of a dense interior block is rank one)."""
+        A, lu = self._interior_1d(fac)
+        ms = sorted({m for _, m, _ in self.linear_terms})
+        coef = [sum(c for _, mm, c in self.linear_terms if mm == m) for m in ms]
+        sl = self.interior[0]
+        info = (lu, fac["chol"][0], [fac["K"][0][m] for m in ms], coef, sl.start, sl.stop)
+        return _InteriorSolve1D.apply(R, info, fac["padded"][0], *[fac["lags"][0][m] for m in ms])
+
     def lift_rhs(self, fac: dict) -> torch.Tensor:
         """Interior right-hand side: source minus the linear operator applied to the boundary lift."""
         G = self.boundary_values
@@ -487,14 +705,26 @@ class GridCollocation:
         start: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Exact collocation solution :math:`U(\\theta)` (differentiable), and Picard iterations used."""
-        mats = self.interior_operators(fac)
+        if self.d == 1:
+            A1, lu = self._interior_1d(fac)
+
+            def solve_linear(R):
+                return self._interior_solve_1d(fac, R)
+        else:
+            mats = self.interior_operators(fac)
+
+            def solve_linear(R):
+                return kronecker_sum_solve(mats, R)
         R = self.lift_rhs(fac)
         if self.nonlinearity is None:
-            return self.assemble(kronecker_sum_solve(mats, R)), 0
+            return self.assemble(solve_linear(R)), 0
         # Fixed point X = S^{-1}(R - n(X)); the Laplacian dominates n'(u) so it contracts fast.
         with torch.no_grad():
             Rd = R.detach()
-            inverse = _kronecker_sum_inverse([A.detach() for A in mats])
+            if self.d == 1:
+                inverse = lambda R: torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+            else:
+                inverse = _kronecker_sum_inverse([A.detach() for A in mats])
             X = inverse(Rd) if start is None else start[self.interior].clone()
             it = 0
             for it in range(1, max_picard + 1):  # noqa: B007 (returned)
@@ -503,7 +733,7 @@ class GridCollocation:
                     with torch.enable_grad():
                         Xg = X.detach().requires_grad_(True)
                         (slope,) = torch.autograd.grad(self.nonlinearity(Xg).sum(), Xg)
-                    A = mats[0].detach()
+                    A = A1
                     F = A @ X + self.nonlinearity(X) - Rd
                     step = torch.linalg.solve(A + torch.diag(slope), F)
                     # Damped: halve the step until the residual norm decreases.
@@ -527,7 +757,7 @@ class GridCollocation:
         if not torch.isfinite(X).all():
             return self.assemble(X), it
         for _ in range(unroll):
-            X = kronecker_sum_solve(mats, R - self.nonlinearity(X))
+            X = solve_linear(R - self.nonlinearity(X))
         return self.assemble(X), it
 
     def profile_objective(self, fac: dict, U: torch.Tensor) -> torch.Tensor:
