@@ -12,8 +12,9 @@ chose on a validation split of the training digits. The histograms compare the p
 entropy on held-out digits of the training classes with that on the unseen classes; the
 legend gives the AUROC of entropy as an out-of-distribution score.
 
-This example trains two classifiers for a few hundred Adam steps (about half a minute on a
-laptop CPU), so the documentation renders it without executing it.
+This example trains two classifiers for a few hundred Adam steps (about 20 s of CPU time with
+one torch thread; far longer on an oversubscribed machine), so the documentation renders it
+without executing it.
 """
 
 import matplotlib.pyplot as plt
