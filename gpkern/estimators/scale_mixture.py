@@ -475,6 +475,11 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         Covariance function shared by the classes (deep-copied). ``None`` uses a scaled ARD RBF
         kernel with length-scales starting at each feature's standard deviation times
         :math:`\sqrt{d}`.
+        Its own output scale, if learned (as in the default), multiplies :math:`\sigma^2`: the
+        two are one parameter, so the ELBO in effect also learns the prior's scale :math:`b`.
+        For the paper's model, where :math:`\sigma^2` is the only scale and the prior is fixed,
+        pass a kernel with a fixed scale (e.g. :class:`~gpkern.kernels.NNGPKernel` with fixed
+        variances).
     prior : {"inverse_gamma"} or None, default="inverse_gamma"
         Prior on :math:`\sigma^2`; ``None`` fixes it to 1.
     prior_params : dict, optional
