@@ -551,3 +551,35 @@ def test_tour_section_fits_diamonds_with_keops():
     assert _keops_diamonds in SECTIONS
     (row,) = _keops_diamonds(True)
     assert row["metric"] == "RMSE" and 0 < row["value"] < 0.3  # log-price sd is about 1.0
+
+
+def test_fixed_hyperparameter_fit_defers_the_log_marginal_likelihood(monkeypatch):
+    """optimizer=None: no stochastic Lanczos work in fit; the value appears on first access."""
+    X, y, Xt = _toy(150, seed=5)
+    calls = []
+    original = IterativeGP.log_marginal_likelihood
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IterativeGP, "log_marginal_likelihood", counting)
+    monkeypatch.setitem(keops.FALLBACK, "active", True)  # chunked torch: no compile needed
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()).double()
+    gp = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops").fit(X, y)
+    assert isinstance(gp._model, IterativeGP) and calls == []
+    mean = gp.predict(Xt)  # predictions do not need it either
+    assert calls == []
+    lml = gp.log_marginal_likelihood()
+    assert len(calls) == 1 and gp.log_marginal_likelihood_value_ == lml
+    assert gp.log_marginal_likelihood() == lml and len(calls) == 1  # computed once
+    # Independent reference: the exact (dense) log marginal likelihood at the same hyperparameters.
+    dense = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="dense").fit(X, y)
+    assert abs(lml - dense.log_marginal_likelihood()) < 0.02 * abs(dense.log_marginal_likelihood()) + 2.0
+    np.testing.assert_allclose(mean, dense.predict(Xt), atol=1e-3)
+    # Survives pickling while still pending; an unfitted estimator has no value.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops").fit(X, y)))
+    assert abs(again.log_marginal_likelihood() - lml) < 1e-8 * abs(lml)
+    assert not hasattr(GPRegressor(), "log_marginal_likelihood_value_")
