@@ -631,3 +631,32 @@ def test_network_point_terms_are_the_layer_variances():
     torch.testing.assert_close(terms[:, 2], D.rsqrt())
     torch.testing.assert_close(terms[:, 3], D)
     assert keops.n_point_terms(layers) == terms.shape[1] == 4
+
+
+def test_nngp_recipe_subset_hyperparameters_then_keops_conditioning(monkeypatch):
+    """The documented CPU recipe for large n (docs/user_guide/scaling.rst): learn the NNGP's
+    scale and noise on a subset with the dense backend, refit with ``optimizer=None`` and
+    ``backend="keops"`` on all points; it equals the dense GP with the same hyperparameters."""
+    monkeypatch.setitem(keops.FALLBACK, "active", True)  # chunked torch: no compile needed
+    rng = np.random.default_rng(8)
+    X, Xt = rng.uniform(-2, 2, (200, 3)), rng.uniform(-2, 2, (50, 3))
+    y = X @ [0.8, -0.5, 0.3] + 0.5 * np.abs(X[:, 0]) + 0.1 * rng.standard_normal(200)
+    layers = [("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5)]
+    kernel = gpytorch.kernels.ScaleKernel(DenseNetworkKernel(layers, n_features=3))
+    subset = rng.choice(len(X), 80, replace=False)
+    small = GPRegressor(kernel=kernel, backend="dense", max_iter=20, random_state=0)
+    small.fit(X[subset], y[subset])
+    assert small.noise_ < 0.1  # learned: the noise is about 1% of the targets' variance
+    # variance_rank = n: the Galerkin variance subspace is complete, so variances are exact.
+    opts = {"eval_cg_tol": 1e-8, "variance_rank": 200}
+    big = GPRegressor(
+        kernel=small.kernel_, noise=small.noise_, optimizer=None, backend="keops", backend_options=opts
+    ).fit(X, y)
+    assert isinstance(big._model, IterativeGP)
+    ref = GPRegressor(
+        kernel=small.kernel_, noise=small.noise_, optimizer=None, backend="dense"
+    ).fit(X, y)
+    mean, std = big.predict(Xt, return_std=True)
+    mean_ref, std_ref = ref.predict(Xt, return_std=True)
+    np.testing.assert_allclose(mean, mean_ref, atol=1e-5)
+    np.testing.assert_allclose(std, std_ref, atol=1e-4)
