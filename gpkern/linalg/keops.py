@@ -52,6 +52,7 @@ __all__ = [
     "spectral_mixture_sum",
     "dense_network",
     "network_point_terms",
+    "n_point_terms",
     "layers_from_architecture",
 ]
 
