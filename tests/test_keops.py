@@ -551,3 +551,112 @@ def test_tour_section_fits_diamonds_with_keops():
     assert _keops_diamonds in SECTIONS
     (row,) = _keops_diamonds(True)
     assert row["metric"] == "RMSE" and 0 < row["value"] < 0.3  # log-price sd is about 1.0
+
+
+def test_fixed_hyperparameter_fit_defers_the_log_marginal_likelihood(monkeypatch):
+    """optimizer=None: no stochastic Lanczos work in fit; the value appears on first access."""
+    X, y, Xt = _toy(150, seed=5)
+    calls = []
+    original = IterativeGP.log_marginal_likelihood
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IterativeGP, "log_marginal_likelihood", counting)
+    monkeypatch.setitem(keops.FALLBACK, "active", True)  # chunked torch: no compile needed
+    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()).double()
+    gp = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops").fit(X, y)
+    assert isinstance(gp._model, IterativeGP) and calls == []
+    mean = gp.predict(Xt)  # predictions do not need it either
+    assert calls == []
+    lml = gp.log_marginal_likelihood()
+    assert len(calls) == 1 and gp.log_marginal_likelihood_value_ == lml
+    assert gp.log_marginal_likelihood() == lml and len(calls) == 1  # computed once
+    # Independent reference: the exact (dense) log marginal likelihood at the same hyperparameters.
+    dense = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="dense").fit(X, y)
+    assert abs(lml - dense.log_marginal_likelihood()) < 0.02 * abs(dense.log_marginal_likelihood()) + 2.0
+    np.testing.assert_allclose(mean, dense.predict(Xt), atol=1e-3)
+    # Survives pickling while still pending; an unfitted estimator has no value.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops").fit(X, y)))
+    assert abs(again.log_marginal_likelihood() - lml) < 1e-8 * abs(lml)
+    assert not hasattr(GPRegressor(), "log_marginal_likelihood_value_")
+
+
+@pytest.mark.parametrize("layers", [RELU_NET, ERF_NET], ids=["relu-leaky", "erf-abrelu"])
+@pytest.mark.parametrize("ntk", [False, True], ids=["nngp", "ntk"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_per_point_network_formula_matches_the_plain_recursion(layers, ntk, dtype):
+    """The operator's formula (per-point variances, no clamp, factorised layers) against the
+    pair-by-pair recursion, including exact and near duplicates (cos theta -> 1)."""
+    gen = torch.Generator().manual_seed(7)
+    x1 = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    x2[:5] = x1[:5]
+    x2[5:10] = x1[5:10] * (1 + 1e-7)
+    x2[10:12] = -x1[10:12]  # cos theta = -1 at the input
+    x1, x2 = x1.to(dtype), x2.to(dtype)
+    ref = dense_network(
+        x1.double()[:, None], x2.double()[None], layers, 4, ntk=ntk
+    )  # float64 reference
+    kernel = DenseNetworkKernel(layers, n_features=4, ntk=ntk).to(dtype)
+    got = kernel_operator(kernel, x1, x2, backend="torch").to_dense().double()
+    assert torch.isfinite(got).all()
+    scale = float(ref.abs().max())
+    if dtype == torch.float64:
+        # NNGP: the shrinkage of cos theta moves values by < 1e-12 of the scale; the NTK's
+        # E[phi' phi'] has an arccos' singularity at cos theta = 1 (as with the old clamp).
+        tol = 1e-6 if ntk else 1e-11
+    else:
+        tol = 2e-3
+    torch.testing.assert_close(got, ref, rtol=0, atol=tol * scale)
+    # The diagonal (paired operands) as well.
+    diag = kernel_operator(kernel, x1, backend="torch")._diagonal().double()
+    ref_diag = dense_network(x1.double(), x1.double(), layers, 4, ntk=ntk)
+    torch.testing.assert_close(diag, ref_diag, rtol=0, atol=tol * scale)
+
+
+def test_network_point_terms_are_the_layer_variances():
+    """Columns: sqrt(S11), sqrt(1-eps)/sqrt(S11) per (ab)ReLU; 1/sqrt(D), D per erf."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    layers = [("dense", 1.3, 0.2), ("relu",), ("dense", 1.1, 0.3), ("erf", 1.0, 0.5, 0.0)]
+    terms = keops.network_point_terms(x, layers)
+    s11 = (x * x).sum(-1) / 3 * 1.69 + 0.04  # before the ReLU
+    torch.testing.assert_close(terms[:, 0], s11.sqrt())
+    torch.testing.assert_close(terms[:, 1], math.sqrt(1 - 1e-12) / s11.sqrt())
+    s11 = (0.5 * s11) * 1.21 + 0.09  # ReLU halves the variance; then the dense layer
+    D = 1 + 2 * 0.25 * s11
+    torch.testing.assert_close(terms[:, 2], D.rsqrt())
+    torch.testing.assert_close(terms[:, 3], D)
+    assert keops.n_point_terms(layers) == terms.shape[1] == 4
+
+
+def test_nngp_recipe_subset_hyperparameters_then_keops_conditioning(monkeypatch):
+    """The documented CPU recipe for large n (docs/user_guide/scaling.rst): learn the NNGP's
+    scale and noise on a subset with the dense backend, refit with ``optimizer=None`` and
+    ``backend="keops"`` on all points; it equals the dense GP with the same hyperparameters."""
+    monkeypatch.setitem(keops.FALLBACK, "active", True)  # chunked torch: no compile needed
+    rng = np.random.default_rng(8)
+    X, Xt = rng.uniform(-2, 2, (200, 3)), rng.uniform(-2, 2, (50, 3))
+    y = X @ [0.8, -0.5, 0.3] + 0.5 * np.abs(X[:, 0]) + 0.1 * rng.standard_normal(200)
+    layers = [("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5)]
+    kernel = gpytorch.kernels.ScaleKernel(DenseNetworkKernel(layers, n_features=3))
+    subset = rng.choice(len(X), 80, replace=False)
+    small = GPRegressor(kernel=kernel, backend="dense", max_iter=20, random_state=0)
+    small.fit(X[subset], y[subset])
+    assert small.noise_ < 0.1  # learned: the noise is about 1% of the targets' variance
+    # variance_rank = n: the Galerkin variance subspace is complete, so variances are exact.
+    opts = {"eval_cg_tol": 1e-8, "variance_rank": 200}
+    big = GPRegressor(
+        kernel=small.kernel_, noise=small.noise_, optimizer=None, backend="keops", backend_options=opts
+    ).fit(X, y)
+    assert isinstance(big._model, IterativeGP)
+    ref = GPRegressor(
+        kernel=small.kernel_, noise=small.noise_, optimizer=None, backend="dense"
+    ).fit(X, y)
+    mean, std = big.predict(Xt, return_std=True)
+    mean_ref, std_ref = ref.predict(Xt, return_std=True)
+    np.testing.assert_allclose(mean, mean_ref, atol=1e-5)
+    np.testing.assert_allclose(std, std_ref, atol=1e-4)

@@ -124,6 +124,20 @@ def encode_class_labels(est: BaseEstimator, y: np.ndarray) -> tuple[np.ndarray, 
     return classes, codes
 
 
+class _LazyLogMarginalLikelihood:
+    """The log marginal likelihood of a posterior that computes it on demand, in ``y``'s units.
+
+    Iterative (KeOps) posteriors at fixed hyperparameters estimate it by stochastic Lanczos
+    quadrature only when asked: most of a fixed-hyperparameter fit's work otherwise.
+    """
+
+    def __init__(self, posterior, offset: float) -> None:
+        self.posterior, self.offset = posterior, offset
+
+    def __call__(self) -> float:
+        return float(self.posterior.log_marginal_likelihood) - self.offset
+
+
 class BaseGPRegressor(RegressorMixin, BaseEstimator):
     """Validation and shape handling shared by gpkern's regressors.
 
@@ -138,6 +152,24 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
 
     #: below this many samples a model is refused (a GP needs at least two points).
     _min_samples = 2
+
+    @property
+    def log_marginal_likelihood_value_(self) -> float:
+        """Log marginal likelihood at the fitted hyperparameters (computed on first access by
+        posteriors that defer it, see :class:`gpkern.models.iterative.IterativePosterior`)."""
+        value = self.__dict__.get("_log_marginal_likelihood_value")
+        if value is None:
+            raise AttributeError(
+                f"'{type(self).__name__}' object has no attribute 'log_marginal_likelihood_value_'"
+            )
+        if isinstance(value, _LazyLogMarginalLikelihood):
+            value = value()
+            self.__dict__["_log_marginal_likelihood_value"] = value
+        return value
+
+    @log_marginal_likelihood_value_.setter
+    def log_marginal_likelihood_value_(self, value) -> None:
+        self.__dict__["_log_marginal_likelihood_value"] = value
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -253,7 +285,11 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
 
         posterior = model.posterior(Xt, Yt, warn=True)
         # log p(y) in original units: the normalisation is a change of variables per column.
-        lml = posterior.log_marginal_likelihood - Xt.shape[0] * float(np.log(state["_y_std"]).sum())
+        offset = Xt.shape[0] * float(np.log(state["_y_std"]).sum())
+        if getattr(posterior, "log_marginal_likelihood_pending", False):
+            lml = _LazyLogMarginalLikelihood(posterior, offset)
+        else:
+            lml = posterior.log_marginal_likelihood - offset
         state.update(
             kernel_=model.kernel,
             noise_=float(model.noise.detach()),

@@ -103,6 +103,8 @@ class GPRegressor(BaseGPRegressor):
         Training targets.
     log_marginal_likelihood_value_ : float
         Log marginal likelihood of ``y_train_`` (original units) at the fitted hyperparameters.
+        With an iterative backend and fixed hyperparameters (``optimizer=None``) its stochastic
+        Lanczos estimate is computed on first access, not in ``fit``.
     jitter_ : float
         Jitter added to the kernel matrix's diagonal to factorise it (0 when none).
     n_features_in_ : int

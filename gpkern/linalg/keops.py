@@ -51,6 +51,8 @@ __all__ = [
     "spectral_mixture_product",
     "spectral_mixture_sum",
     "dense_network",
+    "network_point_terms",
+    "n_point_terms",
     "layers_from_architecture",
 ]
 
@@ -293,11 +295,117 @@ def spectral_mixture(xi, xj, weights: Sequence, scales: Sequence, means: Sequenc
 _ACTIVATIONS = ("relu", "abrelu", "leaky_relu", "erf")
 
 
+def _share(expr, sub):
+    """``expr`` with its repeated subformula ``sub`` evaluated once (KeOps ``Factorize``).
+
+    A LazyTensor formula is a tree: a layer's correlation appears several times in the next
+    layer's expression and would be recomputed (with all earlier layers) at every occurrence,
+    which grows exponentially with depth. Torch tensors are already shared.
+    """
+    return expr.factorize(sub) if _is_lazy(expr) and _is_lazy(sub) else expr
+
+
+def _one_minus_square(c):
+    # (1 - c)(1 + c) is accurate near |c| = 1, where 1 - c * c cancels.
+    return (1.0 - c) * (c + 1.0)
+
+
+def _sin_arccos(c):
+    r""":math:`(\sin\vartheta, \vartheta)` for :math:`\vartheta = \arccos c`, :math:`|c| < 1`.
+
+    :math:`\sin\vartheta = \sqrt{(1 - c)(1 + c)}` (accurate near :math:`|c| = 1`). ``c`` must
+    already lie in :math:`(-1, 1)` (no clamp; see :func:`network_point_terms`).
+    """
+    return _sqrt(_one_minus_square(c)), c.acos()
+
+
+def _arcsin(z):
+    r""":math:`\arcsin z = \arctan(z / \sqrt{1 - z^2})` for :math:`|z| < 1` (see :func:`_sin_arccos`)."""
+    return (z * _one_minus_square(z).rsqrt()).atan()
+
+
 def _arccos_terms(k12, k11, k22, eps: float):
     norm = _sqrt(k11 * k22)
     cos = _clamp(k12 / norm, -1.0 + eps, 1.0 - eps)
     theta = cos.acos()
     return norm, cos, theta
+
+
+def _layer_params(layer: tuple) -> tuple:
+    kind = layer[0]
+    if kind == "relu":
+        return 0.0, 1.0
+    if kind == "leaky_relu":
+        return float(layer[1]), 1.0
+    if kind == "abrelu":
+        return float(layer[1]), float(layer[2])
+    if kind == "erf":
+        return tuple(float(v) for v in layer[1:4]) if len(layer) == 4 else (1.0, 1.0, 0.0)
+    raise ValueError(f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, _ACTIVATIONS))}.")
+
+
+def _squared(v):
+    return float(v) ** 2 if isinstance(v, (int, float)) else v * v
+
+
+def n_point_terms(layers: Sequence[tuple]) -> int:
+    """Number of per-point columns :func:`network_point_terms` returns: two per activation."""
+    return 2 * sum(layer[0] in _ACTIVATIONS for layer in layers)
+
+
+def network_point_terms(
+    x: torch.Tensor, layers: Sequence[tuple], n_features: int | None = None, eps: float = 1e-12
+) -> torch.Tensor:  # (..., d) -> (..., 2 * n_activations)
+    r"""Per-point quantities of the layer recursion of :func:`dense_network`.
+
+    Before each activation the pre-activation variance :math:`\Sigma_{11}(x)` depends on
+    :math:`x` alone. For an (ab)ReLU the columns are :math:`\sqrt{\Sigma_{11}}` and
+    :math:`\sqrt{1 - \epsilon} / \sqrt{\Sigma_{11}}`; for ``erf`` they are :math:`1/\sqrt{D}`
+    and :math:`D` with :math:`D = 1 + 2b^2\Sigma_{11}`.
+
+    The factor :math:`\sqrt{1 - \epsilon}` keeps :math:`\cos\vartheta = \Sigma_{12} r r'` inside
+    :math:`(-1, 1)` despite rounding without a per-pair clamp (a clamp costs as much as the rest
+    of a layer in KeOps). Because :math:`\tfrac{d}{dc}\big(\sqrt{1-c^2} + (\pi - \arccos c)c\big)
+    = \pi - \arccos c \le \pi`, the NNGP value moves by at most :math:`\epsilon/2` relative to
+    :math:`\sqrt{\Sigma_{11}\Sigma_{22}}`.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (..., d)
+    layers : sequence of tuples
+        As :func:`dense_network` (dense standard deviations may be tensors).
+    n_features : int, optional
+        Input dimension (default ``x.shape[-1]``).
+    eps : float, default=1e-12
+        Shrinkage of :math:`\cos\vartheta`; at least 16 machine epsilons of ``x.dtype``.
+
+    Returns
+    -------
+    terms : torch.Tensor of shape (..., 2 * n_activations)
+    """
+    n_features = x.shape[-1] if n_features is None else n_features
+    tiny = torch.finfo(x.dtype).tiny
+    shrink = math.sqrt(1.0 - max(eps, 16 * torch.finfo(x.dtype).eps))
+    k11 = (x * x).sum(-1) * (1.0 / n_features)
+    cols = []
+    for layer in layers:
+        kind = layer[0]
+        if kind == "dense":
+            k11 = k11 * _squared(layer[1]) + _squared(layer[2])
+        elif kind == "erf":
+            ea, eb, ec = _layer_params(layer)
+            b2 = eb * eb
+            d11 = k11 * (2.0 * b2) + 1.0
+            cols += [d11.rsqrt(), d11]
+            k11 = ((k11 * (2.0 * b2)) / d11).asin() * (ea * ea * (2.0 / math.pi)) + ec * ec
+        else:
+            a, b = _layer_params(layer)
+            s = k11.clamp_min(tiny).sqrt()
+            cols += [s, shrink / s]
+            k11 = k11 * (0.5 * (a * a + b * b))
+    if not cols:
+        return x[..., :0]
+    return torch.stack([c.expand(x.shape[:-1]) for c in cols], -1)
 
 
 def dense_network(
@@ -307,6 +415,7 @@ def dense_network(
     n_features: int | None = None,
     ntk: bool = False,
     eps: float = 1e-12,
+    point_terms: tuple | None = None,
 ):
     r"""NNGP (or NTK) of a fully connected network through the layer recursion.
 
@@ -352,55 +461,83 @@ def dense_network(
     eps : float, default=1e-12
         :math:`\cos\vartheta` is clamped to :math:`[-1 + \epsilon, 1 - \epsilon]` so that
         :math:`\arccos` stays differentiable on the diagonal.
+    point_terms : pair of LazyTensor or torch.Tensor, optional
+        ``(p_i, p_j)`` from :func:`network_point_terms` at ``xi`` and ``xj`` (same layers). The
+        variances :math:`\Sigma_{11}, \Sigma_{22}` depend on one point each; given here, they are
+        computed once per point (:math:`O(nL)`) instead of once per pair, and the per-pair work is
+        only the :math:`\Sigma_{12}` recursion (the KeOps path uses this).
+
+    Returns
+    -------
+    k : LazyTensor or torch.Tensor of shape ``(n, m)`` (or ``(n,)`` when paired)
     """
     n_features = _inner_dim(xi) if n_features is None else n_features
     k12 = (xi * xj).sum(-1) * (1.0 / n_features)
-    k11 = (xi * xi).sum(-1) * (1.0 / n_features)
-    k22 = (xj * xj).sum(-1) * (1.0 / n_features)
+    if point_terms is None:
+        k11 = (xi * xi).sum(-1) * (1.0 / n_features)
+        k22 = (xj * xj).sum(-1) * (1.0 / n_features)
+    else:
+        pi, pj = point_terms
+        col = 0
     theta_ntk = None
     for layer in layers:
         kind = layer[0]
         if kind == "dense":
-            w, bias = layer[1], layer[2]
-            w2 = float(w) ** 2 if isinstance(w, (int, float)) else w * w
-            b2 = float(bias) ** 2 if isinstance(bias, (int, float)) else bias * bias
-            k12, k11, k22 = k12 * w2 + b2, k11 * w2 + b2, k22 * w2 + b2
+            w2, b2 = _squared(layer[1]), _squared(layer[2])
+            k12 = k12 * w2 + b2
+            if point_terms is None:
+                k11, k22 = k11 * w2 + b2, k22 * w2 + b2
             if ntk:
                 theta_ntk = k12 if theta_ntk is None else theta_ntk * w2 + k12
         elif kind in ("relu", "abrelu", "leaky_relu"):
-            if kind == "relu":
-                a, b = 0.0, 1.0
-            elif kind == "leaky_relu":
-                a, b = float(layer[1]), 1.0
+            a, b = _layer_params(layer)
+            if point_terms is None:
+                norm, cos, theta = _arccos_terms(k12, k11, k22, eps)
+                sin = _sqrt(1.0 - cos * cos)
             else:
-                a, b = float(layer[1]), float(layer[2])
-            norm, cos, theta = _arccos_terms(k12, k11, k22, eps)
-            sin = _sqrt(1.0 - cos * cos)
-            pos = (sin + (math.pi - theta) * cos) * norm * (1.0 / (2 * math.pi))
-            new12 = pos * (a * a + b * b)
+                # sqrt(S11 S22) and cos = (1 - eps) S12 / sqrt(S11 S22) from per-point columns:
+                # no per-pair square root, division or clamp (see network_point_terms).
+                norm = _elem(pi, col) * _elem(pj, col)
+                cos = k12 * _elem(pi, col + 1) * _elem(pj, col + 1)
+                col += 2
+                sin, theta = _sin_arccos(cos)
+            pos = (sin + (math.pi - theta) * cos) * norm * ((a * a + b * b) / (2 * math.pi))
+            new12 = pos
             if a * b != 0.0:
-                neg = (sin - theta * cos) * norm * (1.0 / (2 * math.pi))
-                new12 = new12 - neg * (2 * a * b)
+                new12 = new12 - (sin - theta * cos) * norm * ((2 * a * b) / (2 * math.pi))
             if ntk and theta_ntk is not None:
                 dot = ((math.pi - theta) * (a * a + b * b) + theta * (2 * a * b)) * (
                     1.0 / (2 * math.pi)
                 )
                 theta_ntk = theta_ntk * dot
-            scale = 0.5 * (a * a + b * b)
-            k12, k11, k22 = new12, k11 * scale, k22 * scale
+            k12 = _share(new12, cos)
+            if ntk and theta_ntk is not None:
+                theta_ntk = _share(theta_ntk, cos)
+            if point_terms is None:
+                scale = 0.5 * (a * a + b * b)
+                k11, k22 = k11 * scale, k22 * scale
         elif kind == "erf":
-            ea, eb, ec = (float(v) for v in layer[1:4]) if len(layer) == 4 else (1.0, 1.0, 0.0)
+            ea, eb, ec = _layer_params(layer)
             b2, a2 = eb * eb, ea * ea * (2.0 / math.pi)
-            d11, d22 = k11 * (2.0 * b2) + 1.0, k22 * (2.0 * b2) + 1.0
-            denom = _sqrt(d11 * d22)
-            new12 = _clamp(k12 * (2.0 * b2) / denom, -1.0 + eps, 1.0 - eps).asin() * a2 + ec * ec
+            if point_terms is None:
+                d11, d22 = k11 * (2.0 * b2) + 1.0, k22 * (2.0 * b2) + 1.0
+                arg = k12 * (2.0 * b2) / _sqrt(d11 * d22)
+                new12 = _clamp(arg, -1.0 + eps, 1.0 - eps).asin() * a2 + ec * ec
+            else:
+                d11, d22 = _elem(pi, col + 1), _elem(pj, col + 1)
+                arg = _clamp(k12 * _elem(pi, col) * _elem(pj, col) * (2.0 * b2), -1.0 + eps, 1.0 - eps)
+                col += 2
+                new12 = _arcsin(arg) * a2 + ec * ec
             if ntk and theta_ntk is not None:
                 det = d11 * d22 - k12 * k12 * (4.0 * b2 * b2)
                 inv = det.rsqrt() if _is_lazy(det) else det.clamp_min(1e-30).rsqrt()
                 theta_ntk = theta_ntk * inv * (ea * ea * b2 * 4.0 / math.pi)
-            k11 = ((k11 * (2.0 * b2)) / d11).asin() * a2 + ec * ec
-            k22 = ((k22 * (2.0 * b2)) / d22).asin() * a2 + ec * ec
-            k12 = new12
+            if point_terms is None:
+                k11 = ((k11 * (2.0 * b2)) / d11).asin() * a2 + ec * ec
+                k22 = ((k22 * (2.0 * b2)) / d22).asin() * a2 + ec * ec
+            k12 = _share(new12, arg)
+            if ntk and theta_ntk is not None:
+                theta_ntk = _share(theta_ntk, arg)
         else:
             raise ValueError(
                 f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, _ACTIVATIONS))}."
@@ -419,9 +556,27 @@ class KernelFormula:
     Build one with :func:`kernel_formula`.  ``theta()`` returns the current (constrained,
     differentiable) hyperparameters flattened into a vector; ``evaluate(xi, xj, theta)``
     builds :math:`k` on LazyTensor or torch operands.
+
+    A formula may need ``n_extra`` per-point columns (quantities of one point that the pair
+    formula would otherwise recompute for every pair, e.g. the layer variances of
+    :func:`dense_network`): ``augment(x, theta)`` appends them to the inputs in torch
+    (:math:`O(n)`), and ``evaluate`` then receives the augmented operands.  Calling the formula
+    on plain torch operands augments them itself; LazyTensor operands must be built from
+    ``augment``'s output (as :func:`keops_matmul` does).
     """
 
     size: int = 0  # length of this node's slice of theta
+    n_extra: int = 0  # per-point columns appended to the operands (see augment)
+
+    def extras(self, x: torch.Tensor, theta: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Per-point columns ``(..., n_extra)`` of this node, from its inputs ``x`` ``(..., d)``."""
+        return x[..., :0]
+
+    def augment(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(..., d)`` with this formula's per-point columns appended: ``(..., d + n_extra)``."""
+        if not self.n_extra:
+            return x
+        return torch.cat([x, self.extras(x, theta.to(x.dtype), 0)], -1)
 
     def theta_parts(self) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -433,7 +588,14 @@ class KernelFormula:
         """Flat vector of the current hyperparameter values (differentiable)."""
         return torch.cat([p.reshape(-1) for p in self.theta_parts()])
 
-    def __call__(self, xi, xj, theta):
+    def __call__(self, xi, xj, theta, *, augmented: bool = False):
+        if self.n_extra and not augmented:
+            if _is_lazy(xi) or _is_lazy(xj):
+                raise ValueError(
+                    "this formula needs per-point columns: build the LazyTensors from "
+                    "formula.augment(x, theta) and pass augmented=True."
+                )
+            xi, xj = self.augment(xi, theta), self.augment(xj, theta)
         return self.evaluate(xi, xj, theta, 0)
 
 
@@ -441,17 +603,36 @@ def _slice(theta, start: int, size: int):
     return theta[start : start + size]
 
 
+def _split(t, n_extra: int):
+    """Operand ``[data, extras]`` -> ``(data, extras)`` (``n_extra`` trailing columns)."""
+    width = _inner_dim(t)
+    return _select(t, range(width - n_extra)), _select(t, range(width - n_extra, width))
+
+
+def _join(data, extras):
+    if _is_lazy(data):
+        return data.concat(extras)
+    return torch.cat([data, extras], -1)
+
+
 class _ActiveDims(KernelFormula):
     def __init__(self, child: KernelFormula, dims: Sequence[int] | None) -> None:
         self.child, self.dims = child, None if dims is None else [int(d) for d in dims]
-        self.size = child.size
+        self.size, self.n_extra = child.size, child.n_extra
 
     def theta_parts(self):
         return self.child.theta_parts()
 
+    def extras(self, x, theta, start=0):
+        return self.child.extras(x if self.dims is None else x[..., self.dims], theta, start)
+
     def evaluate(self, xi, xj, theta, start=0):
         if self.dims is not None:
-            xi, xj = _select(xi, self.dims), _select(xj, self.dims)
+            if self.n_extra:
+                (xi, ei), (xj, ej) = _split(xi, self.n_extra), _split(xj, self.n_extra)
+                xi, xj = _join(_select(xi, self.dims), ei), _join(_select(xj, self.dims), ej)
+            else:
+                xi, xj = _select(xi, self.dims), _select(xj, self.dims)
         return self.child.evaluate(xi, xj, theta, start)
 
 
@@ -561,10 +742,13 @@ class _SpectralSum(KernelFormula):
 class _Scale(KernelFormula):
     def __init__(self, kernel: gpytorch.kernels.ScaleKernel, child: KernelFormula) -> None:
         self.kernel, self.child = kernel, child
-        self.size = 1 + child.size
+        self.size, self.n_extra = 1 + child.size, child.n_extra
 
     def theta_parts(self):
         return [self.kernel.outputscale.reshape(-1)] + self.child.theta_parts()
+
+    def extras(self, x, theta, start=0):
+        return self.child.extras(x, theta, start + 1)
 
     def evaluate(self, xi, xj, theta, start=0):
         return self.child.evaluate(xi, xj, theta, start + 1) * _slice(theta, start, 1)
@@ -589,14 +773,32 @@ class _Combine(KernelFormula):
     def __init__(self, children: list[KernelFormula], op: str) -> None:
         self.children, self.op = children, op
         self.size = sum(c.size for c in children)
+        self.n_extra = sum(c.n_extra for c in children)
 
     def theta_parts(self):
         return [p for c in self.children for p in c.theta_parts()]
 
-    def evaluate(self, xi, xj, theta, start=0):
-        out = None
+    def extras(self, x, theta, start=0):
+        parts = []
         for child in self.children:
-            value = child.evaluate(xi, xj, theta, start)
+            parts.append(child.extras(x, theta, start))
+            start += child.size
+        return torch.cat(parts, -1)
+
+    def evaluate(self, xi, xj, theta, start=0):
+        if self.n_extra:
+            (di, ei), (dj, ej) = _split(xi, self.n_extra), _split(xj, self.n_extra)
+        out, col = None, 0
+        for child in self.children:
+            if self.n_extra and child.n_extra:
+                cols = range(col, col + child.n_extra)
+                ci, cj = _join(di, _select(ei, cols)), _join(dj, _select(ej, cols))
+                col += child.n_extra
+            elif self.n_extra:
+                ci, cj = di, dj
+            else:
+                ci, cj = xi, xj
+            value = child.evaluate(ci, cj, theta, start)
             start += child.size
             out = value if out is None else (out + value if self.op == "sum" else out * value)
         return out
@@ -606,13 +808,18 @@ class _DenseNetwork(KernelFormula):
     def __init__(self, kernel: DenseNetworkKernel) -> None:
         self.kernel = kernel
         self.size = 0
+        self.n_extra = n_point_terms(kernel.layers)
 
     def theta_parts(self):
         return []
 
+    def extras(self, x, theta, start=0):
+        return network_point_terms(x, self.kernel.layers, self.kernel.n_features)
+
     def evaluate(self, xi, xj, theta, start=0):
         k = self.kernel
-        return dense_network(xi, xj, k.layers, k.n_features, ntk=k.ntk)
+        (xi, pi), (xj, pj) = _split(xi, self.n_extra), _split(xj, self.n_extra)
+        return dense_network(xi, xj, k.layers, k.n_features, ntk=k.ntk, point_terms=(pi, pj))
 
 
 _ARCH_ACTIVATIONS = ("Relu", "LeakyRelu", "ABRelu", "Erf")
@@ -661,6 +868,7 @@ class _NNGPArchitecture(KernelFormula):
         self.kernel = kernel
         self.n_dense = sum(type(layer).__name__ == "Dense" for layer in kernel.arch.layers)
         self.size = 2 * self.n_dense
+        self.n_extra = n_point_terms(layers_from_architecture(kernel.arch))
 
     def theta_parts(self):
         parts = []
@@ -671,13 +879,22 @@ class _NNGPArchitecture(KernelFormula):
             ]
         return parts
 
-    def evaluate(self, xi, xj, theta, start=0):
+    def _layers(self, theta, start):
         stds = [
             {"W_std": _slice(theta, start + 2 * i, 1), "b_std": _slice(theta, start + 2 * i + 1, 1)}
             for i in range(self.n_dense)
         ]
-        layers = layers_from_architecture(self.kernel.arch, stds)
-        return dense_network(xi, xj, layers, ntk=self.kernel.kind == "ntk")
+        return layers_from_architecture(self.kernel.arch, stds)
+
+    def extras(self, x, theta, start=0):
+        return network_point_terms(x, self._layers(theta, start))
+
+    def evaluate(self, xi, xj, theta, start=0):
+        (xi, pi), (xj, pj) = _split(xi, self.n_extra), _split(xj, self.n_extra)
+        layers = self._layers(theta, start)
+        return dense_network(
+            xi, xj, layers, ntk=self.kernel.kind == "ntk", point_terms=(pi, pj)
+        )
 
 
 class DenseNetworkKernel(gpytorch.kernels.Kernel):
@@ -888,10 +1105,14 @@ def keops_matmul(
     c = rhs.shape[-1]
     block = RHS_WIDTHS[-1]
     try:
-        xi = LazyTensor(x1.contiguous()[:, None, :])
-        xj = LazyTensor(x2.contiguous()[None, :, :])
+        # Per-point columns (layer variances of a network kernel) are computed once per point in
+        # torch; the reduction then only evaluates the pair part of the formula.
+        x1a = formula.augment(x1, theta)
+        x2a = x1a if x2 is x1 else formula.augment(x2, theta)
+        xi = LazyTensor(x1a.contiguous()[:, None, :])
+        xj = LazyTensor(x2a.contiguous()[None, :, :])
         th = LazyTensor(theta.contiguous()) if theta.numel() else None
-        K = formula(xi, xj, th)
+        K = formula(xi, xj, th, augmented=True)
         outs = []
         for start in range(0, c, block):
             v = rhs[:, start : start + block]
@@ -910,7 +1131,7 @@ def keops_matmul(
 
 
 def _dense_block(formula, x1b, x2, theta, rhs):
-    return formula(x1b[:, None, :], x2[None, :, :], theta) @ rhs
+    return formula(x1b[:, None, :], x2[None, :, :], theta, augmented=True) @ rhs
 
 
 def torch_matmul(
@@ -926,10 +1147,11 @@ def torch_matmul(
     Each block of rows is recomputed in the backward pass (activation checkpointing), so memory
     stays :math:`O(\\text{block} \\cdot m \\cdot d)` instead of :math:`O(n m)`.
     """
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, theta, rhs))
+    x1, x2 = formula.augment(x1, theta), formula.augment(x2, theta)
     d = max(1, x1.shape[-1])
     rows = max(1, max_block_elements // max(1, x2.shape[0] * d))
     outs = []
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, theta, rhs))
     for start in range(0, x1.shape[0], rows):
         xb = x1[start : start + rows]
         if grad:

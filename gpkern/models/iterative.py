@@ -29,6 +29,7 @@ one reduction per test batch; ``exact_variance=True`` solves with every test col
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields
 
@@ -305,12 +306,15 @@ class IterativeGP(ExactGP):
     def posterior(
         self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = True
     ) -> IterativePosterior:
-        """Condition on ``(X, Y)`` by preconditioned CG; the result predicts in batches."""
+        """Condition on ``(X, Y)`` by preconditioned CG; the result predicts in batches.
+
+        The posterior's ``log_marginal_likelihood`` is the last training evaluation at these
+        hyperparameters when there is one; otherwise (fixed hyperparameters) it is estimated
+        on first access only, since its stochastic Lanczos quadrature costs more reductions
+        than the conditioning solve.
+        """
         with torch.no_grad():
-            lml = self._cached_lml()
-            if lml is None:
-                lml = float(self.log_marginal_likelihood(X, Y))
-            return IterativePosterior(self, X, Y, lml)
+            return IterativePosterior(self, X, Y, self._cached_lml())
 
 
 class IterativePosterior:
@@ -325,16 +329,21 @@ class IterativePosterior:
     jitter : float
         Always 0 (no factorisation).
     log_marginal_likelihood : float
-        The stochastic estimate at the conditioning hyperparameters.
+        The stochastic estimate at the conditioning hyperparameters; when ``lml`` is None it
+        is computed on first access (``log_marginal_likelihood_pending`` is True until then).
     """
 
-    def __init__(self, model: IterativeGP, X: torch.Tensor, Y: torch.Tensor, lml: float) -> None:
+    def __init__(
+        self, model: IterativeGP, X: torch.Tensor, Y: torch.Tensor, lml: float | None = None
+    ) -> None:
         cfg = model.settings
         self.kernel, self.X, self.settings = model.kernel, X, cfg
         self.backend, self.verbose = model.backend, model.verbose
         self.noise = float(model.noise.detach())
         self.jitter = 0.0
-        self.log_marginal_likelihood = lml
+        self._lml = lml
+        # Held for the deferred estimate: the model at the conditioning hyperparameters.
+        self._lml_inputs = None if lml is not None else (copy.deepcopy(model), X, Y)
         self.op = kernel_operator(self.kernel, X, backend=self.backend).detach()
         n = X.shape[0]
         rank = min(max(cfg.preconditioner_rank, cfg.variance_rank), n)
@@ -362,6 +371,21 @@ class IterativePosterior:
         evals, evecs = torch.linalg.eigh(G)
         keep = evals > evals.max() * 1e3 * torch.finfo(G.dtype).eps
         self.W = S @ (evecs[:, keep] / evals[keep].sqrt())  # (n, s): A^{-1} ~ W W^T
+
+    @property
+    def log_marginal_likelihood_pending(self) -> bool:
+        """True while the log marginal likelihood has not been computed yet."""
+        return self._lml is None
+
+    @property
+    def log_marginal_likelihood(self) -> float:
+        r"""Stochastic estimate of :math:`\log p(Y)` at the conditioning hyperparameters."""
+        if self._lml is None:
+            model, X, Y = self._lml_inputs
+            with torch.no_grad():
+                self._lml = float(model.log_marginal_likelihood(X, Y))
+            self._lml_inputs = None
+        return self._lml
 
     def _matmul(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
         return self.op._matmul(V) + self.noise * V
