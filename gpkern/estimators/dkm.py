@@ -257,9 +257,15 @@ class DKMRegressor(BaseGPRegressor):
     ----------
     n_layers : int, default=2
         Number of learned Gram layers :math:`L` (>= 1).
-    widths_ratio : float or sequence of float, default=1.0
+    widths_ratio : float, sequence of float or "auto", default=1.0
         Width ratios :math:`\nu_l` (> 0), one for all layers or one per layer. Larger values
-        keep the Grams closer to the NNGP prior.
+        keep the Grams closer to the NNGP prior. ``"auto"`` (full DKM only) chooses one
+        :math:`\nu` for all layers from :data:`AUTO_WIDTHS_RATIOS` = (10, 100, 1000): a random
+        20% of the training points is held out, the DKM is fitted on the rest once per
+        candidate (stage 1 shared), the candidate with the best held-out log predictive
+        density wins, and the model is refitted on all points with it (about three
+        times the cost of one fit). The DKM objective itself cannot choose
+        :math:`\nu`: its maximum only grows as :math:`\nu` shrinks.
     kernel : {"relu", "se"}, default="relu"
         Gram-level kernel.
     n_inducing : int, optional
@@ -306,6 +312,11 @@ class DKMRegressor(BaseGPRegressor):
         Final DKM objective (ELBO for the sparse DKM), in the units of ``y``.
     n_iter_ : int
         Optimiser iterations (or epochs) run.
+    widths_ratio_ : float or list of float
+        The :math:`\nu_l` of the fitted model (the chosen one with ``widths_ratio="auto"``).
+    widths_ratio_scores_ : dict or None
+        With ``widths_ratio="auto"``: mean held-out log density (normalised units) of each
+        candidate on the inner validation split; ``None`` otherwise.
     n_features_in_ : int
         Number of features seen in ``fit``.
 
