@@ -102,13 +102,13 @@ def nngp(d: int):
     return GPRegressor(kernel=kern, random_state=0)
 
 
-def dkm(max_iter: int, n_inducing=None):
+def dkm(max_iter: int, n_inducing=None, widths_ratio=NU):
     from gpkern.estimators import DKMRegressor
 
     return DKMRegressor(
         kernel=KERNEL,
         n_layers=2,
-        widths_ratio=NU,
+        widths_ratio=widths_ratio,
         n_inducing=n_inducing,
         max_iter=max_iter,
         random_state=0,
@@ -185,11 +185,25 @@ def fit_deep_gp(Xtr, ytr, Xte, yte, n_iter: int, seed: int = 0):
     return elapsed, float(torch.sqrt(((mean - torch.tensor(yte)) ** 2).mean())), float(lpd.mean())
 
 
-def regression(quick: bool) -> list[dict]:
-    n_splits = 2 if quick else 10
+def fit_dkm_auto(Xtr, ytr, Xte, yte, max_iter: int):
+    """DKMRegressor(widths_ratio="auto"); also prints the chosen nu."""
+    est = dkm(max_iter, widths_ratio="auto")
+    out = fit_gpkern(est, Xtr, ytr, Xte, yte)
+    scores = ", ".join(f"{k:g}: {v:+.3f}" for k, v in est.widths_ratio_scores_.items())
+    print(f"  auto chose nu={est.widths_ratio_:g} (inner validation lpd {scores})", flush=True)
+    return out
+
+
+MODEL_KEYS = ("gp", "nngp", "dkm", "dkm-auto", "sparse", "deepgp")
+
+
+def regression(
+    quick: bool, n_splits: int | None = None, datasets=("boston", "concrete"), models=MODEL_KEYS
+) -> list[dict]:
+    n_splits = n_splits or (2 if quick else 10)
     it = 30
     rows = []
-    for name in ("boston", "concrete"):
+    for name in datasets:
         X, y = load(name)
         res: dict[str, list[tuple[float, float, float]]] = {}
         for split in range(n_splits):
@@ -199,16 +213,27 @@ def regression(quick: bool) -> list[dict]:
             te, tr = perm[:n_te], perm[n_te:]
             args = (X[tr], y[tr], X[te], y[te])
             d = X.shape[1]
-            models = {
-                "GPRegressor (ARD RBF)": lambda a=args: fit_gpkern(gp_rbf(), *a),
-                f"NNGP ({KERNEL}, L=2; DKM nu->inf)": lambda a=args, d=d: fit_gpkern(nngp(d), *a),
-                f"DKM ({KERNEL}, L=2, nu={NU:g})": lambda a=args: fit_gpkern(dkm(it), *a),
-                "sparse DKM (M=100)": lambda a=args: fit_gpkern(dkm(it, n_inducing=100), *a),
-                "GPyTorch 2-layer deep GP": lambda a=args: fit_deep_gp(
-                    *a, n_iter=150 if quick else 300
+            fns = {
+                "gp": ("GPRegressor (ARD RBF)", lambda a=args: fit_gpkern(gp_rbf(), *a)),
+                "nngp": (
+                    f"NNGP ({KERNEL}, L=2; DKM nu->inf)",
+                    lambda a=args, d=d: fit_gpkern(nngp(d), *a),
+                ),
+                "dkm": (f"DKM ({KERNEL}, L=2, nu={NU:g})", lambda a=args: fit_gpkern(dkm(it), *a)),
+                "dkm-auto": (
+                    f"DKM ({KERNEL}, L=2, nu='auto')",
+                    lambda a=args: fit_dkm_auto(*a, max_iter=it),
+                ),
+                "sparse": (
+                    "sparse DKM (M=100)",
+                    lambda a=args: fit_gpkern(dkm(it, n_inducing=100), *a),
+                ),
+                "deepgp": (
+                    "GPyTorch 2-layer deep GP",
+                    lambda a=args: fit_deep_gp(*a, n_iter=150 if quick else 300),
                 ),
             }
-            for model, fn in models.items():
+            for model, fn in (fns[k] for k in MODEL_KEYS if k in models):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     res.setdefault(model, []).append(fn())
@@ -391,6 +416,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 splits and fewer iterations")
     parser.add_argument("--skip", nargs="*", default=[], choices=["regression", "scaling", "wide"])
+    parser.add_argument("--splits", type=int, default=None, help="number of splits")
+    parser.add_argument("--data", nargs="*", default=["boston", "concrete"])
+    parser.add_argument("--models", nargs="*", default=list(MODEL_KEYS), choices=MODEL_KEYS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dkm.md")
     args = parser.parse_args()
     # One thread: on the shared 2-core box, multi-threaded BLAS spins and runs ~10x slower.
@@ -402,7 +430,11 @@ def main() -> None:
     write_report(args, t0, load0, [], sca, [])
     wide = [] if "wide" in args.skip else wide_deep_gp([4, 16, 64, 256], 300 if args.quick else 400)
     write_report(args, t0, load0, [], sca, wide)
-    reg = [] if "regression" in args.skip else regression(args.quick)
+    reg = (
+        []
+        if "regression" in args.skip
+        else regression(args.quick, args.splits, args.data, args.models)
+    )
     write_report(args, t0, load0, reg, sca, wide)
 
 
@@ -437,12 +469,16 @@ def write_report(args, t0, load0, reg, sca, wide) -> None:
         lines += ["", "Per-split DKM minus NNGP log density (positive: DKM better):", ""]
         for data in ("boston", "concrete"):
             by = {r["model"]: r for r in reg if r["data"] == data}
-            nn = next(v for k, v in by.items() if k.startswith("NNGP"))
+            nn = next((v for k, v in by.items() if k.startswith("NNGP")), None)
+            if nn is None:
+                continue
             for k, v in by.items():
                 if "DKM" in k and not k.startswith("NNGP"):
                     diff = v["lpd_all"] - nn["lpd_all"]
+                    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
                     lines.append(
-                        f"- {data}, {k}: mean {diff.mean():+.3f}, better on {(diff > 0).sum()}/{len(diff)} splits"
+                        f"- {data}, {k}: mean {diff.mean():+.3f} +- {se:.3f} (paired SE), "
+                        f"better on {(diff > 0).sum()}/{len(diff)} splits"
                     )
         lines.append("")
     if sca:

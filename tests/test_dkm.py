@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import dense_gp_reference
 from gpkern.estimators import DKMClassifier, DKMRegressor
-from gpkern.estimators.dkm import MAX_FULL_SAMPLES
+from gpkern.estimators.dkm import AUTO_WIDTHS_RATIOS, MAX_FULL_SAMPLES
 from gpkern.models.dkm import (
     DKM,
     NNGPGramKernel,
@@ -412,6 +412,43 @@ def test_regressor_learns_and_beats_nngp_start():
     assert samples.shape == (5, 3)
 
 
+def test_auto_widths_ratio_refits_with_the_best_inner_validation_choice():
+    rng = np.random.default_rng(9)
+    X = rng.uniform(-2, 2, (40, 2))
+    y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 1] + 0.1 * rng.standard_normal(40)
+    Xs = rng.uniform(-2, 2, (10, 2))
+    auto = DKMRegressor(widths_ratio="auto", max_iter=15, random_state=0).fit(X, y)
+    scores = auto.widths_ratio_scores_
+    assert set(scores) == set(AUTO_WIDTHS_RATIOS)
+    assert all(np.isfinite(v) for v in scores.values())
+    assert auto.widths_ratio_ == max(scores, key=scores.get)
+    # The final model is the plain fit at the chosen nu on all training points.
+    plain = DKMRegressor(widths_ratio=auto.widths_ratio_, max_iter=15, random_state=0).fit(X, y)
+    np.testing.assert_allclose(auto.predict(Xs), plain.predict(Xs), rtol=1e-10, atol=1e-12)
+    assert plain.widths_ratio_scores_ is None and plain.widths_ratio_ == auto.widths_ratio_
+
+
+def test_auto_widths_ratio_scores_are_held_out_log_densities():
+    """Recompute one candidate's score: inner split, stage 1, stage 2, log density by hand."""
+    from gpkern.estimators.dkm import AUTO_VALIDATION_FRACTION
+
+    rng = np.random.default_rng(10)
+    X = rng.uniform(-2, 2, (30, 1))
+    y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(30)
+    auto = DKMRegressor(widths_ratio="auto", max_iter=10, random_state=3).fit(X, y)
+    Yn = (y - y.mean()) / y.std()
+    from gpkern.estimators.base import torch_generator
+
+    gen = torch_generator(3)  # the estimator's own seeding of random_state=3
+    perm = torch.randperm(30, generator=gen)
+    n_val = round(AUTO_VALIDATION_FRACTION * 30)
+    val, tr = perm[:n_val].numpy(), perm[n_val:].numpy()
+    nu = AUTO_WIDTHS_RATIOS[-1]
+    ref = DKMRegressor(widths_ratio=nu, max_iter=10, normalize_y=False).fit(X[tr], Yn[tr])
+    lpd = ref.log_predictive_density(X[val], Yn[val]).mean()
+    np.testing.assert_allclose(auto.widths_ratio_scores_[nu], lpd, rtol=1e-6, atol=1e-8)
+
+
 def test_sparse_regressor_minibatches():
     rng = np.random.default_rng(6)
     X = rng.uniform(-3, 3, (300, 2))
@@ -464,6 +501,7 @@ def test_full_classifier_fits_hundreds_of_points():
         ({"widths_ratio": [1.0, -2.0]}, "widths_ratio"),
         ({"widths_ratio": [1.0, 2.0, 3.0]}, "widths_ratio"),
         ({"widths_ratio": math.inf}, "widths_ratio"),
+        ({"widths_ratio": "wide"}, "widths_ratio"),
         ({"kernel": "tanh"}, "kernel"),
         ({"n_inducing": 50}, "n_inducing"),
         ({"n_inducing": 0}, "n_inducing"),
@@ -475,6 +513,15 @@ def test_bad_parameters(Est, kwargs, match):
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match=match):
         Est(**kwargs).fit(X, y)
+
+
+def test_auto_widths_ratio_only_for_the_full_regressor():
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match="full DKMRegressor"):
+        DKMRegressor(widths_ratio="auto", n_inducing=5).fit(X, y)
+    with pytest.raises(ValueError, match="full DKMRegressor"):
+        DKMClassifier(widths_ratio="auto").fit(X, y)
 
 
 def test_full_dkm_refuses_large_n_before_any_work():

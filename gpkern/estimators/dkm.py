@@ -23,11 +23,18 @@ from gpkern.exceptions import NotPSDError
 from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
 from gpkern.models.training import minimize
 
-__all__ = ["DKMRegressor", "DKMClassifier", "MAX_FULL_SAMPLES"]
+__all__ = ["DKMRegressor", "DKMClassifier", "MAX_FULL_SAMPLES", "AUTO_WIDTHS_RATIOS"]
 
 #: Largest training set the full DKM accepts: it learns one dense P x P Gram per layer and
 #: factorises it at every step (O(L P^3) time, O(L P^2) memory). Above it use ``n_inducing``.
 MAX_FULL_SAMPLES = 3000
+
+#: Candidate width ratios of ``DKMRegressor(widths_ratio="auto")``, chosen among by the held-out
+#: log density on an inner validation split of the training data (1000 is close to the NNGP).
+AUTO_WIDTHS_RATIOS = (10.0, 100.0, 1000.0)
+
+#: Fraction of the training points held out to choose ``widths_ratio="auto"``.
+AUTO_VALIDATION_FRACTION = 0.2
 
 
 def _check_common(est) -> torch.device:
@@ -37,7 +44,20 @@ def _check_common(est) -> torch.device:
         or est.n_layers < 1
     ):
         raise ValueError(f"n_layers must be an integer >= 1, got {est.n_layers!r}.")
-    ratios = np.atleast_1d(np.asarray(est.widths_ratio, dtype=object))
+    if isinstance(est.widths_ratio, str):
+        if est.widths_ratio != "auto":
+            raise ValueError(
+                f"widths_ratio must be 'auto', a positive float or a sequence of them, got "
+                f"{est.widths_ratio!r}."
+            )
+        if not isinstance(est, DKMRegressor) or est.n_inducing is not None:
+            raise ValueError(
+                "widths_ratio='auto' is implemented for the full DKMRegressor only "
+                "(n_inducing=None); pass a positive float here."
+            )
+        ratios = np.ones(1, dtype=object)
+    else:
+        ratios = np.atleast_1d(np.asarray(est.widths_ratio, dtype=object))
     try:
         values = ratios.astype(np.float64)
     except (TypeError, ValueError) as err:
@@ -99,6 +119,43 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator):
             yield perm[start : start + size]
 
 
+def _opts(est, n_steps: int, use_lbfgs: bool) -> dict:
+    return dict(
+        optimizer="lbfgs" if use_lbfgs else "adam",
+        max_iter=n_steps,
+        lr=None if use_lbfgs else est.lr,
+        verbose=est.verbose,
+    )
+
+
+def _nngp_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> None:
+    """Stage 1: the hyperparameters (and q(f), inducing inputs) by the nu = infinity objective
+    (NNGP marginal likelihood or ELBO); then the Grams restart at the NNGP's for them, and the
+    noise is frozen for stage 2."""
+    factors = {id(p) for p in model.factors}
+    model.tied = True
+    try:
+        minimize(
+            loss,
+            [p for p in model.parameters() if id(p) not in factors],
+            desc=desc + " (NNGP stage)",
+            **_opts(est, n_steps, use_lbfgs),
+        )
+    finally:
+        model.tied = False
+    with torch.no_grad():
+        model.reset_grams(points())
+    if model.raw_noise is not None:
+        model.raw_noise.requires_grad_(False)
+
+
+def _gram_stage(model, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> float:
+    """Stage 2: the Grams jointly with every hyperparameter but the (frozen) noise."""
+    return minimize(
+        loss, model.parameters(), desc=desc + " (Gram stage)", **_opts(est, n_steps, use_lbfgs)
+    )
+
+
 def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> float:
     """Fit hyperparameters with the Grams tied to the NNGP's, then learn the Grams.
 
@@ -107,28 +164,56 @@ def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: boo
     the fitted hyperparameters and maximises the DKM objective with the noise held at its
     stage-1 value: a point estimate of G_L can otherwise absorb the noise and collapse it.
     """
-    factors = {id(p) for p in model.factors}
-    opts = dict(
-        optimizer="lbfgs" if use_lbfgs else "adam",
-        max_iter=n_steps,
-        lr=None if use_lbfgs else est.lr,
-        verbose=est.verbose,
-    )
-    model.tied = True
-    try:
-        minimize(
-            loss,
-            [p for p in model.parameters() if id(p) not in factors],
-            desc=desc + " (NNGP stage)",
-            **opts,
-        )
-    finally:
-        model.tied = False
-    with torch.no_grad():
-        model.reset_grams(points())
-    if model.raw_noise is not None:
-        model.raw_noise.requires_grad_(False)
-    return minimize(loss, model.parameters(), desc=desc + " (Gram stage)", **opts)
+    _nngp_stage(model, points, loss, est, desc, n_steps, use_lbfgs)
+    return _gram_stage(model, loss, est, desc, n_steps, use_lbfgs)
+
+
+def _full_loss(model: DKM, X: torch.Tensor, Y: torch.Tensor):
+    scale = float(Y.numel())
+
+    def loss() -> torch.Tensor:
+        try:
+            return -model.objective(X, Y) / scale
+        except NotPSDError:
+            return torch.tensor(math.inf, dtype=X.dtype, device=X.device)
+
+    return loss
+
+
+def _select_widths_ratio(est, Xt, Yt, noise: float, learn_noise: bool, gen) -> dict:
+    """Choose nu from :data:`AUTO_WIDTHS_RATIOS` by held-out log density on an inner split.
+
+    A random ``AUTO_VALIDATION_FRACTION`` of the training points is held out; stage 1 runs once on
+    the rest, stage 2 once per candidate from that same start, and each fit is scored by the mean
+    log predictive density (noise included) of the held-out points. Returns the scores by nu.
+    """
+    n = Xt.shape[0]
+    n_val = max(1, int(round(AUTO_VALIDATION_FRACTION * n)))
+    if n - n_val < 2:
+        raise ValueError(f"widths_ratio='auto' needs at least 3 training samples, got {n}.")
+    perm = torch.randperm(n, generator=gen).to(Xt.device)
+    val, tr = perm[:n_val], perm[n_val:]
+    Xtr, Ytr, Xv, Yv = Xt[tr], Yt[tr], Xt[val], Yt[val]
+    model = DKM(Xtr, est.kernel, int(est.n_layers), AUTO_WIDTHS_RATIOS[0], noise, learn_noise)
+    loss = _full_loss(model, Xtr, Ytr)
+    desc = "DKMRegressor (choosing widths_ratio)"
+    _nngp_stage(model, lambda: Xtr, loss, est, desc, est.max_iter, use_lbfgs=True)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = {}
+    for nu in AUTO_WIDTHS_RATIOS:
+        model.load_state_dict(start)
+        model.nus = [nu] * model.n_layers
+        _gram_stage(model, loss, est, desc + f" nu={nu:g}", est.max_iter, use_lbfgs=True)
+        try:
+            mean, var = model.predict(Xtr, Ytr, Xv)
+            v = var[:, None] + model.noise
+            lpd = -0.5 * ((Yv - mean) ** 2 / v + torch.log(2 * math.pi * v))
+            scores[nu] = float(lpd.sum(-1).mean())
+        except NotPSDError:
+            scores[nu] = -math.inf
+        if not math.isfinite(scores[nu]):
+            scores[nu] = -math.inf
+    return scores
 
 
 def _sparse_loss(model: SparseDKM, X, Y, batch_size, gen):
@@ -172,9 +257,15 @@ class DKMRegressor(BaseGPRegressor):
     ----------
     n_layers : int, default=2
         Number of learned Gram layers :math:`L` (>= 1).
-    widths_ratio : float or sequence of float, default=1.0
+    widths_ratio : float, sequence of float or "auto", default=1.0
         Width ratios :math:`\nu_l` (> 0), one for all layers or one per layer. Larger values
-        keep the Grams closer to the NNGP prior.
+        keep the Grams closer to the NNGP prior. ``"auto"`` (full DKM only) chooses one
+        :math:`\nu` for all layers from :data:`AUTO_WIDTHS_RATIOS` = (10, 100, 1000): a random
+        20% of the training points is held out, the DKM is fitted on the rest once per
+        candidate (stage 1 shared), the candidate with the best held-out log predictive
+        density wins, and the model is refitted on all points with it (about three
+        times the cost of one fit). The DKM objective itself cannot choose
+        :math:`\nu`: its maximum only grows as :math:`\nu` shrinks.
     kernel : {"relu", "se"}, default="relu"
         Gram-level kernel.
     n_inducing : int, optional
@@ -221,6 +312,11 @@ class DKMRegressor(BaseGPRegressor):
         Final DKM objective (ELBO for the sparse DKM), in the units of ``y``.
     n_iter_ : int
         Optimiser iterations (or epochs) run.
+    widths_ratio_ : float or list of float
+        The :math:`\nu_l` of the fitted model (the chosen one with ``widths_ratio="auto"``).
+    widths_ratio_scores_ : dict or None
+        With ``widths_ratio="auto"``: mean held-out log density (normalised units) of each
+        candidate on the inner validation split; ``None`` otherwise.
     n_features_in_ : int
         Number of features seen in ``fit``.
 
@@ -304,17 +400,17 @@ class DKMRegressor(BaseGPRegressor):
         noise = 0.1 if self.noise is None else float(self.noise)
         learn_noise = self.noise is None
         scale = float(Yt.numel())
+        scores = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # GPyTorch's float64 hints
+            if isinstance(self.widths_ratio, str):
+                scores = _select_widths_ratio(self, Xt, Yt, noise, learn_noise, gen)
+                nu = max(scores, key=scores.get)
+            else:
+                nu = _nu(self)
             if self.n_inducing is None:
-                model = DKM(Xt, self.kernel, int(self.n_layers), _nu(self), noise, learn_noise)
-
-                def loss() -> torch.Tensor:
-                    try:
-                        return -model.objective(Xt, Yt) / scale
-                    except NotPSDError:
-                        return torch.tensor(math.inf, dtype=Xt.dtype, device=device)
-
+                model = DKM(Xt, self.kernel, int(self.n_layers), nu, noise, learn_noise)
+                loss = _full_loss(model, Xt, Yt)
                 best = _two_stage(
                     model, lambda: Xt, loss, self, "DKMRegressor", self.max_iter, use_lbfgs=True
                 )
@@ -328,7 +424,7 @@ class DKMRegressor(BaseGPRegressor):
                     Yt.shape[1],
                     self.kernel,
                     int(self.n_layers),
-                    _nu(self),
+                    nu,
                     "gaussian",
                     noise,
                     learn_noise,
@@ -362,6 +458,8 @@ class DKMRegressor(BaseGPRegressor):
             noise_=float(model.noise),
             objective_=obj_norm - n * float(np.log(state["_y_std"]).sum()),
             n_iter_=int(self.max_iter),
+            widths_ratio_=model.nus[0] if len(set(model.nus)) == 1 else list(model.nus),
+            widths_ratio_scores_=scores,
             _Xt=Xt,
             _Yt=Yt,
             _device=device,
