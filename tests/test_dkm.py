@@ -168,10 +168,11 @@ def _perturb(model, scale=0.1, seed=0):
             V.add_(scale * torch.randn(V.shape, generator=g).tril() * V.diagonal().mean())
 
 
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "unwhitened"])
 @pytest.mark.parametrize("kind", ["relu", "se"])
-def test_full_dkm_objective_matches_dense_formula(kind):
+def test_full_dkm_objective_matches_dense_formula(kind, whiten):
     X, Y = _data()
-    model = DKM(X, kind, n_layers=2, widths_ratio=[0.7, 2.0], noise=0.05)
+    model = DKM(X, kind, n_layers=2, widths_ratio=[0.7, 2.0], noise=0.05, whiten=whiten)
     _perturb(model)
     with torch.no_grad():
         G1, G2 = [G.numpy() for G in model.grams()]
@@ -202,7 +203,7 @@ def test_full_dkm_objective_matches_dense_formula(kind):
 @pytest.mark.parametrize("kind", ["relu", "se"])
 def test_sparse_objective_equals_full_when_inducing_are_training_points(kind, whiten):
     X, Y = _data(n=12, t=2)
-    full = DKM(X, kind, n_layers=2, widths_ratio=1.5, noise=0.07)
+    full = DKM(X, kind, n_layers=2, widths_ratio=1.5, noise=0.07, whiten=False)
     _perturb(full)
     sparse = SparseDKM(
         X, n_outputs=2, kernel=kind, n_layers=2, widths_ratio=1.5, noise=0.07, whiten=whiten
@@ -229,6 +230,40 @@ def test_sparse_objective_equals_full_when_inducing_are_training_points(kind, wh
     torch.testing.assert_close(sv, fv[:, None].expand(-1, 2), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_whitened_and_unwhitened_agree_at_the_same_grams(kind):
+    X, Y = _data(n=12, t=2)
+    white = DKM(X, kind, n_layers=2, widths_ratio=[0.7, 2.0], noise=0.07)
+    assert white.whiten
+    # at initialisation both are at the NNGP Grams
+    plain = DKM(X, kind, n_layers=2, widths_ratio=[0.7, 2.0], noise=0.07, whiten=False)
+    with torch.no_grad():
+        for Gw, Gp in zip(white.grams(), plain.grams()):
+            torch.testing.assert_close(Gw, Gp, rtol=1e-5, atol=1e-6)
+    _perturb(white, 0.2)
+    with torch.no_grad():
+        white.gram_kernel.input_weight = torch.tensor([[0.8, 1.3]])
+        grams = white.grams()
+        plain.load_state_dict(
+            {k: v for k, v in white.state_dict().items() if not k.startswith("factors")},
+            strict=False,
+        )
+        for V, G in zip(plain.factors, grams):
+            V.copy_(math.sqrt(12) * torch.linalg.cholesky(G))
+        for Gw, Gp in zip(grams, plain.grams()):
+            torch.testing.assert_close(Gw, Gp)
+        assert float(white.objective(X, Y)) == pytest.approx(
+            float(plain.objective(X, Y)), rel=1e-9, abs=1e-9
+        )
+        torch.testing.assert_close(white.kl_terms(X)[0], plain.kl_terms(X)[0])
+        Xs = X[:5] + 0.3
+        for a, b in zip(white.predict(X, Y, Xs), plain.predict(X, Y, Xs)):
+            torch.testing.assert_close(a, b)
+    # the whitened Grams move with the prior: grams(X) uses the given inputs
+    with torch.no_grad():
+        torch.testing.assert_close(white.grams(X)[1], grams[1])
+
+
 def test_propagate_full_cov_diagonal_matches_diag():
     X, Y = _data(n=10)
     model = DKM(X, "relu", n_layers=3)
@@ -242,10 +277,11 @@ def test_propagate_full_cov_diagonal_matches_diag():
     assert torch.linalg.eigvalsh(C).min() > -1e-8
 
 
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "unwhitened"])
 @pytest.mark.parametrize("kind", ["relu", "se"])
-def test_full_objective_gradients_match_finite_differences(kind):
+def test_full_objective_gradients_match_finite_differences(kind, whiten):
     X, Y = _data(n=6)
-    model = DKM(X, kind, n_layers=2, widths_ratio=1.0, noise=0.1)
+    model = DKM(X, kind, n_layers=2, widths_ratio=1.0, noise=0.1, whiten=whiten)
     _perturb(model)
     params = [p for p in model.parameters()]
     values = [p.detach().clone().requires_grad_() for p in params]
@@ -282,15 +318,18 @@ def test_sparse_objective_gradients_match_finite_differences():
 # ------------------------------------------------------------------------------------------------
 # nu -> infinity: the DKM is the NNGP
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "unwhitened"])
 @pytest.mark.parametrize("kind", ["relu", "se"])
-def test_large_nu_collapses_to_nngp(kind):
+def test_large_nu_collapses_to_nngp(kind, whiten):
     X, Y = _data(n=12)
     Xs = torch.linspace(-2.5, 2.5, 7)[:, None] * torch.tensor([[1.0, -0.5]])
 
     iters = 300 if kind == "relu" else 600  # the SE Grams are worse conditioned
 
     def fitted(nu):
-        model = DKM(X, kind, n_layers=2, widths_ratio=nu, noise=0.05, learn_noise=False)
+        model = DKM(
+            X, kind, n_layers=2, widths_ratio=nu, noise=0.05, learn_noise=False, whiten=whiten
+        )
         model.set_hyperparameters_trainable(False)
         _perturb(model, 0.02, seed=1)  # start away from the NNGP Grams
         minimize(lambda: -model.objective(X, Y), model.parameters(), max_iter=iters, tol=1e-12)
