@@ -198,7 +198,11 @@ MODEL_KEYS = ("gp", "nngp", "dkm", "dkm-auto", "sparse", "deepgp")
 
 
 def regression(
-    quick: bool, n_splits: int | None = None, datasets=("boston", "concrete"), models=MODEL_KEYS
+    quick: bool,
+    n_splits: int | None = None,
+    datasets=("boston", "concrete"),
+    models=MODEL_KEYS,
+    first_split: int = 0,
 ) -> list[dict]:
     n_splits = n_splits or (2 if quick else 10)
     it = 30
@@ -206,7 +210,7 @@ def regression(
     for name in datasets:
         X, y = load(name)
         res: dict[str, list[tuple[float, float, float]]] = {}
-        for split in range(n_splits):
+        for split in range(first_split, first_split + n_splits):
             rng = np.random.default_rng(split)
             perm = rng.permutation(len(y))
             n_te = len(y) // 10
@@ -417,6 +421,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 splits and fewer iterations")
     parser.add_argument("--skip", nargs="*", default=[], choices=["regression", "scaling", "wide"])
     parser.add_argument("--splits", type=int, default=None, help="number of splits")
+    parser.add_argument(
+        "--first-split", type=int, default=0, help="seed of the first split (to run in parts)"
+    )
     parser.add_argument("--data", nargs="*", default=["boston", "concrete"])
     parser.add_argument("--models", nargs="*", default=list(MODEL_KEYS), choices=MODEL_KEYS)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dkm.md")
@@ -433,7 +440,7 @@ def main() -> None:
     reg = (
         []
         if "regression" in args.skip
-        else regression(args.quick, args.splits, args.data, args.models)
+        else regression(args.quick, args.splits, args.data, args.models, args.first_split)
     )
     write_report(args, t0, load0, reg, sca, wide)
 
