@@ -21,6 +21,7 @@ from gpkern.estimators.base import (
 )
 from gpkern.exceptions import NotPSDError
 from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
+from gpkern.models.exact import gaussian_log_density
 from gpkern.models.training import minimize
 
 __all__ = ["DKMRegressor", "DKMClassifier", "MAX_FULL_SAMPLES", "AUTO_WIDTHS_RATIOS"]
@@ -206,8 +207,7 @@ def _select_widths_ratio(est, Xt, Yt, noise: float, learn_noise: bool, gen) -> d
         _gram_stage(model, loss, est, desc + f" nu={nu:g}", est.max_iter, use_lbfgs=True)
         try:
             mean, var = model.predict(Xtr, Ytr, Xv)
-            v = var[:, None] + model.noise
-            lpd = -0.5 * ((Yv - mean) ** 2 / v + torch.log(2 * math.pi * v))
+            lpd = gaussian_log_density(Yv, mean, var[:, None] + model.noise)
             scores[nu] = float(lpd.sum(-1).mean())
         except NotPSDError:
             scores[nu] = -math.inf
