@@ -1,18 +1,20 @@
 """KeOps backend: kernel matvec, fit + predict, memory, against GPyTorch's KeOps kernels and dense torch.
 
-Every configuration runs in its own subprocess (``--worker``), which reports wall time, peak
-resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, Python, torch
-and pykeops included) and held-out RMSE, so memory figures never mix.  gpkern and GPyTorch
-configurations alternate so both see the same machine load.  KeOps compiles into a cache folder
-private to this benchmark, warmed by a small run of every configuration first, so compile time is
-not counted.
+Every configuration runs in its own subprocess (``--worker``), which reports wall time, process
+CPU time, peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole
+process, Python, torch and pykeops included) and held-out RMSE, so memory figures never mix.
+gpkern and GPyTorch configurations alternate so both see the same machine load.  KeOps compiles
+into a cache folder private to this benchmark, warmed by a small run of every configuration
+first, so compile time is not counted.
 
 Data: y = sin(2 x_1) cos(x_2) + 0.5 x_3 + 0.1 noise, x uniform in [-3, 3]^3, 2,000 held-out
-points.  Kernel: ScaleKernel(RBF, ARD).  Same linear_operator settings for both libraries
-(CG tolerance, probe vectors, Lanczos iterations, pivoted-Cholesky preconditioner rank), Adam
-(lr 0.05) on the exact marginal likelihood, normalised targets.  The "fit" at 50k and 100k
-points conditions at fixed hyperparameters (learned at 10k) because one marginal-likelihood
-gradient at 100k costs ~20 reductions of 100k x 100k on this CPU; see the results file.
+points.  Matvec rows: the three kernels both libraries have (scaled ARD RBF, Matérn 5/2,
+periodic), 16 right-hand sides.  Fit rows (ScaleKernel(RBF, ARD)): hyperparameters start
+from a dense GP fitted on a random 2,000-point subset (the same start for every library), then
+``--fit-iters`` Adam steps (lr 0.05) on the exact marginal likelihood of all n points with the
+same linear_operator settings (CG tolerance, probe vectors, Lanczos iterations, preconditioner
+rank), then prediction of means and variances at the held-out points.  NNGP row: the documented
+recipe (docs/user_guide/scaling.rst), hyperparameters on the subset, conditioning on all n.
 
 Run:  /work/main/.venv/bin/python benchmarks/bench_keops.py [--quick]
 Writes benchmarks/results/keops.md.
@@ -33,17 +35,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 3
 N_TEST = 2000
-TRAIN = dict(cg_tol=0.01, max_cg_iter=100, num_probes=15, lanczos_iter=10, preconditioner_rank=32)
+TRAIN = dict(cg_tol=0.01, max_cg_iter=100, num_probes=15, lanczos_iter=10, preconditioner_rank=256)
 EVAL = dict(
-    eval_cg_tol=0.01, max_eval_cg_iter=50, variance_rank=32, variance_directions=8, batch_size=2000
+    eval_cg_tol=0.01, max_eval_cg_iter=100, eval_preconditioner_rank=1024, variance_rank=32,
+    variance_directions=8, batch_size=2000,
 )
-#: Conditioning at n >= 50k: each CG iteration is one n x n reduction (about a minute at 100k here).
-EVAL_LARGE = dict(EVAL, max_eval_cg_iter=10)
-#: NNGP conditioning with the noise learned on the subset (0.012 in normalised units): at n = 5000
-#: CG needs 167 iterations with a rank-32 pivoted-Cholesky preconditioner, 47 with rank 128 and
-#: 11 with rank 512 (all reach the dense RMSE); rank 256 balances CG iterations against the
-#: 16 sixteen-column reductions that the variance subspace A L costs.
-EVAL_NNGP = dict(EVAL, max_eval_cg_iter=200, variance_rank=256)
+#: NNGP conditioning with the noise learned on the subset (0.012 in normalised units): CG needs
+#: 39 / 9 / 5 iterations at preconditioner rank 256 / 1024 / 2048 on 10,000 points, 12 / 6 at
+#: 1024 / 2048 on 20,000 (dense study); rank 1536 keeps the factor (8 n r bytes) at 1.2 GB for
+#: 100,000 points.
+EVAL_NNGP = dict(EVAL, max_eval_cg_iter=200, eval_preconditioner_rank=1536, variance_rank=256)
+KERNELS = ("rbf", "matern52", "periodic")
+#: Dense-GP subset that initialises every fit (and learns the NNGP recipe's hyperparameters).
+SUBSET = 2000
 
 
 def make_data(n: int, seed: int = 0):
@@ -90,6 +94,22 @@ class _Many:
             c.__exit__(*a)
 
 
+def _peer_kernel(name: str, keops_peer: bool = False):
+    """The matvec kernels, as gpytorch kernels (``keops_peer``: GPyTorch's KeOps twin)."""
+    import gpytorch
+
+    mod = gpytorch.kernels.keops if keops_peer else gpytorch.kernels
+    if name == "rbf":
+        base = mod.RBFKernel(ard_num_dims=D)
+    elif name == "matern52":
+        base = mod.MaternKernel(nu=2.5, ard_num_dims=D)
+    elif name == "periodic":
+        base = mod.PeriodicKernel()
+    else:
+        raise ValueError(name)
+    return gpytorch.kernels.ScaleKernel(base).double()
+
+
 def worker(cfg: dict) -> dict:
     import resource
 
@@ -98,102 +118,96 @@ def worker(cfg: dict) -> dict:
 
     torch.set_default_dtype(torch.float64)
     sys.path.insert(0, ROOT)
-    import gpytorch
 
     n, lib, task = cfg["n"], cfg["lib"], cfg["task"]
     X, y, Xt, ft = make_data(n)
     out = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if task == "matvec":
         Xq = torch.as_tensor(X)
         V = torch.randn(n, 16, generator=torch.Generator().manual_seed(0))
-        kern = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=D)).double()
+        kern = _peer_kernel(cfg.get("kernel", "rbf"))
         with torch.no_grad():
             if lib == "gpkern":
                 from gpkern.linalg.keops import kernel_operator
 
                 op = kernel_operator(kern, Xq, backend="keops")
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 r = op._matmul(V)
             elif lib == "gpytorch":
-                kg = gpytorch.kernels.ScaleKernel(
-                    gpytorch.kernels.keops.RBFKernel(ard_num_dims=D)
-                ).double()
+                kg = _peer_kernel(cfg.get("kernel", "rbf"), keops_peer=True)
                 kg.load_state_dict(kern.state_dict())
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 r = kg(Xq) @ V
             else:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 r = kern(Xq).to_dense() @ V
         out["checksum"] = float(r[:5].sum())
-    elif task in ("fit", "condition", "nngp"):
+    elif task == "nngp":
+        out.update(_nngp_gpkern(X, y, Xt, ft) if lib == "gpkern" else _nngp_dense(X, y, Xt, ft))
+    else:  # fit: subset start (not timed), then the n-point fit and prediction (timed)
+        start = _subset_start(X, y)
+        t0, c0 = time.perf_counter(), time.process_time()
         if lib == "gpkern":
-            out.update(_fit_gpkern(cfg, X, y, Xt, ft))
+            out.update(_fit_gpkern(cfg, start, X, y, Xt, ft))
         elif lib == "gpytorch":
-            out.update(_fit_gpytorch(cfg, X, y, Xt, ft))
-        elif task == "nngp":
-            out.update(_nngp_dense(X, y, Xt, ft))
+            out.update(_fit_gpytorch(cfg, start, X, y, Xt, ft))
         else:
             from gpkern.estimators import GPRegressor
 
-            gp = GPRegressor(optimizer="adam", max_iter=cfg["iters"], backend="dense").fit(X, y)
-            mean, std = gp.predict(Xt, return_std=True)
+            gp = GPRegressor(
+                kernel=start["kernel"], optimizer="adam", max_iter=cfg["iters"], backend="dense"
+            ).fit(X, y)
+            mean = gp.predict(Xt)
             out["rmse"] = float(np.sqrt(np.mean((mean - ft) ** 2)))
     out["time_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
     out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
 
 
-def _fit_gpkern(cfg, X, y, Xt, ft):
+def _subset_start(X, y) -> dict:
+    """Hyperparameters of a dense GP (scaled ARD RBF) on a random subset: every fit's start."""
     import numpy as np
 
     from gpkern.estimators import GPRegressor
 
-    opts = {**TRAIN, **cfg.get("eval", EVAL)}
-    if cfg["task"] == "nngp":
-        # The documented recipe (docs/user_guide/scaling.rst): learn on a random subset with
-        # the dense backend, then condition on all n points with the KeOps backend.
-        t0 = time.perf_counter()
-        kernel, noise = _nngp_subset_hyperparameters(X, y)
-        t_sub = time.perf_counter() - t0
-        gp = GPRegressor(
-            kernel=kernel, noise=noise, optimizer=None, backend="keops", backend_options=opts
-        )
-        t0 = time.perf_counter()
-        gp.fit(X, y)
-        t_fit = time.perf_counter() - t0
-        mean, std = gp.predict(Xt, return_std=True)
-        return {
-            "rmse": float(np.sqrt(np.mean((mean - ft) ** 2))),
-            "mean_std": float(std.mean()),
-            "cg_iter": gp._posterior.n_iter,
-            "subset_fit_s": t_sub,
-            "condition_s": t_fit,
-            "predict_s": time.perf_counter() - t0 - t_fit,
-            "noise": noise,
-            "outputscale": float(kernel.outputscale),
-        }
-    elif cfg["task"] == "condition":
-        kernel, noise = _learned(cfg)
-        gp = GPRegressor(
-            kernel=kernel, noise=noise, optimizer=None, backend="keops", backend_options=opts
-        )
-    else:
-        gp = GPRegressor(
-            optimizer="adam", max_iter=cfg["iters"], backend="keops", backend_options=opts
-        )
+    idx = np.random.default_rng(0).choice(len(X), min(len(X), SUBSET), replace=False)
+    sub = GPRegressor(backend="dense", random_state=0).fit(X[idx], y[idx])
+    k = sub.kernel_
+    return {
+        "kernel": k,
+        "lengthscale": k.base_kernel.lengthscale.detach().tolist(),
+        "outputscale": float(k.outputscale),
+    }
+
+
+def _fit_gpkern(cfg, start, X, y, Xt, ft):
+    import numpy as np
+
+    from gpkern.estimators import GPRegressor
+
+    opts = {**TRAIN, **EVAL}
+    gp = GPRegressor(
+        kernel=start["kernel"], optimizer="adam", max_iter=cfg["iters"], backend="keops",
+        backend_options=opts,
+    )
+    t0 = time.perf_counter()
     gp.fit(X, y)
+    t_fit = time.perf_counter()
     mean, std = gp.predict(Xt, return_std=True)
     return {
         "rmse": float(np.sqrt(np.mean((mean - ft) ** 2))),
         "mean_std": float(std.mean()),
         "cg_iter": gp._posterior.n_iter,
+        "fit_s": t_fit - t0,
+        "predict_s": time.perf_counter() - t_fit,
+        "noise": float(gp.noise_),
     }
 
 
-#: NNGP benchmark: layers of the 2-ReLU-layer network and the subset size of the recipe.
+#: NNGP benchmark: layers of the 2-ReLU-layer network.
 NNGP_LAYERS = [("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5), ("relu",), ("dense", 1.5, 0.5)]
-NNGP_SUBSET = 2000
 #: Dense reference of the NNGP row: the same hyperparameters, conditioned on this many points.
 NNGP_DENSE_N = 5000
 
@@ -206,10 +220,40 @@ def _nngp_subset_hyperparameters(X, y):
     from gpkern.estimators import GPRegressor
     from gpkern.linalg.keops import DenseNetworkKernel
 
-    idx = np.random.default_rng(0).choice(len(X), min(len(X), NNGP_SUBSET), replace=False)
+    idx = np.random.default_rng(0).choice(len(X), min(len(X), SUBSET), replace=False)
     kernel = gpytorch.kernels.ScaleKernel(DenseNetworkKernel(NNGP_LAYERS, D))
     sub = GPRegressor(kernel=kernel, backend="dense", random_state=0).fit(X[idx], y[idx])
     return sub.kernel_, sub.noise_
+
+
+def _nngp_gpkern(X, y, Xt, ft):
+    """The documented recipe: learn on a random subset with the dense backend, then condition
+    on all n points with the KeOps backend."""
+    import numpy as np
+
+    from gpkern.estimators import GPRegressor
+
+    t0 = time.perf_counter()
+    kernel, noise = _nngp_subset_hyperparameters(X, y)
+    t_sub = time.perf_counter() - t0
+    gp = GPRegressor(
+        kernel=kernel, noise=noise, optimizer=None, backend="keops",
+        backend_options={**TRAIN, **EVAL_NNGP}, verbose=True,
+    )
+    t0 = time.perf_counter()
+    gp.fit(X, y)
+    t_fit = time.perf_counter() - t0
+    mean, std = gp.predict(Xt, return_std=True)
+    return {
+        "rmse": float(np.sqrt(np.mean((mean - ft) ** 2))),
+        "mean_std": float(std.mean()),
+        "cg_iter": gp._posterior.n_iter,
+        "subset_fit_s": t_sub,
+        "condition_s": t_fit,
+        "predict_s": time.perf_counter() - t0 - t_fit,
+        "noise": noise,
+        "outputscale": float(kernel.outputscale),
+    }
 
 
 def _nngp_dense(X, y, Xt, ft):
@@ -224,18 +268,7 @@ def _nngp_dense(X, y, Xt, ft):
     return {"rmse": float(np.sqrt(np.mean((mean - ft) ** 2))), "n_dense": m}
 
 
-def _learned(cfg):
-    import gpytorch
-    import torch
-
-    p = cfg["learned"]
-    k = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=D)).double()
-    k.base_kernel.lengthscale = torch.tensor(p["lengthscale"])
-    k.outputscale = torch.tensor(p["outputscale"])
-    return k, p["noise"]
-
-
-def _fit_gpytorch(cfg, X, y, Xt, ft):
+def _fit_gpytorch(cfg, start, X, y, Xt, ft):
     import gpytorch
     import linear_operator
     import numpy as np
@@ -261,57 +294,53 @@ def _fit_gpytorch(cfg, X, y, Xt, ft):
                 torch.zeros(x.shape[0], dtype=x.dtype), self.covar(x)
             )
 
+    t_start = time.perf_counter()
     model = Model().double()
-    if cfg["task"] == "condition":
-        p = cfg["learned"]
-        model.covar.base_kernel.lengthscale = torch.tensor(p["lengthscale"])
-        model.covar.outputscale = torch.tensor(p["outputscale"])
-        model.likelihood.noise = torch.tensor(p["noise"])
-    else:
-        model.covar.base_kernel.lengthscale = Xq.std(0).view(1, D)
-        model.covar.outputscale = 1.0
-        model.likelihood.noise = 0.1
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        model.train()
-        ctx = _settings(True)
-        try:
-            with _Many(ctx):
-                torch.manual_seed(0)
-                -mll(model(Xq), yq)  # probe: GPyTorch's KeOps kernels give no diagonal...
-        except TypeError as exc:
-            # ... so its pivoted-Cholesky preconditioner fails: run it unpreconditioned.
-            precond_error = str(exc)[:80]
-            ctx = ctx + [linear_operator.settings.max_preconditioner_size(0)]
+    model.covar.base_kernel.lengthscale = torch.tensor(start["lengthscale"])
+    model.covar.outputscale = start["outputscale"]
+    model.likelihood.noise = 0.1  # gpkern's estimator also starts a learned noise at 0.1
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    ctx = _settings(True)
+    try:
         with _Many(ctx):
-            for i in range(cfg["iters"]):
-                torch.manual_seed(i)
-                opt.zero_grad()
-                loss = -mll(model(Xq), yq)
-                loss.backward()
-                opt.step()
+            torch.manual_seed(0)
+            -mll(model(Xq), yq)  # probe: GPyTorch's KeOps kernels give no diagonal...
+    except TypeError as exc:
+        # ... so its pivoted-Cholesky preconditioner fails: run it unpreconditioned.
+        precond_error = str(exc)[:80]
+        ctx = ctx + [linear_operator.settings.max_preconditioner_size(0)]
+    with _Many(ctx):
+        for i in range(cfg["iters"]):
+            torch.manual_seed(i)
+            opt.zero_grad()
+            loss = -mll(model(Xq), yq)
+            loss.backward()
+            opt.step()
+    t_train = time.perf_counter()
     model.eval()
+    out = {"train_s": t_train - t_start}
     with (
         torch.no_grad(),
-        _Many(_settings(False, cfg.get("eval", EVAL))),
+        _Many(_settings(False, EVAL)),
         linear_operator.settings.max_preconditioner_size(0),
         gpytorch.settings.fast_pred_var(),
     ):
         pred = model(Xtq)
         mean = pred.mean.numpy() * sd + mu
-        std = pred.variance.clamp_min(0).sqrt().numpy() * sd
-    learned = {
-        "lengthscale": model.covar.base_kernel.lengthscale.detach().tolist(),
-        "outputscale": float(model.covar.outputscale),
-        "noise": float(model.likelihood.noise),
-    }
-    out = {
-        "rmse": float(np.sqrt(np.mean((mean - ft) ** 2))),
-        "mean_std": float(std.mean()),
-        "learned": learned,
-    }
+        out["rmse"] = float(np.sqrt(np.mean((mean - ft) ** 2)))
+        try:
+            out["mean_std"] = float((pred.variance.clamp_min(0).sqrt() * sd).mean())
+        except TypeError as exc:  # its KeOps kernels give no diagonal (see the notes)
+            out["variance_error"] = str(exc)[:80]
+    notes = []
     if precond_error:
-        out["note"] = "GPyTorch ran unpreconditioned: its pivoted Cholesky raised " + precond_error
+        notes.append("GPyTorch trained unpreconditioned: its pivoted Cholesky raised " + precond_error)
+    if "variance_error" in out:
+        notes.append("its predictive variances raised " + out["variance_error"] + " (mean only)")
+    if notes:
+        out["note"] = "; ".join(notes)
     return out
 
 
@@ -338,23 +367,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run at small n")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "keops.md"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
-    parser.add_argument("--fit-n", type=int, default=10_000, help="n of the hyperparameter fit")
-    parser.add_argument("--fit-iters", type=int, default=3, help="Adam steps of the fit")
-    parser.add_argument("--condition-n", type=int, nargs="*", default=[50_000])
-    parser.add_argument("--nngp-n", type=int, default=100_000, help="n of the NNGP run")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 100_000])
+    parser.add_argument("--fit-sizes", type=int, nargs="*", default=[10_000, 50_000, 100_000])
+    parser.add_argument("--fit-iters", type=int, default=3, help="Adam steps of each fit")
+    parser.add_argument("--nngp-n", type=int, nargs="*", default=[100_000], help="n of the NNGP run")
     parser.add_argument(
-        "--only-nngp",
-        action="store_true",
-        help="run only the NNGP regression (at --nngp-n), e.g. on a quiet machine",
+        "--gpytorch-fit-max-n",
+        type=int,
+        default=50_000,
+        help="largest n at which GPyTorch's (unpreconditioned) fit is attempted",
     )
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
-    parser.add_argument("--nngp-timeout", type=float, default=None, help="seconds for the NNGP run")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per gpkern run")
     parser.add_argument(
-        "--gpytorch-timeout",
-        type=float,
-        default=300.0,
-        help="seconds for GPyTorch's conditioning run",
+        "--gpytorch-timeout", type=float, default=1800.0, help="seconds per GPyTorch or dense run"
     )
     args = parser.parse_args()
     if args.worker:
@@ -362,63 +387,54 @@ def main() -> None:
         return
 
     sizes = [2000, 4000] if args.quick else args.sizes
+    fit_sizes = [2500] if args.quick else args.fit_sizes
     fit_iters = 2 if args.quick else args.fit_iters
-    n0 = 2000 if args.quick else args.fit_n
-    n_nngp = 2000 if args.quick else args.nngp_n
-    timeout = args.timeout
+    nngp_sizes = [3000] if args.quick else args.nngp_n
     cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(prefix="gpkern-bench-keops-")
     start = time.time()
     load_before = os.getloadavg()
     # Warm the KeOps cache (compilation is per formula and right-hand-side width, not per n).
-    for lib in () if args.only_nngp else ("gpkern", "gpytorch"):
-        run({"n": 500, "lib": lib, "task": "matvec"}, cache, timeout)
-        run({"n": 500, "lib": lib, "task": "fit", "iters": 1}, cache, timeout)
-    run({"n": 500, "lib": "gpkern", "task": "nngp"}, cache, timeout)
+    for lib in ("gpkern", "gpytorch"):
+        for kernel in KERNELS if sizes else ():
+            run({"n": 500, "lib": lib, "task": "matvec", "kernel": kernel}, cache, 600)
+        if fit_sizes:
+            run({"n": 500, "lib": lib, "task": "fit", "iters": 1}, cache, 600)
+    if nngp_sizes:
+        run({"n": 500, "lib": "gpkern", "task": "nngp"}, cache, 600)
 
     rows = []
 
     def record(task, n, lib, res, note=""):
         rows.append({"task": task, "n": n, "lib": lib, "note": note, **res})
         print(task, n, lib, res, flush=True)
+        write_table(rows, args, start, load_before)  # partial tables survive an interruption
 
-    for n in [] if args.only_nngp else sizes:
-        for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
-            record(
-                "matvec (16 rhs)",
-                n,
-                lib,
-                run({"n": n, "lib": lib, "task": "matvec"}, cache, timeout),
-            )
-    learned = None
-    fit_libs = () if args.only_nngp else ("gpkern", "gpytorch") + (("dense",) if n0 <= 5000 else ())
-    for lib in fit_libs:
-        res = run({"n": n0, "lib": lib, "task": "fit", "iters": fit_iters}, cache, timeout)
-        learned = res.pop("learned", learned)
-        record(f"fit ({fit_iters} Adam steps) + predict", n0, lib, res)
-    if learned is not None:
-        for n in [] if args.quick else args.condition_n:
-            for lib in ("gpkern", "gpytorch"):
-                cfg = {
-                    "n": n,
-                    "lib": lib,
-                    "task": "condition",
-                    "learned": learned,
-                    "eval": EVAL_LARGE,
-                }
-                res = run(cfg, cache, timeout if lib == "gpkern" else args.gpytorch_timeout)
-                res.pop("learned", None)
-                record(f"condition (hyperparameters from {n0:,}) + predict", n, lib, res)
-    for n in [n_nngp]:
-        task = f"NNGP (2 ReLU layers): learn on {NNGP_SUBSET:,}, condition on n + predict"
-        cfg = {"n": n, "lib": "gpkern", "task": "nngp", "eval": EVAL_NNGP}
-        record(task, n, "gpkern", run(cfg, cache, args.nngp_timeout or timeout))
+    for n in sizes:
+        for kernel in KERNELS:
+            for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
+                cfg = {"n": n, "lib": lib, "task": "matvec", "kernel": kernel}
+                limit = args.timeout if lib == "gpkern" else args.gpytorch_timeout
+                record(f"matvec {kernel} (16 rhs)", n, lib, run(cfg, cache, limit))
+    for n in nngp_sizes:
+        task = f"NNGP (2 ReLU layers): learn on {SUBSET:,}, condition on n + predict"
+        record(task, n, "gpkern", run({"n": n, "lib": "gpkern", "task": "nngp"}, cache, args.timeout))
         cfg = {"n": n, "lib": "dense", "task": "nngp"}
-        record(task, n, "dense", run(cfg, cache, timeout), note=f"dense on the first {NNGP_DENSE_N:,}")
+        record(task, n, "dense", run(cfg, cache, args.gpytorch_timeout),
+               note=f"dense on the first {NNGP_DENSE_N:,}")
 
-    write_table(rows, args, start, load_before)
+    fit_task = f"fit (subset start + {fit_iters} Adam steps on all n) + predict"
+    for n in fit_sizes:
+        for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
+            if lib == "gpytorch" and n > args.gpytorch_fit_max_n:
+                record(fit_task, n, lib, {"error": "not run (see notes)"})
+                continue
+            cfg = {"n": n, "lib": lib, "task": "fit", "iters": fit_iters}
+            limit = args.timeout if lib == "gpkern" else args.gpytorch_timeout
+            record(fit_task, n, lib, run(cfg, cache, limit))
+    write_table(rows, args, start, load_before, done=True)
 
 
-def write_table(rows, args, start, load_before) -> None:
+def write_table(rows, args, start, load_before, done: bool = False) -> None:
     import torch
 
     by = {}
@@ -430,16 +446,18 @@ def write_table(rows, args, start, load_before) -> None:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core CPU "
         f"(load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after); "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, no GPU. "
-        f"Total benchmark time {time.time() - start:.0f} s{' (--quick)' if args.quick else ''}.",
+        f"{'Total benchmark time' if done else 'PARTIAL (still running), elapsed'} "
+        f"{time.time() - start:.0f} s{' (--quick)' if args.quick else ''}.",
         "",
-        f"Settings (both libraries): training {TRAIN}; conditioning at n0 {EVAL}, at 50k {EVAL_LARGE}, "
-        f"NNGP at 100k {EVAL_NNGP} (GPyTorch: same CG tolerance and iteration cap, LOVE root size = "
-        f"variance_rank + variance_directions). float64, D = {D}, {N_TEST} held-out points, "
-        "ScaleKernel(RBF ARD). Peak memory is the whole process's ru_maxrss (Python + torch + pykeops "
-        "baseline included). RMSE is against the noise-free function.",
+        f"Settings (both libraries): training {TRAIN}; conditioning {EVAL}; NNGP conditioning "
+        f"{EVAL_NNGP} (GPyTorch: same CG tolerance and iteration cap, LOVE root size = "
+        f"variance_rank + variance_directions). float64, D = {D}, {N_TEST} held-out points. "
+        "Peak memory is the whole process's ru_maxrss (Python + torch + pykeops baseline "
+        "included). RMSE is against the noise-free function. Times are wall clock; gpkern's "
+        "process CPU time is beside it.",
         "",
-        "| task | n | gpkern time (s) | GPyTorch KeOps time (s) | ratio GPyTorch/gpkern | dense time (s) | gpkern peak MB | GPyTorch peak MB | dense peak MB | gpkern RMSE | GPyTorch RMSE | dense RMSE |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | n | gpkern time (s) | gpkern CPU (s) | GPyTorch KeOps time (s) | ratio GPyTorch/gpkern | dense time (s) | gpkern peak MB | GPyTorch peak MB | dense peak MB | gpkern RMSE | GPyTorch RMSE | dense RMSE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     seen, notes = [], []
     for r in rows:
@@ -460,7 +478,7 @@ def write_table(rows, args, start, load_before) -> None:
         if p.get("note"):
             notes.append(f"{key[0]}, n = {key[1]:,}: {p['note']}")
         lines.append(
-            f"| {key[0]} | {key[1]:,} | {f(g, 'time_s')} | {f(p, 'time_s')} | {ratio} | {f(d, 'time_s')} | "
+            f"| {key[0]} | {key[1]:,} | {f(g, 'time_s')} | {f(g, 'cpu_s')} | {f(p, 'time_s')} | {ratio} | {f(d, 'time_s')} | "
             f"{f(g, 'peak_mb', '{:.0f}')} | {f(p, 'peak_mb', '{:.0f}')} | {f(d, 'peak_mb', '{:.0f}')} | "
             f"{f(g, 'rmse', '{:.4f}')} | {f(p, 'rmse', '{:.4f}')} | {f(d, 'rmse', '{:.4f}')} |"
         )
@@ -469,7 +487,8 @@ def write_table(rows, args, start, load_before) -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines))
-    print("wrote", args.out)
+    if done:
+        print("wrote", args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+r"""Randomly pivoted partial Cholesky of a kernel matrix, in blocks (BLAS-3, few entry evaluations).
+
+A rank-:math:`k` partial Cholesky factor :math:`F \in \mathbb{R}^{n \times k}` of a positive
+semi-definite :math:`K` satisfies :math:`K - F F^\top \succeq 0`; its columns are the Schur
+complements of :math:`K` at :math:`k` pivot columns.  It is the preconditioner
+:math:`P = F F^\top + \sigma^2 I` of conjugate gradients on :math:`A = K + \sigma^2 I`: the
+spectrum of :math:`P^{-1} A` lies in :math:`[1, 1 + \lambda_{\max}(K - F F^\top)/\sigma^2]`.
+
+Greedy pivoting (``linear_operator``'s ``pivoted_cholesky``) takes one pivot at a time: each
+step is a matrix-vector product with the factor, so rank 2,000 on 100,000 points is slow
+(memory-bound, a Python loop of :math:`k` steps).  Here pivots come in blocks of ``block_size``
+drawn with probability proportional to the residual diagonal, and a rejection step keeps only
+what randomly pivoted Cholesky would have accepted one at a time (*accelerated RPCholesky*,
+Epperly, Tropp and Webber, 2024; RPCholesky: Chen, Epperly, Tropp and Webber, 2023).  The work
+is one kernel-column block and one matrix-matrix product per block,
+
+.. math::
+
+    G = K_{:,S} - F F_{S,:}^\top \quad (n \times b), \qquad
+    F \leftarrow \big[\,F,\; G_{:,\mathrm{acc}}\, T^{-\top}\big],
+    \quad T T^\top = G_{\mathrm{acc},\mathrm{acc}},
+
+so :math:`O(n k^2)` flops at matrix-multiply speed and :math:`n k` kernel evaluations in all.
+RPCholesky's expected trace error is within a small factor of the best rank-:math:`k`
+approximation's, and unlike greedy pivoting it does not pile pivots into outliers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["rp_cholesky"]
+
+
+def rp_cholesky(
+    columns: Callable[[torch.Tensor], torch.Tensor],  # (b,) int -> (n, b)
+    diagonal: torch.Tensor,  # (n,)
+    rank: int,
+    *,
+    block_size: int = 128,
+    tol: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (n, k), (k,)
+    r"""Partial Cholesky factor :math:`F` of a PSD matrix with random pivots, block by block.
+
+    Parameters
+    ----------
+    columns : callable
+        ``columns(idx)`` returns the columns :math:`K_{:, \mathrm{idx}}` as an ``(n, b)`` tensor.
+    diagonal : torch.Tensor of shape (n,)
+        :math:`\operatorname{diag} K` (non-negative).
+    rank : int
+        Largest number of pivots :math:`k`.
+    block_size : int, default=128
+        Candidate pivots drawn per block.
+    tol : float, default=0.0
+        Stop once the residual trace :math:`\operatorname{tr}(K - F F^\top)` is at most
+        ``tol`` times :math:`\operatorname{tr} K`.
+    generator : torch.Generator, optional
+        Source of the pivot draws (results are reproducible with a seeded generator).
+
+    Returns
+    -------
+    F : torch.Tensor of shape (n, k)
+        :math:`k \le` ``rank`` columns with :math:`F F^\top \preceq K`, exact on the pivots'
+        rows and columns.
+    pivots : torch.Tensor of shape (k,)
+        Pivot indices, in the order of :math:`F`'s columns.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.linspace(0, 1, 200, dtype=torch.float64)
+    >>> K = torch.exp(-(x[:, None] - x[None]) ** 2 / 0.1)
+    >>> F, piv = rp_cholesky(lambda i: K[:, i], K.diagonal(), 30,
+    ...                      generator=torch.Generator().manual_seed(0))
+    >>> bool((K - F @ F.T).diagonal().sum() < 1e-6)
+    True
+    """
+    if diagonal.dim() != 1:
+        raise ValueError(f"diagonal must be 1-D, got shape {tuple(diagonal.shape)}.")
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}.")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+    n = diagonal.shape[0]
+    rank = min(rank, n)
+    dtype, device = diagonal.dtype, diagonal.device
+    residual = diagonal.detach().clone().clamp_min(0.0)
+    stop = tol * float(residual.sum())
+    # Residuals this far below the largest diagonal entry are rounding noise: the Schur
+    # complement computed from them can come out <= 0, so they count as exhausted.
+    floor = 64 * torch.finfo(dtype).eps * float(residual.max()) if n else 0.0
+    F = torch.zeros(n, rank, dtype=dtype, device=device)
+    pivots = torch.zeros(rank, dtype=torch.long, device=device)
+    k = 0
+    while k < rank:
+        total = float(residual.sum())
+        if not total > max(stop, 0.0) or not residual.max() > 0:
+            break
+        draws = torch.multinomial(
+            (residual / total).cpu(), min(block_size, rank - k), replacement=True,
+            generator=generator,
+        ).to(device)
+        S = torch.unique(draws)  # sampling with replacement; repeats carry no new information
+        S = S[torch.randperm(S.numel(), generator=generator).to(device)]
+        G = columns(S).to(dtype) - F[:, :k] @ F[S, :k].T  # (n, b): Schur complement columns
+        H = G[S]  # (b, b)
+        u = torch.rand(S.numel(), generator=generator, dtype=dtype).to(device)
+        # Rejection: candidate j survives with probability (its residual given the candidates
+        # accepted before it in this block) / (its residual when it was drawn).
+        T = torch.zeros_like(H)  # (b, b): Cholesky columns of the accepted candidates
+        accepted: list[int] = []
+        for j in range(S.numel()):
+            a = len(accepted)
+            cond = H[j, j] - T[j, :a] @ T[j, :a]
+            if not cond > floor:
+                if a == 0:  # its residual is rounding noise, not a pivot to wait for
+                    residual[S[j]] = 0.0
+                continue
+            if float(u[j] * residual[S[j]]) >= float(cond):
+                continue
+            T[:, a] = (H[:, j] - T[:, :a] @ T[j, :a]) / cond.sqrt()
+            accepted.append(j)
+        if not accepted:
+            continue
+        acc = torch.tensor(accepted, device=device)
+        T_acc = T[acc][:, : len(accepted)]  # (a, a) lower triangular
+        new = torch.linalg.solve_triangular(T_acc, G[:, acc].T, upper=False).T  # (n, a)
+        a = new.shape[1]
+        F[:, k : k + a] = new
+        pivots[k : k + a] = S[acc]
+        k += a
+        residual = residual - (new * new).sum(1)
+        residual[residual <= floor] = 0.0
+        residual[S[acc]] = 0.0
+    if k < rank:
+        F, pivots = F[:, :k].contiguous(), pivots[:k].clone()
+    return F, pivots
