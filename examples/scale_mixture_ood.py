@@ -26,7 +26,7 @@ from gpkern.estimators import ScaleMixtureClassifier
 from gpkern.kernels import NNGPKernel
 from gpkern.kernels.nngp import Dense, Relu, serial
 
-GP_SCALE, IG_MEAN = 1024.0, 256.0
+GP_SCALE, IG_MEAN = 16384.0, 256.0
 
 
 def nngp(last_layer_variance):

@@ -148,6 +148,19 @@ def test_string_labels_and_subset_invariance(blobs):
     np.testing.assert_allclose(clf.predict_proba(X[:5]), clf.predict_proba(X)[:5], rtol=1e-12)
 
 
+def test_predict_proba_chunks_bound_memory_without_changing_results(blobs, monkeypatch):
+    """Chunking over test points (sized by draws x classes) gives the same probabilities."""
+    import gpkern.estimators.scale_mixture as sm
+
+    X, y = blobs
+    clf = ScaleMixtureClassifier(n_inducing=20, max_iter=20, n_predict_samples=300, random_state=0).fit(X, y)
+    whole = clf.predict_proba(X)
+    monkeypatch.setattr(sm, "_PREDICT_CHUNK_ELEMENTS", 300 * 3 * 7)  # 7 points per chunk
+    np.testing.assert_allclose(clf.predict_proba(X), whole, rtol=1e-12, atol=1e-15)
+    monkeypatch.setattr(sm, "_PREDICT_CHUNK_ELEMENTS", 1)  # one point per chunk
+    np.testing.assert_allclose(clf.predict_proba(X[:9]), whole[:9], rtol=1e-12, atol=1e-15)
+
+
 def test_bad_classifier_input(blobs):
     X, y = blobs
     with pytest.raises(ValueError, match="inverse_gamma"):

@@ -438,6 +438,10 @@ class ScaleMixtureRegressor(_ScaleMixtureRegressorBase):
         }
 
 
+# Elements of the (draws, points, classes) array predict_proba forms per chunk (~64 MiB).
+_PREDICT_CHUNK_ELEMENTS = 2**23
+
+
 def _classifier_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
     """Scaled ARD RBF with length-scales at each feature's spread times sqrt(d).
 
@@ -667,7 +671,9 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         Xt = torch.tensor(X, dtype=torch.float64, device=self._device)
+        # The draws make an (S, chunk, C) array: bound it, however many draws were asked for.
+        chunk = max(1, _PREDICT_CHUNK_ELEMENTS // self._draws[1].numel())
         out = []
-        for start in range(0, Xt.shape[0], 2048):
-            out.append(self._model.predict_proba(Xt[start : start + 2048], *self._draws))
+        for start in range(0, Xt.shape[0], chunk):
+            out.append(self._model.predict_proba(Xt[start : start + chunk], *self._draws))
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, len(self.classes_)))
