@@ -72,18 +72,81 @@ class KeOpsCompileError(RuntimeError):
 # -----------------------------------------------------------------------------------------------
 # Operands: the same formula code for pykeops LazyTensors and for broadcast torch tensors.
 # -----------------------------------------------------------------------------------------------
+class _Cols:
+    """A KeOps operand held as separate LazyTensor variables, one per block of columns.
+
+    KeOps evaluates a slice of a variable (``Extract``) by copying it at every pair: slicing the
+    scaled inputs out of one wide operand made a scaled RBF reduction 1.4 times slower than
+    passing them as a variable of their own. So :func:`keops_matmul` passes the inputs and each
+    formula node's per-point columns as separate variables, and the column helpers below
+    (:func:`_select`, :func:`_split`, :func:`_join`, :func:`_elem`) pick whole blocks where they
+    can; :func:`_whole` gives a node its operand as one LazyTensor.
+    """
+
+    def __init__(self, blocks: Sequence[Any], widths: Sequence[int]) -> None:
+        self.blocks, self.widths = list(blocks), [int(w) for w in widths]
+
+    @property
+    def width(self) -> int:
+        return sum(self.widths)
+
+    def _locate(self, d: int) -> tuple[int, int]:
+        for b, w in enumerate(self.widths):
+            if d < w:
+                return b, d
+            d -= w
+        raise IndexError(f"column {d} out of range")
+
+    def select(self, dims: Sequence[int]) -> _Cols:
+        dims, blocks, widths, i = [int(d) for d in dims], [], [], 0
+        while i < len(dims):
+            b, off = self._locate(dims[i])
+            run = 1
+            while (
+                i + run < len(dims)
+                and dims[i + run] == dims[i] + run
+                and off + run < self.widths[b]
+            ):
+                run += 1
+            if off == 0 and run == self.widths[b]:
+                blocks.append(self.blocks[b])
+            else:
+                block = self.blocks[b]
+                blocks.append(block[off] if run == 1 else block[off : off + run])
+            widths.append(run)
+            i += run
+        return _Cols(blocks, widths)
+
+    def whole(self):
+        out = self.blocks[0]
+        for block in self.blocks[1:]:
+            out = out.concat(block)
+        return out
+
+
 def _is_lazy(t: Any) -> bool:
-    return type(t).__name__ in ("LazyTensor", "GenericLazyTensor", "ComplexLazyTensor")
+    return isinstance(t, _Cols) or type(t).__name__ in (
+        "LazyTensor", "GenericLazyTensor", "ComplexLazyTensor"
+    )
+
+
+def _whole(t):
+    """The operand as one LazyTensor (or the torch tensor itself)."""
+    return t.whole() if isinstance(t, _Cols) else t
 
 
 def _elem(t, k: int):
     """Entry ``k`` of the feature (last) axis."""
+    if isinstance(t, _Cols):
+        return t.select([k]).whole()
     return t[k] if _is_lazy(t) else t[..., k]
 
 
 def _select(t, dims: Sequence[int]):
     """Features ``dims`` of the last axis (``active_dims``)."""
     dims = [int(d) for d in dims]
+    if isinstance(t, _Cols):
+        return t.select(dims)
     if not _is_lazy(t):
         return t[..., dims]
     if dims == list(range(dims[0], dims[0] + len(dims))):
@@ -121,7 +184,7 @@ def sq_dist(xi, xj, inv_lengthscale):
     -------
     r2 : LazyTensor or torch.Tensor of shape ``(n, m)`` (or ``(n,)`` when paired)
     """
-    return (((xi - xj) * inv_lengthscale) ** 2).sum(-1)
+    return (((_whole(xi) - _whole(xj)) * inv_lengthscale) ** 2).sum(-1)
 
 
 def rbf(r2):
@@ -137,15 +200,15 @@ def matern(r2, nu: float):
         k_{1/2} = e^{-r}, \quad k_{3/2} = (1 + \sqrt3 r) e^{-\sqrt3 r}, \quad
         k_{5/2} = (1 + \sqrt5 r + \tfrac53 r^2) e^{-\sqrt5 r}
     """
-    r = _sqrt(r2)
+    # Written as GPyTorch's KeOps Matern writes it (constant factors in front, sqrt(r2 + 1e-20)):
+    # KeOps compiles this arrangement 1.2 times faster on a CPU than s = sqrt(5) r reused.
+    r = _sqrt(r2 + 1e-20)
     if nu == 0.5:
-        return (-r).exp()
+        return (-1.0 * r).exp()
     if nu == 1.5:
-        s = r * math.sqrt(3.0)
-        return (s + 1.0) * (-s).exp()
+        return (math.sqrt(3.0) * r + 1) * (-math.sqrt(3.0) * r).exp()
     if nu == 2.5:
-        s = r * math.sqrt(5.0)
-        return (s + r2 * (5.0 / 3.0) + 1.0) * (-s).exp()
+        return (math.sqrt(5.0) * r + (1 + 5.0 / 3.0 * r2)) * (-math.sqrt(5.0) * r).exp()
     raise ValueError(f"nu must be 0.5, 1.5 or 2.5, got {nu!r}.")
 
 
@@ -174,7 +237,7 @@ def periodic(xi, xj, pi_over_period, inv_lengthscale):
     inv_lengthscale : LazyTensor or torch.Tensor
         :math:`1 / \ell` (size ``d`` or 1; GPyTorch divides by :math:`\ell`, not :math:`\ell^2`).
     """
-    s = ((xi - xj) * pi_over_period).sin()
+    s = ((_whole(xi) - _whole(xj)) * pi_over_period).sin()
     return ((s * s * inv_lengthscale).sum(-1) * -2.0).exp()
 
 
@@ -184,6 +247,8 @@ def _dim_vec(t, d: int):
 
 
 def _inner_dim(t) -> int:
+    if isinstance(t, _Cols):
+        return t.width
     return int(t.ndim) if _is_lazy(t) else int(t.shape[-1])
 
 
@@ -222,7 +287,7 @@ def spectral_mixture_product(
         Per dimension, the Q-vectors :math:`w_{d\cdot}`, :math:`\ell_{d\cdot}`, :math:`\mu_{d\cdot}`.
     envelope : {"gaussian", "matern52"}, default="gaussian"
     """
-    tau = xi - xj
+    tau = _whole(xi) - _whole(xj)
     total = None
     for d in range(_inner_dim(tau)):
         j = d if len(weights) > 1 else 0
@@ -255,7 +320,7 @@ def spectral_mixture_sum(xi, xj, weights, rates: Sequence, freqs: Sequence):
     rates, freqs : sequences of length P
         Per dimension, the A-vectors :math:`\ell_{\cdot p}` and :math:`\mu_{\cdot p}`.
     """
-    tau = xi - xj
+    tau = _whole(xi) - _whole(xj)
     prod = None
     for p in range(len(rates)):
         t = _dim_vec(tau, p)
@@ -471,6 +536,7 @@ def dense_network(
     -------
     k : LazyTensor or torch.Tensor of shape ``(n, m)`` (or ``(n,)`` when paired)
     """
+    xi, xj = _whole(xi), _whole(xj)
     n_features = _inner_dim(xi) if n_features is None else n_features
     k12 = (xi * xj).sum(-1) * (1.0 / n_features)
     if point_terms is None:
@@ -578,6 +644,16 @@ class KernelFormula:
             return x
         return torch.cat([x, self.extras(x, theta.to(x.dtype), 0)], -1)
 
+    def extra_widths(self) -> list[int]:
+        """Widths of the blocks the per-point columns come in (one KeOps variable each)."""
+        return [self.n_extra] if self.n_extra else []
+
+    def operand_blocks(self, x: torch.Tensor, theta: torch.Tensor) -> list[torch.Tensor]:
+        """``[x, extras block 1, ...]``: :meth:`augment`'s columns, split as KeOps variables."""
+        if not self.n_extra:
+            return [x]
+        return [x, *torch.split(self.extras(x, theta.to(x.dtype), 0), self.extra_widths(), -1)]
+
     def theta_parts(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
@@ -610,6 +686,8 @@ def _split(t, n_extra: int):
 
 
 def _join(data, extras):
+    if isinstance(data, _Cols):
+        return _Cols(data.blocks + extras.blocks, data.widths + extras.widths)
     if _is_lazy(data):
         return data.concat(extras)
     return torch.cat([data, extras], -1)
@@ -626,6 +704,9 @@ class _ActiveDims(KernelFormula):
     def extras(self, x, theta, start=0):
         return self.child.extras(x if self.dims is None else x[..., self.dims], theta, start)
 
+    def extra_widths(self):
+        return self.child.extra_widths()
+
     def evaluate(self, xi, xj, theta, start=0):
         if self.dims is not None:
             if self.n_extra:
@@ -637,10 +718,19 @@ class _ActiveDims(KernelFormula):
 
 
 class _Stationary(KernelFormula):
-    def __init__(self, kernel: gpytorch.kernels.Kernel, kind: str, d: int) -> None:
+    """RBF, Matérn and RQ kernels of the scaled distance.
+
+    With the input dimension ``d`` known, the inputs scaled by :math:`1/\\ell` are per-point
+    columns (computed in torch, differentiable in :math:`\\ell`) and the pair formula is a plain
+    squared distance: scaling inside the reduction cost 1.4 times the whole scaled-RBF
+    reduction on a CPU. Without ``d`` the scale stays a KeOps parameter.
+    """
+
+    def __init__(self, kernel: gpytorch.kernels.Kernel, kind: str, d: int | None = None) -> None:
         self.kernel, self.kind = kernel, kind
         self.n_ls = kernel.lengthscale.numel()
         self.size = self.n_ls + (1 if kind == "rq" else 0)
+        self.n_extra = int(d or 0) if self.n_ls in (1, int(d or 0)) else 0
 
     def theta_parts(self):
         parts = [1.0 / self.kernel.lengthscale.reshape(-1)]
@@ -648,8 +738,15 @@ class _Stationary(KernelFormula):
             parts.append(self.kernel.alpha.reshape(-1))
         return parts
 
+    def extras(self, x, theta, start=0):
+        return x * _slice(theta, start, self.n_ls) if self.n_extra else x[..., :0]
+
     def evaluate(self, xi, xj, theta, start=0):
-        r2 = sq_dist(xi, xj, _slice(theta, start, self.n_ls))
+        if self.n_extra:
+            si, sj = _whole(_split(xi, self.n_extra)[1]), _whole(_split(xj, self.n_extra)[1])
+            r2 = ((si - sj) ** 2).sum(-1)
+        else:
+            r2 = sq_dist(xi, xj, _slice(theta, start, self.n_ls))
         if self.kind == "rbf":
             return rbf(r2)
         if self.kind == "rq":
@@ -750,6 +847,9 @@ class _Scale(KernelFormula):
     def extras(self, x, theta, start=0):
         return self.child.extras(x, theta, start + 1)
 
+    def extra_widths(self):
+        return self.child.extra_widths()
+
     def evaluate(self, xi, xj, theta, start=0):
         return self.child.evaluate(xi, xj, theta, start + 1) * _slice(theta, start, 1)
 
@@ -765,7 +865,7 @@ class _Linear(KernelFormula):
         return [] if self.kernel is None else [self.kernel.variance.reshape(-1)]
 
     def evaluate(self, xi, xj, theta, start=0):
-        dot = (xi * xj).sum(-1)
+        dot = (_whole(xi) * _whole(xj)).sum(-1)
         return dot if self.kernel is None else dot * _slice(theta, start, 1)
 
 
@@ -784,6 +884,9 @@ class _Combine(KernelFormula):
             parts.append(child.extras(x, theta, start))
             start += child.size
         return torch.cat(parts, -1)
+
+    def extra_widths(self):
+        return [w for child in self.children for w in child.extra_widths()]
 
     def evaluate(self, xi, xj, theta, start=0):
         if self.n_extra:
@@ -815,6 +918,9 @@ class _DenseNetwork(KernelFormula):
 
     def extras(self, x, theta, start=0):
         return network_point_terms(x, self.kernel.layers, self.kernel.n_features)
+
+    def extra_widths(self):
+        return [1] * self.n_extra
 
     def evaluate(self, xi, xj, theta, start=0):
         k = self.kernel
@@ -889,6 +995,9 @@ class _NNGPArchitecture(KernelFormula):
     def extras(self, x, theta, start=0):
         return network_point_terms(x, self._layers(theta, start))
 
+    def extra_widths(self):
+        return [1] * self.n_extra
+
     def evaluate(self, xi, xj, theta, start=0):
         (xi, pi), (xj, pj) = _split(xi, self.n_extra), _split(xj, self.n_extra)
         layers = self._layers(theta, start)
@@ -959,7 +1068,7 @@ _STATIONARY = (
 )
 
 
-def kernel_formula(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
+def kernel_formula(kernel: gpytorch.kernels.Kernel, n_features: int | None = None) -> KernelFormula:
     """Translate a GPyTorch kernel into a :class:`KernelFormula`.
 
     Supported: ``RBFKernel``, ``MaternKernel`` (nu 1/2, 3/2, 5/2), ``RQKernel``,
@@ -967,19 +1076,27 @@ def kernel_formula(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
     (``AdditiveKernel``, ``ProductKernel``, ``k1 + k2``, ``k1 * k2``) and
     :class:`DenseNetworkKernel`, with ``active_dims`` and non-batched hyperparameters.
 
+    Parameters
+    ----------
+    kernel : gpytorch.kernels.Kernel
+    n_features : int, optional
+        Input dimension. When given, stationary kernels scale the inputs once per point instead
+        of once per pair (faster reductions); the formula then expects inputs of this width.
+
     Raises
     ------
     TypeError
         If a part of the kernel has no KeOps formula (use ``backend="dense"``) or has batched
         hyperparameters.
     """
-    formula = _node(kernel)
+    d = n_features if kernel.active_dims is None else len(kernel.active_dims)
+    formula = _node(kernel, d)
     return (
         formula if kernel.active_dims is None else _ActiveDims(formula, kernel.active_dims.tolist())
     )
 
 
-def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
+def _node(kernel: gpytorch.kernels.Kernel, d: int | None = None) -> KernelFormula:
     if len(kernel.batch_shape) > 0:
         raise TypeError(
             f"{type(kernel).__name__} has batch_shape {tuple(kernel.batch_shape)}; the KeOps backend "
@@ -987,7 +1104,7 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         )
 
     def child(k):
-        f = _node(k)
+        f = _node(k, d if k.active_dims is None else len(k.active_dims))
         return f if k.active_dims is None else _ActiveDims(f, k.active_dims.tolist())
 
     if isinstance(kernel, gpytorch.kernels.ScaleKernel):
@@ -1024,7 +1141,7 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
         if type(kernel) is cls:
             if kind == "matern" and float(kernel.nu) not in (0.5, 1.5, 2.5):
                 raise TypeError(f"MaternKernel nu={kernel.nu} has no KeOps formula.")
-            return _Stationary(kernel, kind, 0)
+            return _Stationary(kernel, kind, d)
     raise TypeError(
         f"{type(kernel).__name__} has no KeOps formula in gpkern.linalg.keops; supported: RBF, Matern, "
         "RQ, Periodic, SpectralMixture, Linear, Scale, sums, products, DenseNetworkKernel, NNGPKernel, "
@@ -1033,7 +1150,7 @@ def _node(kernel: gpytorch.kernels.Kernel) -> KernelFormula:
 
 
 def operator_formula(
-    kernel: gpytorch.kernels.Kernel,
+    kernel: gpytorch.kernels.Kernel, n_features: int | None = None
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, KernelFormula]:
     r"""The input map and the formula that :func:`kernel_operator` uses for ``kernel``.
 
@@ -1042,6 +1159,13 @@ def operator_formula(
     network maps the :math:`n` inputs to features once (:math:`O(np)` memory) and the reduction
     runs on the features, with gradients flowing back into the network through the operands. A
     base kernel of None is the dot product :math:`h(x)^\top h(x')`.
+
+    Parameters
+    ----------
+    kernel : gpytorch.kernels.Kernel
+    n_features : int, optional
+        Input dimension, passed to :func:`kernel_formula` (not to a feature map's base kernel,
+        whose input is the network's output).
 
     Returns
     -------
@@ -1055,7 +1179,7 @@ def operator_formula(
         As :func:`kernel_formula`.
     """
     if type(kernel).__name__ != "FeatureMapKernel" or not hasattr(kernel, "features"):
-        return None, kernel_formula(kernel)
+        return None, kernel_formula(kernel, n_features)
     base = kernel.base_kernel
     formula = _Linear(None) if base is None else kernel_formula(base)
     dims = kernel.active_dims
@@ -1107,12 +1231,17 @@ def keops_matmul(
     try:
         # Per-point columns (layer variances of a network kernel) are computed once per point in
         # torch; the reduction then only evaluates the pair part of the formula.
-        x1a = formula.augment(x1, theta)
-        x2a = x1a if x2 is x1 else formula.augment(x2, theta)
-        xi = LazyTensor(x1a.contiguous()[:, None, :])
-        xj = LazyTensor(x2a.contiguous()[None, :, :])
+        # One KeOps variable per block of columns (inputs, then each node's per-point columns):
+        # slicing one wide variable costs a copy per pair (see _Cols).
+        b1 = formula.operand_blocks(x1, theta)
+        b2 = b1 if x2 is x1 else formula.operand_blocks(x2, theta)
+        widths = [b.shape[-1] for b in b1]
+        xi = _Cols([LazyTensor(b.contiguous()[:, None, :]) for b in b1], widths)
+        xj = _Cols([LazyTensor(b.contiguous()[None, :, :]) for b in b2], widths)
         th = LazyTensor(theta.contiguous()) if theta.numel() else None
-        K = formula(xi, xj, th, augmented=True)
+        # An outermost ScaleKernel multiplies the reduction's result instead of every pair.
+        scale = isinstance(formula, _Scale)
+        K = formula.child.evaluate(xi, xj, th, 1) if scale else formula(xi, xj, th, augmented=True)
         outs = []
         for start in range(0, c, block):
             v = rhs[:, start : start + block]
@@ -1121,7 +1250,8 @@ def keops_matmul(
                 v = torch.cat([v, v.new_zeros(v.shape[0], w - v.shape[-1])], -1)
             out = (K * LazyTensor(v.contiguous()[None, :, :])).sum(dim=1)
             outs.append(out[:, : min(block, c - start)])
-        return torch.cat(outs, -1)
+        out = torch.cat(outs, -1)
+        return out * theta[0] if scale else out
     except KeOpsCompileError:
         raise
     except Exception as exc:
@@ -1196,6 +1326,11 @@ class KernelOperator(LinearOperator):
     formula : KernelFormula
     backend : {"keops", "torch"}, default="keops"
         ``"keops"`` falls back to ``"torch"`` with a warning the first time pykeops fails.
+    grad_formula : KernelFormula, optional
+        The same kernel with the same ``theta``, used for KeOps products that must be
+        differentiated (default ``formula``). :func:`kernel_operator` passes one whose scales
+        stay KeOps parameters: its backward is one reduction for all hyperparameters, while
+        ``formula``'s per-point scaled inputs are faster forward but need input gradients.
 
     Examples
     --------
@@ -1207,16 +1342,28 @@ class KernelOperator(LinearOperator):
     torch.Size([100, 1])
     """
 
-    def __init__(self, x1, x2, theta, *, formula: KernelFormula, backend: str = "keops") -> None:
+    def __init__(
+        self,
+        x1,
+        x2,
+        theta,
+        *,
+        formula: KernelFormula,
+        backend: str = "keops",
+        grad_formula: KernelFormula | None = None,
+    ) -> None:
         if x1.dim() != 2 or x2.dim() != 2:
             raise ValueError(
                 "KernelOperator takes 2-D inputs (n, d) and (m, d); batch dimensions are not supported."
             )
         if backend not in ("keops", "torch"):
             raise ValueError(f"backend must be 'keops' or 'torch', got {backend!r}.")
-        super().__init__(x1, x2, theta, formula=formula, backend=backend)
+        grad_formula = formula if grad_formula is None else grad_formula
+        super().__init__(
+            x1, x2, theta, formula=formula, backend=backend, grad_formula=grad_formula
+        )
         self.x1, self.x2, self.theta_vec = x1, x2, theta
-        self.formula, self.backend = formula, backend
+        self.formula, self.backend, self.grad_formula = formula, backend, grad_formula
 
     def _size(self) -> torch.Size:
         return torch.Size([self.x1.shape[0], self.x2.shape[0]])
@@ -1224,7 +1371,8 @@ class KernelOperator(LinearOperator):
     def _transpose_nonbatch(self):
         # Every formula here is a symmetric function k(x, x') = k(x', x).
         return KernelOperator(
-            self.x2, self.x1, self.theta_vec, formula=self.formula, backend=self.backend
+            self.x2, self.x1, self.theta_vec, formula=self.formula, backend=self.backend,
+            grad_formula=self.grad_formula,
         )
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
@@ -1236,17 +1384,14 @@ class KernelOperator(LinearOperator):
             return out.reshape(out.shape[0], *rhs2.shape[:-2], rhs2.shape[-1]).movedim(0, -2)
         rhs2 = rhs2.to(self.x1.dtype)
         out = None
-        wide = (
-            rhs2.shape[-1] > WIDE_RHS
-            and self.x1.device.type == "cpu"
-            and not (
-                torch.is_grad_enabled()
-                and any(t.requires_grad for t in (rhs2, self.theta_vec, self.x1, self.x2))
-            )
+        grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (rhs2, self.theta_vec, self.x1, self.x2)
         )
+        wide = rhs2.shape[-1] > WIDE_RHS and self.x1.device.type == "cpu" and not grad
         if self.backend == "keops" and not FALLBACK["active"] and not wide:
+            formula = self.grad_formula if grad else self.formula
             try:
-                out = keops_matmul(self.formula, self.x1, self.x2, self.theta_vec, rhs2)
+                out = keops_matmul(formula, self.x1, self.x2, self.theta_vec, rhs2)
             except KeOpsCompileError as exc:
                 from gpkern.linalg.dispatch import warn_fallback
 
@@ -1333,7 +1478,8 @@ def kernel_operator(
     -------
     KernelOperator
     """
-    input_map, formula = operator_formula(kernel)
+    input_map, formula = operator_formula(kernel, x1.shape[-1])
+    grad_formula = operator_formula(kernel)[1] if input_map is None else formula
     same = x2 is None or x2 is x1
     x2 = x1 if x2 is None else x2
     if x1.shape[-1] != x2.shape[-1]:
@@ -1344,4 +1490,7 @@ def kernel_operator(
     theta = formula.theta() if formula.size else x1.new_zeros(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return KernelOperator(x1, x2, theta.to(x1.dtype), formula=formula, backend=backend)
+        return KernelOperator(
+            x1, x2, theta.to(x1.dtype), formula=formula, backend=backend,
+            grad_formula=grad_formula,
+        )

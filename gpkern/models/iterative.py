@@ -380,21 +380,22 @@ class IterativePosterior:
             keep=cfg.variance_directions,
             verbose=self.verbose,
         )
-        # Variance subspace S = [L_v, D]: normalise, then A^{-1} ~ S (S^T A S)^+ S^T. In place
-        # where possible: at n = 100,000 each (n, s) copy is ~200 MB.
+        # Variance subspace S = [L_v, D] (columns normalised), A^{-1} ~ S (S^T A S)^+ S^T. The
+        # Gram S^T A S needs A L_v only (D^T A L_v = (A D)^T L_v, A symmetric), and S is never
+        # copied: at n = 100,000 each (n, s) block is ~200 MB next to the factor L.
         Lv = L[:, : cfg.variance_rank]
-        S = torch.cat([Lv, D], 1)
-        AS = torch.cat([self._matmul(Lv), AD], 1)
-        del D, AD
-        norms = S.norm(dim=0).clamp_min(torch.finfo(S.dtype).tiny)
-        S /= norms
-        AS /= norms
-        G = S.T @ AS
-        del AS
+        norms = torch.cat([Lv.norm(dim=0), D.norm(dim=0)]).clamp_min(torch.finfo(L.dtype).tiny)
+        ALv = self._matmul(Lv)
+        G11, G21 = Lv.T @ ALv, AD.T @ Lv
+        del ALv
+        G = torch.cat([torch.cat([G11, G21.T], 1), torch.cat([G21, D.T @ AD], 1)], 0)
+        G = G / norms[:, None] / norms[None, :]
         G = 0.5 * (G + G.T)
         evals, evecs = torch.linalg.eigh(G)
         keep = evals > evals.max() * 1e3 * torch.finfo(G.dtype).eps
-        self.W = S @ (evecs[:, keep] / evals[keep].sqrt())  # (n, s): A^{-1} ~ W W^T
+        M = evecs[:, keep] / evals[keep].sqrt() / norms[:, None]  # (s, s')
+        r = Lv.shape[1]
+        self.W = Lv @ M[:r] + D @ M[r:]  # (n, s'): A^{-1} ~ W W^T
 
     @property
     def log_marginal_likelihood_pending(self) -> bool:
