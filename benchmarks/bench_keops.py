@@ -37,8 +37,12 @@ D = 3
 N_TEST = 2000
 TRAIN = dict(cg_tol=0.01, max_cg_iter=100, num_probes=15, lanczos_iter=10, preconditioner_rank=256)
 EVAL = dict(
-    eval_cg_tol=0.01, max_eval_cg_iter=100, eval_preconditioner_rank=1024, variance_rank=32,
-    variance_directions=8, batch_size=2000,
+    eval_cg_tol=0.01,
+    max_eval_cg_iter=100,
+    eval_preconditioner_rank=1024,
+    variance_rank=32,
+    variance_directions=8,
+    batch_size=2000,
 )
 #: NNGP conditioning with the noise learned on the subset (0.012 in normalised units): CG needs
 #: 39 / 9 / 5 iterations at preconditioner rank 256 / 1024 / 2048 on 10,000 points, 12 / 6 at
@@ -189,7 +193,10 @@ def _fit_gpkern(cfg, start, X, y, Xt, ft):
 
     opts = {**TRAIN, **EVAL}
     gp = GPRegressor(
-        kernel=start["kernel"], optimizer="adam", max_iter=cfg["iters"], backend="keops",
+        kernel=start["kernel"],
+        optimizer="adam",
+        max_iter=cfg["iters"],
+        backend="keops",
         backend_options=opts,
     )
     t0 = time.perf_counter()
@@ -237,8 +244,12 @@ def _nngp_gpkern(X, y, Xt, ft):
     kernel, noise = _nngp_subset_hyperparameters(X, y)
     t_sub = time.perf_counter() - t0
     gp = GPRegressor(
-        kernel=kernel, noise=noise, optimizer=None, backend="keops",
-        backend_options={**TRAIN, **EVAL_NNGP}, verbose=True,
+        kernel=kernel,
+        noise=noise,
+        optimizer=None,
+        backend="keops",
+        backend_options={**TRAIN, **EVAL_NNGP},
+        verbose=True,
     )
     t0 = time.perf_counter()
     gp.fit(X, y)
@@ -336,7 +347,9 @@ def _fit_gpytorch(cfg, start, X, y, Xt, ft):
             out["variance_error"] = str(exc)[:80]
     notes = []
     if precond_error:
-        notes.append("GPyTorch trained unpreconditioned: its pivoted Cholesky raised " + precond_error)
+        notes.append(
+            "GPyTorch trained unpreconditioned: its pivoted Cholesky raised " + precond_error
+        )
     if "variance_error" in out:
         notes.append("its predictive variances raised " + out["variance_error"] + " (mean only)")
     if notes:
@@ -370,7 +383,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 100_000])
     parser.add_argument("--fit-sizes", type=int, nargs="*", default=[10_000, 50_000, 100_000])
     parser.add_argument("--fit-iters", type=int, default=3, help="Adam steps of each fit")
-    parser.add_argument("--nngp-n", type=int, nargs="*", default=[100_000], help="n of the NNGP run")
+    parser.add_argument(
+        "--nngp-n", type=int, nargs="*", default=[100_000], help="n of the NNGP run"
+    )
     parser.add_argument(
         "--gpytorch-fit-max-n",
         type=int,
@@ -381,6 +396,11 @@ def main() -> None:
     parser.add_argument(
         "--gpytorch-timeout", type=float, default=1800.0, help="seconds per GPyTorch or dense run"
     )
+    parser.add_argument(
+        "--resume",
+        help="markdown written by an interrupted run of this same script and code: its raw rows "
+        "are kept and their configurations not run again",
+    )
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -390,7 +410,9 @@ def main() -> None:
     fit_sizes = [2500] if args.quick else args.fit_sizes
     fit_iters = 2 if args.quick else args.fit_iters
     nngp_sizes = [3000] if args.quick else args.nngp_n
-    cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(prefix="gpkern-bench-keops-")
+    cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(
+        prefix="gpkern-bench-keops-"
+    )
     start = time.time()
     load_before = os.getloadavg()
     # Warm the KeOps cache (compilation is per formula and right-hand-side width, not per n).
@@ -402,36 +424,79 @@ def main() -> None:
     if nngp_sizes:
         run({"n": 500, "lib": "gpkern", "task": "nngp"}, cache, 600)
 
-    rows = []
+    rows = _resumed_rows(args.resume) if args.resume else []
+    done_keys = {(r["task"], r["n"], r["lib"]) for r in rows}
+    notes_extra = args.notes_extra = []
 
-    def record(task, n, lib, res, note=""):
+    def record(task, n, lib, cfg, limit, note=""):
+        if (task, n, lib) in done_keys:
+            return
+        res = run(cfg, cache, limit)
         rows.append({"task": task, "n": n, "lib": lib, "note": note, **res})
         print(task, n, lib, res, flush=True)
         write_table(rows, args, start, load_before)  # partial tables survive an interruption
 
-    for n in sizes:
-        for kernel in KERNELS:
-            for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
-                cfg = {"n": n, "lib": lib, "task": "matvec", "kernel": kernel}
-                limit = args.timeout if lib == "gpkern" else args.gpytorch_timeout
-                record(f"matvec {kernel} (16 rhs)", n, lib, run(cfg, cache, limit))
+    def limit(lib):
+        return args.timeout if lib == "gpkern" else args.gpytorch_timeout
+
+    # Headline rows first: an interrupted run still has the NNGP and fit evidence.
     for n in nngp_sizes:
         task = f"NNGP (2 ReLU layers): learn on {SUBSET:,}, condition on n + predict"
-        record(task, n, "gpkern", run({"n": n, "lib": "gpkern", "task": "nngp"}, cache, args.timeout))
-        cfg = {"n": n, "lib": "dense", "task": "nngp"}
-        record(task, n, "dense", run(cfg, cache, args.gpytorch_timeout),
-               note=f"dense on the first {NNGP_DENSE_N:,}")
+        record(task, n, "gpkern", {"n": n, "lib": "gpkern", "task": "nngp"}, args.timeout)
+        record(
+            task,
+            n,
+            "dense",
+            {"n": n, "lib": "dense", "task": "nngp"},
+            args.gpytorch_timeout,
+            note=f"dense on the first {NNGP_DENSE_N:,}",
+        )
 
     fit_task = f"fit (subset start + {fit_iters} Adam steps on all n) + predict"
     for n in fit_sizes:
         for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
             if lib == "gpytorch" and n > args.gpytorch_fit_max_n:
-                record(fit_task, n, lib, {"error": "not run (see notes)"})
+                if (fit_task, n, lib) not in done_keys:
+                    rows.append(
+                        {
+                            "task": fit_task,
+                            "n": n,
+                            "lib": lib,
+                            "note": "",
+                            "error": "not run (see notes)",
+                        }
+                    )
+                    notes_extra.append(
+                        f"GPyTorch's fit at n = {n:,} not run: unpreconditioned (its pivoted "
+                        "Cholesky needs a diagonal its KeOps kernels lack), its cost exceeds this "
+                        f"run's budget (--gpytorch-fit-max-n {args.gpytorch_fit_max_n:,})."
+                    )
                 continue
             cfg = {"n": n, "lib": lib, "task": "fit", "iters": fit_iters}
-            limit = args.timeout if lib == "gpkern" else args.gpytorch_timeout
-            record(fit_task, n, lib, run(cfg, cache, limit))
+            record(fit_task, n, lib, cfg, limit(lib))
+
+    for n in sizes:
+        for kernel in KERNELS:
+            for lib in ("gpkern", "gpytorch") + (("dense",) if n <= 10_000 else ()):
+                cfg = {"n": n, "lib": lib, "task": "matvec", "kernel": kernel}
+                record(f"matvec {kernel} (16 rhs)", n, lib, cfg, limit(lib))
     write_table(rows, args, start, load_before, done=True)
+
+
+def _resumed_rows(path: str) -> list:
+    """Raw rows of an earlier (interrupted) output of this script, marked as resumed."""
+    rows, inside = [], False
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("```"):
+                inside = not inside
+                continue
+            if inside and line.startswith("{"):
+                row = json.loads(line)
+                if "error" not in row:  # failed or skipped configurations run again
+                    row.setdefault("resumed", True)
+                    rows.append(row)
+    return rows
 
 
 def write_table(rows, args, start, load_before, done: bool = False) -> None:
@@ -481,6 +546,12 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
             f"| {key[0]} | {key[1]:,} | {f(g, 'time_s')} | {f(g, 'cpu_s')} | {f(p, 'time_s')} | {ratio} | {f(d, 'time_s')} | "
             f"{f(g, 'peak_mb', '{:.0f}')} | {f(p, 'peak_mb', '{:.0f}')} | {f(d, 'peak_mb', '{:.0f}')} | "
             f"{f(g, 'rmse', '{:.4f}')} | {f(p, 'rmse', '{:.4f}')} | {f(d, 'rmse', '{:.4f}')} |"
+        )
+    notes += getattr(args, "notes_extra", [])
+    if any(r.get("resumed") for r in rows):
+        notes.append(
+            'Rows marked `"resumed": true` were measured by an earlier, interrupted invocation '
+            "of this script on the same code and machine (`--resume`)."
         )
     lines += ["", *[f"- {n}" for n in notes]]
     lines += ["", "Raw rows:", "", "```", *[json.dumps(r) for r in rows], "```", ""]
