@@ -146,6 +146,16 @@ def _chol(A: torch.Tensor) -> torch.Tensor:
     return robust_cholesky(A, warn=False)[0]
 
 
+def _remove_jitter(G: torch.Tensor, jitter: float) -> torch.Tensor:  # (p, p) -> (p, p)
+    r""":math:`G - \epsilon I`: a Gram built on a jittered factor :math:`L L^\top = K + \epsilon I`
+    (tied, :math:`G = L L^\top`, or whitened, :math:`G = L U U^\top L^\top`) without the
+    jitter, so that :math:`U = I` gives :math:`G = K` exactly (the NNGP) however ill-conditioned
+    :math:`K` is."""
+    if jitter == 0.0:
+        return G
+    return G - jitter * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+
+
 # ------------------------------------------------------------------------------------------------
 # The nu -> infinity limit as a GPyTorch kernel; it also holds the DKMs' hyperparameters
 # ------------------------------------------------------------------------------------------------
@@ -386,6 +396,7 @@ class _DKMBase(torch.nn.Module):
         factors: Sequence[torch.Tensor],  # L of (m, m): G_l at Z is V V^T / m
         Xt: torch.Tensor,  # (b, d) other inputs
         full_cov: bool = False,
+        relative_to_prior: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         r"""Carry inputs ``Xt`` through the layers conditioned on the Grams at ``Z``.
 
@@ -400,6 +411,13 @@ class _DKMBase(torch.nn.Module):
         diagonal at ``Xt`` (b,) (or, with ``full_cov=True``, its full block (b, b), carrying
         :math:`G_{tt} = K_{tt} - K_{ti}K_{ii}^{-1}K_{it} + K_{ti}K_{ii}^{-1}G_{ii}K_{ii}^{-1}K_{it}`
         through the layers), and the per-layer KL terms stacked (L,).
+
+        The conditional uses :math:`K_{ii} + \epsilon I` and :math:`G_{ii} = V V^\top / m`,
+        :math:`\epsilon` the jitter (usually 0) that the Cholesky factor of :math:`K_{ii}`
+        needed. When the factors are built on that Cholesky factor (``tied``, or
+        ``relative_to_prior=True`` for the whitened :class:`DKM`'s :math:`\sqrt{m} L_K U`),
+        :math:`\epsilon I` is removed from the :math:`G_{ii}` handed to the next layer, as in
+        :meth:`DKM.objective`: at :math:`U = I` every block is then the NNGP's exactly.
         """
         kern = self.gram_kernel
         m = Z.shape[0]
@@ -411,7 +429,7 @@ class _DKMBase(torch.nn.Module):
             Kii = kern.layer_map(layer, Gii, gi, gi)
             Kti = kern.layer_map(layer, Gti, gt, gi)
             ktt = kern.layer_map_diag(layer, gt)
-            L_K = _chol(Kii)
+            L_K, jitter = robust_cholesky(Kii, warn=False)
             if self.tied:
                 V = math.sqrt(m) * L_K
             kls.append(gaussian_kl(V / math.sqrt(m), L_K))
@@ -419,6 +437,8 @@ class _DKMBase(torch.nn.Module):
             C = torch.linalg.solve_triangular(L_K.T, W, upper=True)  # K_ii^{-1} K_it
             CV = C.T @ V / math.sqrt(m)  # (b, m)
             Gii = V @ V.T / m
+            if self.tied or relative_to_prior:
+                Gii = _remove_jitter(Gii, jitter)
             Gti = CV @ (V.T / math.sqrt(m))
             if full_cov:
                 Ktt = kern.layer_map(layer, Gtt, gt, gt)
@@ -448,11 +468,14 @@ class DKM(_DKMBase):
 
     .. math::
 
-        G_l = L_l U_l U_l^\top L_l^\top, \qquad L_l L_l^\top = K_l(G_{l-1}),
+        G_l = L_l U_l U_l^\top L_l^\top - \epsilon_l I, \qquad
+        L_l L_l^\top = K_l(G_{l-1}) + \epsilon_l I,
 
     with :math:`U_l` lower triangular and initialised to the identity (so the DKM starts at the
-    NNGP, :math:`G_l = K^l(G_0)`); the KL term is then
-    :math:`\tfrac12[\|U_l\|_F^2 - \log|U_l|^2 - P]`, free of solves. With ``whiten=False``,
+    NNGP, :math:`G_l = K^l(G_0)`) and :math:`\epsilon_l` the jitter the Cholesky factor needed
+    (0 unless :math:`K_l` is numerically singular, e.g. with duplicated inputs); the KL term is
+    then :math:`\tfrac12[\|U_l\|_F^2 - \log|U_l|^2 - P]`, free of solves (exactly the KL
+    between the two covariances plus :math:`\epsilon_l I`). With ``whiten=False``,
     :math:`G_l = V_l V_l^\top / P` with :math:`V_l` lower triangular (a scaled Cholesky factor of
     :math:`G_l`, initialised at the NNGP's). Both give a positive semi-definite :math:`G_l` and
     the same objective at the same Grams,
@@ -525,15 +548,16 @@ class DKM(_DKMBase):
 
     def _layers(
         self, X: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:  # (P, d) -> L of (P, P), (L,), ()
-        """Square factors :math:`F_l` with :math:`G_l = F_l F_l^\\top`, the KL terms and
-        the final Gram :math:`G_L`'s output covariance :math:`s K_{L+1}(G_L)`."""
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Square factors :math:`F_l` (P, P), the Grams :math:`G_l` (P, P) (:math:`F_l F_l^\\top`
+        less the Cholesky jitter of :math:`K_l` when :math:`F_l` is built on it), the KL terms
+        (L,) and the output covariance :math:`s K_{L+1}(G_L)` (P, P)."""
         kern = self.gram_kernel
         P = X.shape[0]
         G, g, _ = kern.input_gram(X, X)
-        factors, kls = [], []
+        factors, grams, kls = [], [], []
         for layer, V in enumerate(self.factors, start=1):
-            L_K = _chol(kern.layer_map(layer, G, g, g))
+            L_K, jitter = robust_cholesky(kern.layer_map(layer, G, g, g), warn=False)
             if self.tied:
                 F = L_K
                 kls.append(torch.zeros((), dtype=X.dtype, device=X.device))
@@ -547,9 +571,12 @@ class DKM(_DKMBase):
                 kls.append(gaussian_kl(F, L_K))
             factors.append(F)
             G = F @ F.T
+            if self.tied or self.whiten:
+                G = _remove_jitter(G, jitter)
+            grams.append(G)
             g = G.diagonal()
         K_out = self.outputscale * kern.layer_map(self.n_layers + 1, G, g, g)
-        return factors, torch.stack(kls), K_out
+        return factors, grams, torch.stack(kls), K_out
 
     def grams(self, X: torch.Tensor | None = None) -> list[torch.Tensor]:  # L of (P, P)
         """The learned Grams :math:`G_1, \\dots, G_L` (``X``: the training inputs, by default
@@ -557,13 +584,12 @@ class DKM(_DKMBase):
         if not self.whiten:
             P = self.factors[0].shape[0]
             return [V.tril() @ V.tril().T / P for V in self.factors]
-        factors, _, _ = self._layers(self.train_inputs if X is None else X)
-        return [F @ F.T for F in factors]
+        return self._layers(self.train_inputs if X is None else X)[1]
 
     def kl_terms(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Per-layer :math:`\mathrm{KL}(\mathcal{N}(0, G_l) \| \mathcal{N}(0, K_l(G_{l-1})))` (L,),
         and the output covariance :math:`s K_{L+1}(G_L)` (P, P)."""
-        _, kls, K_out = self._layers(X)
+        _, _, kls, K_out = self._layers(X)
         return kls, K_out
 
     def objective(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:  # (P, d), (P, t) -> ()
@@ -588,18 +614,22 @@ class DKM(_DKMBase):
         The output layer is the exact GP posterior with covariance :math:`s K_{L+1}(G_L)`;
         noise is excluded.
         """
-        layer_factors, _, K_out = self._layers(X)
+        layer_factors, _, _, K_out = self._layers(X)
         eye = torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
         L = _chol(K_out + self.noise * eye)
         alpha = torch.cholesky_solve(Y, L)
         factors = [math.sqrt(X.shape[0]) * F for F in layer_factors]
         if full_cov:
-            _, Kti, Ktt, _ = self.propagate(X, factors, Xs, full_cov=True)
+            _, Kti, Ktt, _ = self.propagate(
+                X, factors, Xs, full_cov=True, relative_to_prior=self.whiten
+            )
             W = torch.linalg.solve_triangular(L, Kti.T, upper=False)
             return Kti @ alpha, Ktt - W.T @ W
         means, variances = [], []
         for start in range(0, Xs.shape[0], batch_size):
-            _, Kti, ktt, _ = self.propagate(X, factors, Xs[start : start + batch_size])
+            _, Kti, ktt, _ = self.propagate(
+                X, factors, Xs[start : start + batch_size], relative_to_prior=self.whiten
+            )
             W = torch.linalg.solve_triangular(L, Kti.T, upper=False)
             means.append(Kti @ alpha)
             variances.append((ktt - (W * W).sum(0)).clamp_min(0.0))
