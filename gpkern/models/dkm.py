@@ -336,9 +336,11 @@ class _DKMBase(torch.nn.Module):
         self.tied = False
         self.gram_kernel = NNGPGramKernel(kernel, n_layers, ard_num_dims=d)
         self.outputscale_constraint = gpytorch.constraints.Positive()
-        self.raw_outputscale = torch.nn.Parameter(
-            self.outputscale_constraint.inverse_transform(torch.tensor(1.0))
-        )
+        # raw 0 (output scale log 2), as gpytorch.kernels.ScaleKernel starts: stage 1 of a fit
+        # then starts where GPRegressor(ScaleKernel(NNGPGramKernel(...))) does. The NNGP
+        # marginal likelihood can have several optima (two on a MASS Boston split, 0.6 nats
+        # apart), and a different start can end in a different one.
+        self.raw_outputscale = torch.nn.Parameter(torch.zeros(()))
         self.noise_constraint = gpytorch.constraints.GreaterThan(1e-6)
 
         if noise is not None:
