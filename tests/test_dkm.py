@@ -388,6 +388,58 @@ def test_nngp_start_is_the_nngp_when_the_prior_gram_needs_jitter(whiten):
             assert float(model.objective(X, Y)) == pytest.approx(lml_ref, rel=1e-9)
 
 
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "unwhitened"])
+def test_predictions_reuse_the_layer_factorisations(whiten, monkeypatch):
+    """Test points are conditioned with the Cholesky factors of the objective's own layer pass.
+
+    A factorisation that needs jitter (K numerically singular, as with duplicated inputs) can
+    get a different jitter when repeated; predictions then used factors that did not match
+    the training Grams (a concrete CV fold lost 0.17 nats per point at nu = 3000). Here every
+    layer factorisation gets a different jitter; at U = I the DKM must still predict exactly
+    like the NNGP (numpy reference), and moved Grams must predict as without the jitter games.
+    """
+    import itertools
+
+    import gpkern.models.dkm as dkm_module
+
+    X, Y = _data(n=12)
+    Xs = torch.randn(5, 2, generator=torch.Generator().manual_seed(4))
+    model = DKM(X, "se", n_layers=2, noise=0.05, learn_noise=False, whiten=whiten)
+    with torch.no_grad():
+        model.gram_kernel.layer_lengthscale = torch.tensor([0.3, 0.5])
+        model.reset_grams(X)
+    w = model.gram_kernel.input_weight.detach().numpy().ravel()
+    b = float(model.gram_kernel.input_bias.detach())
+    s = float(model.outputscale.detach())
+    K = np_nngp(np.vstack([X.numpy(), Xs.numpy()]), "se", 2, w, b, (0.3, 0.5), scale=s)
+    mean_ref, var_ref, _ = dense_gp_reference(
+        K[:12, :12], K[12:, :12], K[12:, 12:], Y.numpy()[:, 0], 0.05
+    )
+    _perturb(model, 0.05)
+    with torch.no_grad():
+        moved = model.predict(X, Y, Xs)
+    true_cholesky, calls = dkm_module.robust_cholesky, itertools.count()
+
+    def varying_jitter(A, **kwargs):  # 1e-4, 2e-4, 3e-4, ... of the mean diagonal
+        eps = 1e-4 * (1 + next(calls) % 3) * float(A.diagonal().mean())
+        eye = torch.eye(A.shape[-1], dtype=A.dtype)
+        return torch.linalg.cholesky(A + eps * eye), eps
+
+    monkeypatch.setattr(dkm_module, "robust_cholesky", varying_jitter)
+    monkeypatch.setattr(dkm_module, "_chol", lambda A: true_cholesky(A, warn=False)[0])
+    with torch.no_grad():
+        if whiten:  # whitened: U = I is the NNGP whatever the jitter
+            model.reset_grams(X)
+            mean, var = model.predict(X, Y, Xs)
+            np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(var.numpy(), var_ref, rtol=1e-7, atol=1e-9)
+        else:  # unwhitened Grams do not depend on the jitter: nor may the predictions, much
+            mean, var = model.predict(X, Y, Xs)
+            np.testing.assert_allclose(mean.numpy(), moved[0].numpy(), rtol=1e-2, atol=1e-3)
+            np.testing.assert_allclose(var.numpy(), moved[1].numpy(), rtol=1e-2, atol=1e-3)
+    assert next(calls) >= 2  # the patched factorisation was used
+
+
 def test_estimator_large_nu_matches_nngp_gp_regressor():
     rng = np.random.default_rng(4)
     X = rng.uniform(-2, 2, (30, 2))
