@@ -9,15 +9,20 @@ Three parts, one run, written to ``benchmarks/results/dkm.md``:
    * ``GPRegressor()`` (scaled ARD RBF, learned noise, L-BFGS);
    * NNGP: ``GPRegressor(ScaleKernel(NNGPGramKernel(kernel, n_layers=2, ard_num_dims=d)))``,
      the exact nu -> infinity limit of the DKM below, hyperparameters by marginal likelihood;
-   * ``DKMRegressor(kernel, n_layers=2, widths_ratio=NU)`` (full DKM);
+   * ``DKMRegressor(kernel, n_layers=2, widths_ratio=1e8)`` (``dkm-inf``: a check that the
+     DKM's first stage reproduces the NNGP row);
+   * ``DKMRegressor(kernel, n_layers=2, widths_ratio=NU)`` (full DKM, fixed nu);
+   * ``DKMRegressor(kernel, n_layers=2, widths_ratio="auto")`` (``dkm-auto``: nu by 5-fold
+     cross-validation on the training split);
    * ``DKMRegressor(..., n_inducing=100)`` (sparse DKM, full batch);
    * a 2-layer deep GP from ``gpytorch.models.deep_gps`` (hidden width 4, 64 inducing points
      per layer, ARD RBF, Adam lr 0.01, 10 samples in training, 32 in prediction; the mixture
      of the sampled Gaussians gives the log density).
 
    Reported: held-out RMSE and mean log predictive density (noise included, z-scored units),
-   mean +- standard error over splits, and fit time. DKMs: 30 L-BFGS
-   iterations per stage. ``--quick``: 2 splits and 150 deep-GP Adam steps instead of 300.
+   mean +- standard error over splits, paired differences to the NNGP, and fit time (wall and
+   process CPU). DKMs: 100 L-BFGS iterations per stage (the NNGP's budget).
+   ``--quick``: 2 splits and 150 deep-GP Adam steps instead of 300.
 2. **Scaling** of the sparse DKM: time of one training epoch (minibatches of 1000, 100
    inducing points, 2 layers, Adam) for n = 1k, 4k, 16k, 64k synthetic points; the slope of
    log time against log n (1 = linear).
@@ -39,6 +44,7 @@ import datetime
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -74,11 +80,16 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
+#: CPU seconds of the last fit_gpkern / fit_dkm_auto call (process time, all threads).
+LAST_CPU = {"s": 0.0}
+
+
 def fit_gpkern(est, Xtr, ytr, Xte, yte):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     est.fit(Xtr, ytr)
     mean = est.predict(Xte)
     lpd = est.log_predictive_density(Xte, yte)
+    LAST_CPU["s"] = time.process_time() - cpu
     return (
         time.perf_counter() - start,
         float(np.sqrt(np.mean((mean - yte) ** 2))),
@@ -102,7 +113,7 @@ def nngp(d: int):
     return GPRegressor(kernel=kern, random_state=0)
 
 
-def dkm(max_iter: int, n_inducing=None, widths_ratio=NU):
+def dkm(max_iter: int, n_inducing=None, widths_ratio=NU, joint_hyperparameters=False):
     from gpkern.estimators import DKMRegressor
 
     return DKMRegressor(
@@ -111,6 +122,7 @@ def dkm(max_iter: int, n_inducing=None, widths_ratio=NU):
         widths_ratio=widths_ratio,
         n_inducing=n_inducing,
         max_iter=max_iter,
+        joint_hyperparameters=joint_hyperparameters,
         random_state=0,
     )
 
@@ -185,16 +197,25 @@ def fit_deep_gp(Xtr, ytr, Xte, yte, n_iter: int, seed: int = 0):
     return elapsed, float(torch.sqrt(((mean - torch.tensor(yte)) ** 2).mean())), float(lpd.mean())
 
 
+#: nu chosen by the last fit_dkm_auto call.
+LAST_NU = {"nu": None}
+
+
 def fit_dkm_auto(Xtr, ytr, Xte, yte, max_iter: int):
-    """DKMRegressor(widths_ratio="auto"); also prints the chosen nu."""
+    """DKMRegressor(widths_ratio="auto"); also prints the chosen nu and the CV scores."""
     est = dkm(max_iter, widths_ratio="auto")
     out = fit_gpkern(est, Xtr, ytr, Xte, yte)
-    scores = ", ".join(f"{k:g}: {v:+.3f}" for k, v in est.widths_ratio_scores_.items())
-    print(f"  auto chose nu={est.widths_ratio_:g} (inner validation lpd {scores})", flush=True)
+    scores = ", ".join(f"{k:g}: {v:+.4f}" for k, v in est.widths_ratio_scores_.items())
+    print(f"  auto chose nu={est.widths_ratio_:g} (5-fold CV lpd {scores})", flush=True)
+    LAST_NU["nu"] = est.widths_ratio_
     return out
 
 
-MODEL_KEYS = ("gp", "nngp", "dkm", "dkm-auto", "sparse", "deepgp")
+#: Iterations per DKM stage: the same L-BFGS budget as the NNGP baseline (GPRegressor's
+#: default), so the DKM's first stage is that baseline's fit.
+DKM_ITER = 100
+
+MODEL_KEYS = ("gp", "nngp", "dkm-inf", "dkm", "dkm-auto", "sparse", "deepgp")
 
 
 def regression(
@@ -205,11 +226,12 @@ def regression(
     first_split: int = 0,
 ) -> list[dict]:
     n_splits = n_splits or (2 if quick else 10)
-    it = 30
+    it = DKM_ITER
     rows = []
     for name in datasets:
         X, y = load(name)
-        res: dict[str, list[tuple[float, float, float]]] = {}
+        res: dict[str, list[tuple[float, float, float, float]]] = {}
+        chosen: list[float] = []
         for split in range(first_split, first_split + n_splits):
             rng = np.random.default_rng(split)
             perm = rng.permutation(len(y))
@@ -222,6 +244,10 @@ def regression(
                 "nngp": (
                     f"NNGP ({KERNEL}, L=2; DKM nu->inf)",
                     lambda a=args, d=d: fit_gpkern(nngp(d), *a),
+                ),
+                "dkm-inf": (
+                    f"DKM ({KERNEL}, L=2, nu=1e8; check)",
+                    lambda a=args: fit_gpkern(dkm(it, widths_ratio=1e8), *a),
                 ),
                 "dkm": (f"DKM ({KERNEL}, L=2, nu={NU:g})", lambda a=args: fit_gpkern(dkm(it), *a)),
                 "dkm-auto": (
@@ -237,18 +263,22 @@ def regression(
                     lambda a=args: fit_deep_gp(*a, n_iter=150 if quick else 300),
                 ),
             }
-            for model, fn in (fns[k] for k in MODEL_KEYS if k in models):
+            for key, (model, fn) in ((k, fns[k]) for k in MODEL_KEYS if k in models):
+                LAST_CPU["s"] = math.nan  # fit_deep_gp does not measure it
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    res.setdefault(model, []).append(fn())
-                t, r, lp = res[model][-1]
+                    res.setdefault(model, []).append((*fn(), LAST_CPU["s"]))
+                if key == "dkm-auto":
+                    chosen.append(LAST_NU["nu"])
+                t, r, lp, cpu = res[model][-1]
                 print(
-                    f"{name} split {split} {model:34s} rmse {r:.3f} lpd {lp:+.3f} time {t:.1f}s",
+                    f"{name} split {split} {model:34s} rmse {r:.4f} lpd {lp:+.4f} "
+                    f"time {t:.1f}s cpu {cpu:.1f}s load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
         for model, vals in res.items():
             a = np.array(vals)
-            se = a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(3)
+            se = a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(4)
             rows.append(
                 dict(
                     data=name,
@@ -258,8 +288,11 @@ def regression(
                     lpd=a[:, 2].mean(),
                     lpd_se=se[2],
                     time=a[:, 0].mean(),
+                    cpu=a[:, 3].mean(),
                     splits=len(a),
                     lpd_all=a[:, 2],
+                    chosen=chosen if "auto" in model else None,
+                    first_split=first_split,
                 )
             )
     return rows
@@ -432,6 +465,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
+    print(f"command: python {' '.join(sys.argv)}; load {load0[0]:.1f}", flush=True)
     # Cheap parts first, and the report is rewritten after each part.
     sca = [] if "scaling" in args.skip else scaling([1000, 4000, 16000, 64000])
     write_report(args, t0, load0, [], sca, [])
@@ -454,39 +488,54 @@ def write_report(args, t0, load0, reg, sca, wide) -> None:
         f"Date: {datetime.date.today()}; machine: 2-core CPU "
         f"(load average {load0[0]:.1f} at start, {load1[0]:.1f} at end); torch {torch.__version__}, "
         f"Python {platform.python_version()}; float64; total run {time.perf_counter() - t0:.0f} s"
-        f"{' (--quick)' if args.quick else ''}.",
+        f" wall, {time.process_time():.0f} s CPU{' (--quick)' if args.quick else ''}.",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`",
         "",
     ]
     if reg:
         lines += [
             "## Regression (z-scored data, random 90/10 splits)",
             "",
-            f"DKM: kernel '{KERNEL}', 2 layers, widths_ratio (nu) = {NU:g}; the NNGP row is the "
-            "same recursion at nu = infinity with its hyperparameters fitted by marginal likelihood. "
-            "Mean +- standard error over splits; log density per held-out point, noise included.",
+            f"DKM: kernel '{KERNEL}', 2 layers, {DKM_ITER} L-BFGS iterations per stage (the NNGP "
+            "baseline's budget); hyperparameters by the NNGP marginal likelihood (stage 1), held "
+            "in the Gram stage. nu='auto': 5-fold CV on the training split over "
+            "(10, 30, 100, 300, 1000, 3000), refit at the best. The NNGP row is "
+            "GPRegressor(ScaleKernel(NNGPGramKernel)), the DKM's nu -> infinity limit, by "
+            "marginal likelihood. Mean +- standard error over splits; log density per held-out "
+            "point, noise included; paired: model - NNGP log density per split, mean +- paired SE.",
             "",
-            "| data | model | RMSE | log density | fit time (s) | splits |",
-            "|---|---|---|---|---|---|",
+            "| data | model | RMSE | log density | model - NNGP (paired) | splits won | "
+            "fit wall (s) | fit CPU (s) | splits |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in reg:
+            nn = next(
+                (v for v in reg if v["data"] == r["data"] and v["model"].startswith("NNGP")), None
+            )
+            paired, won = "", ""
+            if nn is not None and r is not nn and len(nn["lpd_all"]) == len(r["lpd_all"]):
+                diff = r["lpd_all"] - nn["lpd_all"]
+                se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+                paired = f"{diff.mean():+.4f} +- {se:.4f}"
+                won = f"{(diff > 0).sum()}/{len(diff)}"
             lines.append(
                 f"| {r['data']} | {r['model']} | {r['rmse']:.3f} +- {r['rmse_se']:.3f} | "
-                f"{r['lpd']:+.3f} +- {r['lpd_se']:.3f} | {r['time']:.1f} | {r['splits']} |"
+                f"{r['lpd']:+.4f} +- {r['lpd_se']:.4f} | {paired} | {won} | {r['time']:.1f} | "
+                f"{r['cpu']:.1f} | {r['splits']} |"
             )
-        lines += ["", "Per-split DKM minus NNGP log density (positive: DKM better):", ""]
-        for data in ("boston", "concrete"):
-            by = {r["model"]: r for r in reg if r["data"] == data}
-            nn = next((v for k, v in by.items() if k.startswith("NNGP")), None)
-            if nn is None:
-                continue
-            for k, v in by.items():
-                if "DKM" in k and not k.startswith("NNGP"):
-                    diff = v["lpd_all"] - nn["lpd_all"]
-                    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-                    lines.append(
-                        f"- {data}, {k}: mean {diff.mean():+.3f} +- {se:.3f} (paired SE), "
-                        f"better on {(diff > 0).sum()}/{len(diff)} splits"
-                    )
+        lines += ["", "Per split (first split seed first):", ""]
+        for r in reg:
+            nn = next(
+                (v for v in reg if v["data"] == r["data"] and v["model"].startswith("NNGP")), None
+            )
+            vals = ", ".join(f"{v:+.4f}" for v in r["lpd_all"])
+            lines.append(f"- {r['data']}, {r['model']}: log density {vals}")
+            if nn is not None and r is not nn and len(nn["lpd_all"]) == len(r["lpd_all"]):
+                diff = ", ".join(f"{v:+.4f}" for v in r["lpd_all"] - nn["lpd_all"])
+                lines.append(f"  - minus NNGP: {diff}")
+            if r.get("chosen"):
+                lines.append(f"  - nu chosen: {', '.join(f'{v:g}' for v in r['chosen'])}")
         lines.append("")
     if sca:
         n = np.array([r["n"] for r in sca], float)

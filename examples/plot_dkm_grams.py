@@ -6,9 +6,10 @@ A deep kernel machine (DKM) with two layers is fitted to a 1-D step-like functio
 Gram matrices :math:`G_1, G_2` are shown next to the NNGP prior Grams
 :math:`K(G_0), K(K(G_0))` at the same hyperparameters: the NNGP's representation is fixed by
 the kernel, while the DKM's moves away from it to fit the data; the third column shows the
-change. Here it is small (about 1e-3 of the Gram's scale in the second layer): a single output
-column pulls weakly on a 60 x 60 Gram against the KL terms with widths ratio 1, so a
-single-output DKM stays close to its NNGP, and the change shrinks further as the widths
+change. The hyperparameters are the NNGP's (fitted by its marginal likelihood, then held), so
+the change is the learned representation alone. With widths ratio 1 it is large (up to about
+0.6 of the Grams' scale): both layers turn the NNGP's banded Grams into two blocks, the points
+left and right of the step, which the fixed NNGP kernel cannot do; it shrinks as the widths
 ratio grows. The last panel compares the two predictive means. Inputs are sorted, so the Gram
 matrices are ordered by ``x``.
 """

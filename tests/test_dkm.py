@@ -340,7 +340,7 @@ def test_large_nu_collapses_to_nngp(kind, whiten):
     b = float(model.gram_kernel.input_bias)
     lss = model.gram_kernel.layer_lengthscale.detach().numpy() if kind == "se" else ()
     XA = np.vstack([X.numpy(), Xs.numpy()])
-    K = np_nngp(XA, kind, 2, w, b, lss)
+    K = np_nngp(XA, kind, 2, w, b, lss, scale=float(model.outputscale.detach()))
     mean_ref, var_ref, _ = dense_gp_reference(
         K[:12, :12], K[12:, :12], K[12:, 12:], Y.numpy()[:, 0], 0.05
     )
@@ -350,6 +350,94 @@ def test_large_nu_collapses_to_nngp(kind, whiten):
     # Small nu learns a different representation: the test can fail.
     mean_small, _ = fitted(0.05).predict(X, Y, Xs)
     assert np.abs(mean_small[:, 0].numpy() - mean_ref).max() > 2e-2 * np.abs(mean_ref).max()
+
+
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "unwhitened"])
+def test_nngp_start_is_the_nngp_when_the_prior_gram_needs_jitter(whiten):
+    """Duplicated inputs make K(G_0) singular, so its Cholesky factor needs jitter; the tied
+    (stage-1) objective, and the whitened DKM at U = I, must still be the NNGP exactly: the
+    jitter must not leak into the next layer's distances (it did, by 2 eps / l^2)."""
+    from gpkern.linalg.cholesky import robust_cholesky
+
+    X, Y = _data(n=10)
+    X = torch.cat([X, X[:4]])  # duplicates, as in the concrete data
+    Y = torch.cat([Y, Y[:4] + 0.05])
+    Xs = torch.randn(5, 2, generator=torch.Generator().manual_seed(3))
+    model = DKM(X, "se", n_layers=2, noise=0.05, learn_noise=False, whiten=whiten)
+    with torch.no_grad():
+        model.gram_kernel.layer_lengthscale = torch.tensor([0.01, 0.5])  # amplifies any jitter
+        model.reset_grams(X)
+        G0, g0, _ = model.gram_kernel.input_gram(X, X)
+        assert robust_cholesky(model.gram_kernel.layer_map(1, G0, g0, g0), warn=False)[1] > 0
+    w = model.gram_kernel.input_weight.detach().numpy().ravel()
+    b = float(model.gram_kernel.input_bias.detach())
+    s = float(model.outputscale.detach())
+    K = np_nngp(np.vstack([X.numpy(), Xs.numpy()]), "se", 2, w, b, (0.01, 0.5), scale=s)
+    mean_ref, var_ref, lml_ref = dense_gp_reference(
+        K[:14, :14], K[14:, :14], K[14:, 14:], Y.numpy()[:, 0], 0.05
+    )
+    with torch.no_grad():
+        model.tied = True
+        assert float(model.objective(X, Y)) == pytest.approx(lml_ref, rel=1e-9)
+        for tied in (True, False) if whiten else (True,):  # U = I is the NNGP when whitened
+            model.tied = tied
+            mean, var = model.predict(X, Y, Xs)
+            np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(var.numpy(), var_ref, rtol=1e-7, atol=1e-9)
+        if whiten:
+            assert float(model.objective(X, Y)) == pytest.approx(lml_ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("whiten", [True, False], ids=["whitened", "unwhitened"])
+def test_predictions_reuse_the_layer_factorisations(whiten, monkeypatch):
+    """Test points are conditioned with the Cholesky factors of the objective's own layer pass.
+
+    A factorisation that needs jitter (K numerically singular, as with duplicated inputs) can
+    get a different jitter when repeated; predictions then used factors that did not match
+    the training Grams (a concrete CV fold lost 0.17 nats per point at nu = 3000). Here every
+    layer factorisation gets a different jitter; at U = I the DKM must still predict exactly
+    like the NNGP (numpy reference), and moved Grams must predict as without the jitter games.
+    """
+    import itertools
+
+    import gpkern.models.dkm as dkm_module
+
+    X, Y = _data(n=12)
+    Xs = torch.randn(5, 2, generator=torch.Generator().manual_seed(4))
+    model = DKM(X, "se", n_layers=2, noise=0.05, learn_noise=False, whiten=whiten)
+    with torch.no_grad():
+        model.gram_kernel.layer_lengthscale = torch.tensor([0.3, 0.5])
+        model.reset_grams(X)
+    w = model.gram_kernel.input_weight.detach().numpy().ravel()
+    b = float(model.gram_kernel.input_bias.detach())
+    s = float(model.outputscale.detach())
+    K = np_nngp(np.vstack([X.numpy(), Xs.numpy()]), "se", 2, w, b, (0.3, 0.5), scale=s)
+    mean_ref, var_ref, _ = dense_gp_reference(
+        K[:12, :12], K[12:, :12], K[12:, 12:], Y.numpy()[:, 0], 0.05
+    )
+    _perturb(model, 0.05)
+    with torch.no_grad():
+        moved = model.predict(X, Y, Xs)
+    true_cholesky, calls = dkm_module.robust_cholesky, itertools.count()
+
+    def varying_jitter(A, **kwargs):  # 1e-4, 2e-4, 3e-4, ... of the mean diagonal
+        eps = 1e-4 * (1 + next(calls) % 3) * float(A.diagonal().mean())
+        eye = torch.eye(A.shape[-1], dtype=A.dtype)
+        return torch.linalg.cholesky(A + eps * eye), eps
+
+    monkeypatch.setattr(dkm_module, "robust_cholesky", varying_jitter)
+    monkeypatch.setattr(dkm_module, "_chol", lambda A: true_cholesky(A, warn=False)[0])
+    with torch.no_grad():
+        if whiten:  # whitened: U = I is the NNGP whatever the jitter
+            model.reset_grams(X)
+            mean, var = model.predict(X, Y, Xs)
+            np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(var.numpy(), var_ref, rtol=1e-7, atol=1e-9)
+        else:  # unwhitened Grams do not depend on the jitter: nor may the predictions, much
+            mean, var = model.predict(X, Y, Xs)
+            np.testing.assert_allclose(mean.numpy(), moved[0].numpy(), rtol=1e-2, atol=1e-3)
+            np.testing.assert_allclose(var.numpy(), moved[1].numpy(), rtol=1e-2, atol=1e-3)
+    assert next(calls) >= 2  # the patched factorisation was used
 
 
 def test_estimator_large_nu_matches_nngp_gp_regressor():
@@ -373,6 +461,101 @@ def test_estimator_large_nu_matches_nngp_gp_regressor():
         gp.log_predictive_density(Xs, np.sin(2 * Xs[:, 0])),
         atol=1e-2,
     )
+
+
+def _nngp_reference(kind: str, d: int, max_iter: int):
+    """GPRegressor with the DKM's nu -> infinity kernel (it starts where the DKM starts)."""
+    from gpkern.estimators import GPRegressor
+
+    sk = gpytorch.kernels.ScaleKernel(NNGPGramKernel(kind, 2, ard_num_dims=d))
+    return GPRegressor(kernel=sk, max_iter=max_iter, random_state=0)
+
+
+@pytest.mark.parametrize("kind", ["relu", "se"])
+def test_hyperparameters_are_the_nngp_estimators_at_every_nu(kind):
+    """Stage 1 is the NNGP's marginal-likelihood fit and stage 2 leaves it alone: the fitted
+    hyperparameters equal an independently fitted GPRegressor's whatever nu is, and at large
+    nu the DKM predicts like that GP to rounding-level tolerance."""
+    rng = np.random.default_rng(7)
+    X = rng.uniform(-2, 2, (40, 2))
+    y = np.tanh(3 * X[:, 0]) + 0.5 * np.sin(2 * X[:, 1]) + 0.1 * rng.standard_normal(40)
+    Xs = rng.uniform(-2.5, 2.5, (10, 2))
+    ys = np.tanh(3 * Xs[:, 0]) + 0.5 * np.sin(2 * Xs[:, 1])
+    gp = _nngp_reference(kind, 2, 60).fit(X, y)
+    fits = {
+        nu: DKMRegressor(kernel=kind, widths_ratio=nu, max_iter=60, random_state=0).fit(X, y)
+        for nu in (3.0, 1e10)
+    }
+    small, large = fits[3.0].model_, fits[1e10].model_
+    # Stage 2 does not touch them: identical at nu = 3 and nu = 1e10.
+    for a, b in zip(small.hyperparameters(), large.hyperparameters()):
+        assert torch.equal(a, b)
+    # Stage 1 is the NNGP's fit: from the same start, the same optimum as GPRegressor's
+    # (another code path, whose L-BFGS steps differ by rounding). On data whose "se" optimum
+    # runs along the ridge of input weights against layer length-scales the two stop at
+    # different points of it; here the optimum is interior.
+    np.testing.assert_allclose(
+        fits[1e10].log_marginal_likelihood(), gp.log_marginal_likelihood(), atol=1e-3
+    )
+    dkm_params = dict(large.gram_kernel.named_parameters())
+    for name, value in gp.kernel_.base_kernel.named_parameters():
+        np.testing.assert_allclose(
+            dkm_params[name].detach().numpy(), value.detach().numpy(), rtol=1e-4, err_msg=name
+        )
+    np.testing.assert_allclose(float(large.outputscale), float(gp.kernel_.outputscale), rtol=1e-4)
+    np.testing.assert_allclose(fits[1e10].noise_, gp.noise_, rtol=1e-4)
+    # At nu = 1e10 the DKM is the GP with its own hyperparameters, to rounding. (On data whose
+    # "se" optimum runs far along the ridge, input weights ~1e-6 and a last length-scale ~1e-4,
+    # rounding is amplified to ~1e-5; there the two differed by 0.5% before the Cholesky
+    # jitter was taken out of the tied and whitened Grams.)
+    kern = NNGPGramKernel(kind, 2, ard_num_dims=2)
+    kern.load_state_dict(large.gram_kernel.state_dict())
+    sk = gpytorch.kernels.ScaleKernel(kern)
+    sk.outputscale = float(large.outputscale)
+    same = GPRegressorFixed(sk, fits[1e10].noise_).fit(X, y)
+    mu, sd = fits[1e10].predict(Xs, return_std=True)
+    mu_ref, sd_ref = same.predict(Xs, return_std=True)
+    np.testing.assert_allclose(mu, mu_ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(sd, sd_ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(
+        fits[1e10].log_predictive_density(Xs, ys), same.log_predictive_density(Xs, ys), atol=1e-8
+    )
+    # ... and the independently fitted GP predicts alike (its optimum differs along the ridge).
+    np.testing.assert_allclose(mu, gp.predict(Xs), atol=2e-2 * np.abs(mu_ref).max())
+
+
+def test_joint_hyperparameters_relearns_them_in_the_gram_stage():
+    rng = np.random.default_rng(7)
+    X = rng.uniform(-2, 2, (40, 2))
+    y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 1] + 0.1 * rng.standard_normal(40)
+    kw = dict(kernel="se", widths_ratio=3.0, max_iter=40, random_state=0)
+    held = DKMRegressor(**kw).fit(X, y).model_
+    joint = DKMRegressor(joint_hyperparameters=True, **kw).fit(X, y).model_
+    assert float(joint.noise) == pytest.approx(float(held.noise), rel=1e-12)  # always held
+    moved = joint.gram_kernel.layer_lengthscale - held.gram_kernel.layer_lengthscale
+    assert float(moved.abs().max()) > 1e-3
+
+
+def test_converged_objective_is_monotone_in_nu():
+    """With the hyperparameters held, max_G [log P(Y|G) - nu KL(G)] and the KL at the optimum
+    cannot increase with nu (KL >= 0), and the objective tends to the NNGP's log marginal
+    likelihood; every fit starts from the same NNGP."""
+    rng = np.random.default_rng(8)
+    X = rng.uniform(-2, 2, (25, 1))
+    y = np.tanh(3 * X[:, 0]) + 0.05 * rng.standard_normal(25)
+    gp = _nngp_reference("se", 1, 200).fit(X, y)
+    objectives, kls = [], []
+    for nu in (0.3, 3.0, 30.0, 300.0, 3000.0):
+        dkm = DKMRegressor(kernel="se", widths_ratio=nu, max_iter=200, random_state=0).fit(X, y)
+        Xt = torch.as_tensor(dkm._Xt)
+        with torch.no_grad():
+            kls.append(float(dkm.model_.kl_terms(Xt)[0].sum()))
+        objectives.append(dkm.log_marginal_likelihood())
+    assert all(a >= b - 1e-6 for a, b in zip(objectives, objectives[1:])), objectives
+    assert all(a >= b - 1e-7 for a, b in zip(kls, kls[1:])), kls
+    assert objectives[0] > objectives[-1] + 1.0  # small nu fits the targets much better
+    assert objectives[-1] >= gp.log_marginal_likelihood() - 1e-6
+    assert objectives[-1] - gp.log_marginal_likelihood() < 5e-2
 
 
 def GPRegressorFixed(kernel, noise):
@@ -451,41 +634,55 @@ def test_regressor_learns_and_beats_nngp_start():
     assert samples.shape == (5, 3)
 
 
-def test_auto_widths_ratio_refits_with_the_best_inner_validation_choice():
-    rng = np.random.default_rng(9)
-    X = rng.uniform(-2, 2, (40, 2))
-    y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 1] + 0.1 * rng.standard_normal(40)
-    Xs = rng.uniform(-2, 2, (10, 2))
-    auto = DKMRegressor(widths_ratio="auto", max_iter=15, random_state=0).fit(X, y)
-    scores = auto.widths_ratio_scores_
-    assert set(scores) == set(AUTO_WIDTHS_RATIOS)
-    assert all(np.isfinite(v) for v in scores.values())
-    assert auto.widths_ratio_ == max(scores, key=scores.get)
+def test_auto_widths_ratio_scores_are_cross_validated_log_densities():
+    """Recompute candidates' scores (the extremes and the chosen one) from plain fits on the
+    folds, by hand; the final model is the plain fit at the chosen nu."""
+    from gpkern.estimators.base import torch_generator
+    from gpkern.estimators.dkm import AUTO_N_FOLDS
+
+    rng = np.random.default_rng(10)
+    X = rng.uniform(-2, 2, (32, 1))
+    y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(32)
+    auto = DKMRegressor(widths_ratio="auto", max_iter=10, random_state=3).fit(X, y)
+    Yn = (y - y.mean()) / y.std()
+    # The folds: the estimator's own seeding of random_state=3, one permutation cut in 5.
+    perm = torch.randperm(32, generator=torch_generator(3)).numpy()
+    folds = np.array_split(perm, AUTO_N_FOLDS)
+    assert [len(f) for f in folds] == [7, 7, 6, 6, 6]
+    assert set(auto.widths_ratio_scores_) == set(AUTO_WIDTHS_RATIOS)
+    for nu in {AUTO_WIDTHS_RATIOS[0], auto.widths_ratio_, AUTO_WIDTHS_RATIOS[-1]}:
+        total = 0.0
+        for val in folds:
+            tr = np.setdiff1d(np.arange(32), val)  # sorted: the estimator keeps the order
+            ref = DKMRegressor(widths_ratio=nu, max_iter=10, normalize_y=False).fit(X[tr], Yn[tr])
+            total += ref.log_predictive_density(X[val], Yn[val]).sum()
+        np.testing.assert_allclose(auto.widths_ratio_scores_[nu], total / 32, rtol=1e-7, atol=1e-9)
+    best = max(auto.widths_ratio_scores_.values())
+    assert auto.widths_ratio_scores_[auto.widths_ratio_] == best
     # The final model is the plain fit at the chosen nu on all training points.
-    plain = DKMRegressor(widths_ratio=auto.widths_ratio_, max_iter=15, random_state=0).fit(X, y)
+    plain = DKMRegressor(widths_ratio=auto.widths_ratio_, max_iter=10, random_state=3).fit(X, y)
+    Xs = rng.uniform(-2, 2, (10, 1))
     np.testing.assert_allclose(auto.predict(Xs), plain.predict(Xs), rtol=1e-10, atol=1e-12)
     assert plain.widths_ratio_scores_ is None and plain.widths_ratio_ == auto.widths_ratio_
 
 
-def test_auto_widths_ratio_scores_are_held_out_log_densities():
-    """Recompute one candidate's score: inner split, stage 1, stage 2, log density by hand."""
-    from gpkern.estimators.dkm import AUTO_VALIDATION_FRACTION
+def test_auto_widths_ratio_breaks_ties_towards_the_nngp():
+    from gpkern.estimators.dkm import _best_widths_ratio
 
-    rng = np.random.default_rng(10)
-    X = rng.uniform(-2, 2, (30, 1))
-    y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(30)
-    auto = DKMRegressor(widths_ratio="auto", max_iter=10, random_state=3).fit(X, y)
-    Yn = (y - y.mean()) / y.std()
-    from gpkern.estimators.base import torch_generator
+    assert _best_widths_ratio({10.0: -1.0, 100.0: -0.5, 1000.0: -0.5}) == 1000.0
+    assert _best_widths_ratio({10.0: -0.1, 100.0: -0.5, 1000.0: -0.5}) == 10.0
+    assert _best_widths_ratio(dict.fromkeys((10.0, 30.0), -math.inf)) == 30.0
 
-    gen = torch_generator(3)  # the estimator's own seeding of random_state=3
-    perm = torch.randperm(30, generator=gen)
-    n_val = round(AUTO_VALIDATION_FRACTION * 30)
-    val, tr = perm[:n_val].numpy(), perm[n_val:].numpy()
-    nu = AUTO_WIDTHS_RATIOS[-1]
-    ref = DKMRegressor(widths_ratio=nu, max_iter=10, normalize_y=False).fit(X[tr], Yn[tr])
-    lpd = ref.log_predictive_density(X[val], Yn[val]).mean()
-    np.testing.assert_allclose(auto.widths_ratio_scores_[nu], lpd, rtol=1e-6, atol=1e-8)
+
+def test_auto_widths_ratio_is_reproducible_and_uses_fewer_folds_for_tiny_data():
+    rng = np.random.default_rng(12)
+    X = rng.uniform(-2, 2, (4, 1))
+    y = np.sin(2 * X[:, 0])
+    a = DKMRegressor(widths_ratio="auto", max_iter=2, random_state=1).fit(X, y)
+    b = DKMRegressor(widths_ratio="auto", max_iter=2, random_state=1).fit(X, y)
+    assert a.widths_ratio_scores_ == b.widths_ratio_scores_  # 4 folds of one point each
+    with pytest.raises(ValueError, match="at least 3 training samples"):
+        DKMRegressor(widths_ratio="auto", max_iter=2).fit(X[:2], y[:2])
 
 
 def test_sparse_regressor_minibatches():
@@ -545,6 +742,7 @@ def test_full_classifier_fits_hundreds_of_points():
         ({"n_inducing": 50}, "n_inducing"),
         ({"n_inducing": 0}, "n_inducing"),
         ({"batch_size": 10}, "n_inducing"),
+        ({"joint_hyperparameters": "yes"}, "joint_hyperparameters"),
     ],
 )
 def test_bad_parameters(Est, kwargs, match):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import gpytorch
 import torch
@@ -144,6 +145,16 @@ def _factor_logdet(V: torch.Tensor) -> torch.Tensor:  # (p, p) -> (), log|V V^T|
 def _chol(A: torch.Tensor) -> torch.Tensor:
     """Cholesky with escalating jitter and no warning (called at every optimisation step)."""
     return robust_cholesky(A, warn=False)[0]
+
+
+def _remove_jitter(G: torch.Tensor, jitter: float) -> torch.Tensor:  # (p, p) -> (p, p)
+    r""":math:`G - \epsilon I`: a Gram built on a jittered factor :math:`L L^\top = K + \epsilon I`
+    (tied, :math:`G = L L^\top`, or whitened, :math:`G = L U U^\top L^\top`) without the
+    jitter, so that :math:`U = I` gives :math:`G = K` exactly (the NNGP) however ill-conditioned
+    :math:`K` is."""
+    if jitter == 0.0:
+        return G
+    return G - jitter * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -326,9 +337,11 @@ class _DKMBase(torch.nn.Module):
         self.tied = False
         self.gram_kernel = NNGPGramKernel(kernel, n_layers, ard_num_dims=d)
         self.outputscale_constraint = gpytorch.constraints.Positive()
-        self.raw_outputscale = torch.nn.Parameter(
-            self.outputscale_constraint.inverse_transform(torch.tensor(1.0))
-        )
+        # raw 0 (output scale log 2), as gpytorch.kernels.ScaleKernel starts: stage 1 of a fit
+        # then starts where GPRegressor(ScaleKernel(NNGPGramKernel(...))) does. The NNGP
+        # marginal likelihood can have several optima (two on a MASS Boston split, 0.6 nats
+        # apart), and a different start can end in a different one.
+        self.raw_outputscale = torch.nn.Parameter(torch.zeros(()))
         self.noise_constraint = gpytorch.constraints.GreaterThan(1e-6)
 
         if noise is not None:
@@ -400,6 +413,11 @@ class _DKMBase(torch.nn.Module):
         diagonal at ``Xt`` (b,) (or, with ``full_cov=True``, its full block (b, b), carrying
         :math:`G_{tt} = K_{tt} - K_{ti}K_{ii}^{-1}K_{it} + K_{ti}K_{ii}^{-1}G_{ii}K_{ii}^{-1}K_{it}`
         through the layers), and the per-layer KL terms stacked (L,).
+
+        The conditional uses :math:`K_{ii} + \epsilon I`, :math:`\epsilon` the jitter (usually
+        0) that its Cholesky factor needed. When tied, :math:`V = \sqrt{m} L_K` and
+        :math:`\epsilon I` is removed from the :math:`G_{ii}` handed to the next layer, as in
+        :meth:`DKM.objective`, so that every block is the NNGP's exactly.
         """
         kern = self.gram_kernel
         m = Z.shape[0]
@@ -411,7 +429,7 @@ class _DKMBase(torch.nn.Module):
             Kii = kern.layer_map(layer, Gii, gi, gi)
             Kti = kern.layer_map(layer, Gti, gt, gi)
             ktt = kern.layer_map_diag(layer, gt)
-            L_K = _chol(Kii)
+            L_K, jitter = robust_cholesky(Kii, warn=False)
             if self.tied:
                 V = math.sqrt(m) * L_K
             kls.append(gaussian_kl(V / math.sqrt(m), L_K))
@@ -419,6 +437,8 @@ class _DKMBase(torch.nn.Module):
             C = torch.linalg.solve_triangular(L_K.T, W, upper=True)  # K_ii^{-1} K_it
             CV = C.T @ V / math.sqrt(m)  # (b, m)
             Gii = V @ V.T / m
+            if self.tied:
+                Gii = _remove_jitter(Gii, jitter)
             Gti = CV @ (V.T / math.sqrt(m))
             if full_cov:
                 Ktt = kern.layer_map(layer, Gtt, gt, gt)
@@ -441,6 +461,24 @@ class _DKMBase(torch.nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Full DKM
 # ------------------------------------------------------------------------------------------------
+class _LayerPass(NamedTuple):
+    """One pass of a :class:`DKM` through its layers at the training inputs.
+
+    ``factors``: :math:`F_l` (P, P) with :math:`G_l = F_l F_l^\top` (less the jitter);
+    ``whitened``: :math:`B_l = L_l^{-1} F_l` (:math:`U_l`; ``None`` when tied, i.e. the identity);
+    ``chols``: :math:`L_l`, the Cholesky factor of :math:`K_l(G_{l-1})` (+ jitter) used for the
+    KL term, and to be reused for conditioning other points on the layer;
+    ``grams``: :math:`G_l`; ``kls``: (L,); ``K_out``: :math:`s K_{L+1}(G_L)` (P, P).
+    """
+
+    factors: list
+    whitened: list
+    chols: list
+    grams: list
+    kls: torch.Tensor | None
+    K_out: torch.Tensor | None
+
+
 class DKM(_DKMBase):
     r"""Full deep kernel machine: one learned Gram matrix per layer over all training points.
 
@@ -448,11 +486,14 @@ class DKM(_DKMBase):
 
     .. math::
 
-        G_l = L_l U_l U_l^\top L_l^\top, \qquad L_l L_l^\top = K_l(G_{l-1}),
+        G_l = L_l U_l U_l^\top L_l^\top - \epsilon_l I, \qquad
+        L_l L_l^\top = K_l(G_{l-1}) + \epsilon_l I,
 
     with :math:`U_l` lower triangular and initialised to the identity (so the DKM starts at the
-    NNGP, :math:`G_l = K^l(G_0)`); the KL term is then
-    :math:`\tfrac12[\|U_l\|_F^2 - \log|U_l|^2 - P]`, free of solves. With ``whiten=False``,
+    NNGP, :math:`G_l = K^l(G_0)`) and :math:`\epsilon_l` the jitter the Cholesky factor needed
+    (0 unless :math:`K_l` is numerically singular, e.g. with duplicated inputs); the KL term is
+    then :math:`\tfrac12[\|U_l\|_F^2 - \log|U_l|^2 - P]`, free of solves (exactly the KL
+    between the two covariances plus :math:`\epsilon_l I`). With ``whiten=False``,
     :math:`G_l = V_l V_l^\top / P` with :math:`V_l` lower triangular (a scaled Cholesky factor of
     :math:`G_l`, initialised at the NNGP's). Both give a positive semi-definite :math:`G_l` and
     the same objective at the same Grams,
@@ -523,33 +564,37 @@ class DKM(_DKMBase):
         eye = torch.eye(Z.shape[0], dtype=Z.dtype, device=Z.device)
         return [eye.clone() for _ in range(self.n_layers)]
 
-    def _layers(
-        self, X: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:  # (P, d) -> L of (P, P), (L,), ()
-        """Square factors :math:`F_l` with :math:`G_l = F_l F_l^\\top`, the KL terms and
-        the final Gram :math:`G_L`'s output covariance :math:`s K_{L+1}(G_L)`."""
+    def _layers(self, X: torch.Tensor) -> _LayerPass:  # (P, d)
+        """One pass through the layers at the training inputs (see :class:`_LayerPass`)."""
         kern = self.gram_kernel
         P = X.shape[0]
         G, g, _ = kern.input_gram(X, X)
-        factors, kls = [], []
+        out = _LayerPass([], [], [], [], None, None)
+        kls = []
         for layer, V in enumerate(self.factors, start=1):
-            L_K = _chol(kern.layer_map(layer, G, g, g))
+            L_K, jitter = robust_cholesky(kern.layer_map(layer, G, g, g), warn=False)
             if self.tied:
-                F = L_K
+                F, B = L_K, None
                 kls.append(torch.zeros((), dtype=X.dtype, device=X.device))
             elif self.whiten:
-                U = V.tril()
-                F = L_K @ U
-                logdet = torch.log(U.diagonal() ** 2).sum()
-                kls.append(0.5 * ((U * U).sum() - logdet - P))
+                B = V.tril()
+                F = L_K @ B
+                logdet = torch.log(B.diagonal() ** 2).sum()
+                kls.append(0.5 * ((B * B).sum() - logdet - P))
             else:
                 F = V.tril() / math.sqrt(P)
+                B = torch.linalg.solve_triangular(L_K, F, upper=False)
                 kls.append(gaussian_kl(F, L_K))
-            factors.append(F)
             G = F @ F.T
+            if self.tied or self.whiten:
+                G = _remove_jitter(G, jitter)
             g = G.diagonal()
+            out.factors.append(F)
+            out.whitened.append(B)
+            out.chols.append(L_K)
+            out.grams.append(G)
         K_out = self.outputscale * kern.layer_map(self.n_layers + 1, G, g, g)
-        return factors, torch.stack(kls), K_out
+        return out._replace(kls=torch.stack(kls), K_out=K_out)
 
     def grams(self, X: torch.Tensor | None = None) -> list[torch.Tensor]:  # L of (P, P)
         """The learned Grams :math:`G_1, \\dots, G_L` (``X``: the training inputs, by default
@@ -557,14 +602,13 @@ class DKM(_DKMBase):
         if not self.whiten:
             P = self.factors[0].shape[0]
             return [V.tril() @ V.tril().T / P for V in self.factors]
-        factors, _, _ = self._layers(self.train_inputs if X is None else X)
-        return [F @ F.T for F in factors]
+        return self._layers(self.train_inputs if X is None else X).grams
 
     def kl_terms(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Per-layer :math:`\mathrm{KL}(\mathcal{N}(0, G_l) \| \mathcal{N}(0, K_l(G_{l-1})))` (L,),
         and the output covariance :math:`s K_{L+1}(G_L)` (P, P)."""
-        _, kls, K_out = self._layers(X)
-        return kls, K_out
+        layers = self._layers(X)
+        return layers.kls, layers.K_out
 
     def objective(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:  # (P, d), (P, t) -> ()
         """The DKM objective :math:`\\mathcal{L}` (to be maximised)."""
@@ -588,22 +632,61 @@ class DKM(_DKMBase):
         The output layer is the exact GP posterior with covariance :math:`s K_{L+1}(G_L)`;
         noise is excluded.
         """
-        layer_factors, _, K_out = self._layers(X)
+        layers = self._layers(X)
         eye = torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
-        L = _chol(K_out + self.noise * eye)
+        L = _chol(layers.K_out + self.noise * eye)
         alpha = torch.cholesky_solve(Y, L)
-        factors = [math.sqrt(X.shape[0]) * F for F in layer_factors]
         if full_cov:
-            _, Kti, Ktt, _ = self.propagate(X, factors, Xs, full_cov=True)
+            Kti, Ktt = self._test_blocks(X, layers, Xs, full_cov=True)
             W = torch.linalg.solve_triangular(L, Kti.T, upper=False)
             return Kti @ alpha, Ktt - W.T @ W
         means, variances = [], []
         for start in range(0, Xs.shape[0], batch_size):
-            _, Kti, ktt, _ = self.propagate(X, factors, Xs[start : start + batch_size])
+            Kti, ktt = self._test_blocks(X, layers, Xs[start : start + batch_size])
             W = torch.linalg.solve_triangular(L, Kti.T, upper=False)
             means.append(Kti @ alpha)
             variances.append((ktt - (W * W).sum(0)).clamp_min(0.0))
         return torch.cat(means), torch.cat(variances)
+
+    def _test_blocks(
+        self, X: torch.Tensor, layers: _LayerPass, Xs: torch.Tensor, full_cov: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (P, d), (b, d) -> (b, P), (b,) or (b, b)
+        r"""Output kernel blocks :math:`s K_{L+1}` between ``Xs`` and ``X`` and at ``Xs``.
+
+        The conditional blocks of :meth:`propagate` with the training points as inducing
+        points, computed with the very Cholesky factors :math:`L_l` of the layer pass (a fresh
+        factorisation can need a different jitter when :math:`K_l` is numerically singular,
+        and then the blocks no longer match the training Grams: on a concrete fold this cost
+        0.17 nats per held-out point). With :math:`W = L_l^{-1} K_{it}` and
+        :math:`B_l = L_l^{-1} F_l` (:math:`U_l` when whitened),
+
+        .. math::
+
+            G_{ti} = W^\top B_l F_l^\top, \qquad
+            g_t = k_{tt} - \|W\|^2 + \|B_l^\top W\|^2 \ \text{(per column)}.
+        """
+        kern = self.gram_kernel
+        gi = kern.input_gram(X, X)[1]
+        Gti, gt, _ = kern.input_gram(Xs, X)
+        Gtt = kern.input_gram(Xs, Xs)[0] if full_cov else None
+        for layer, (F, B, L_K, Gii) in enumerate(
+            zip(layers.factors, layers.whitened, layers.chols, layers.grams), start=1
+        ):
+            Kti = kern.layer_map(layer, Gti, gt, gi)
+            W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)  # (P, b)
+            A = W if B is None else B.T @ W  # (P, b)
+            Gti = A.T @ F.T
+            if full_cov:
+                Gtt = kern.layer_map(layer, Gtt, gt, gt) - W.T @ W + A.T @ A
+                gt = Gtt.diagonal()
+            else:
+                gt = kern.layer_map_diag(layer, gt) - (W * W).sum(0) + (A * A).sum(0)
+            gi = Gii.diagonal()
+        out = self.n_layers + 1
+        s = self.outputscale
+        Kti = s * kern.layer_map(out, Gti, gt, gi)
+        ktt = s * (kern.layer_map(out, Gtt, gt, gt) if full_cov else kern.layer_map_diag(out, gt))
+        return Kti, ktt
 
 
 # ------------------------------------------------------------------------------------------------
