@@ -398,8 +398,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--resume",
-        help="markdown written by an interrupted run of this same script and code: its raw rows "
-        "are kept and their configurations not run again",
+        nargs="*",
+        default=[],
+        help="markdown files written by interrupted runs of this same script and code: their raw "
+        "rows are kept and their configurations not run again",
     )
     args = parser.parse_args()
     if args.worker:
@@ -424,7 +426,7 @@ def main() -> None:
     if nngp_sizes:
         run({"n": 500, "lib": "gpkern", "task": "nngp"}, cache, 600)
 
-    rows = _resumed_rows(args.resume) if args.resume else []
+    rows = [r for path in args.resume for r in _resumed_rows(path)]
     done_keys = {(r["task"], r["n"], r["lib"]) for r in rows}
     notes_extra = args.notes_extra = []
 

@@ -343,7 +343,9 @@ def test_iterative_posterior_matches_scipy_reference_at_fixed_hyperparameters():
     mean_ref, var_ref, lml_ref = dense_gp_reference(K, Ks, Kss, y, noise)
     gp = IterativeGP(kernel, noise=noise, learn_noise=False, backend="torch").double()
     post = gp.posterior(X_t, torch.as_tensor(y)[:, None])
+    assert post.L.dtype == torch.float32  # stored narrow, applied in float64 (checked below)
     mean, var = post.predict(Xt_t)
+    assert mean.dtype == var.dtype == torch.float64
     np.testing.assert_allclose(mean[:, 0].numpy(), mean_ref, atol=1e-5)
     assert np.all(var.numpy() >= var_ref - 1e-6)  # Galerkin: never below the exact variance
     np.testing.assert_allclose(var.numpy(), var_ref, atol=1e-2)

@@ -42,8 +42,9 @@ import linear_operator
 import torch
 from tqdm.auto import tqdm
 
+from gpkern.linalg.heap import trim_heap
 from gpkern.linalg.keops import KernelOperator, kernel_operator
-from gpkern.linalg.rpcholesky import rp_cholesky
+from gpkern.linalg.rpcholesky import factor_gram, factor_matmul, factor_t_matmul, rp_cholesky
 from gpkern.models.exact import ExactGP
 
 __all__ = ["IterativeGP", "IterativePosterior", "IterativeSettings", "preconditioned_cg"]
@@ -367,9 +368,21 @@ class IterativePosterior:
         n = X.shape[0]
         rank = min(max(cfg.eval_preconditioner_rank or 1024, cfg.variance_rank), n)
         generator = torch.Generator().manual_seed(cfg.seed)
-        L, _ = rp_cholesky(self.op.columns, self.op._diagonal(), rank, tol=1e-8, generator=generator)
-        self.L = L  # (n, r)
-        C = self.noise * torch.eye(L.shape[1], dtype=L.dtype, device=L.device) + L.T @ L
+        dtype = X.dtype
+        # The factor is the largest array of the solve (1.2 GB in float64 at rank 1,536 on
+        # 100,000 points): stored in single precision, used in the working precision, and
+        # allocated after the allocator has returned what earlier work (a dense subset fit) freed.
+        trim_heap()
+        L, _ = rp_cholesky(
+            self.op.columns,
+            self.op._diagonal(),
+            rank,
+            tol=1e-8,
+            generator=generator,
+            factor_dtype=torch.float32 if dtype == torch.float64 else dtype,
+        )
+        self.L = L  # (n, r), float32
+        C = self.noise * torch.eye(L.shape[1], dtype=dtype, device=L.device) + factor_gram(L, dtype)
         self._C_chol = torch.linalg.cholesky(C)
         self.alpha, D, AD, self.n_iter = preconditioned_cg(
             self._matmul,
@@ -383,8 +396,8 @@ class IterativePosterior:
         # Variance subspace S = [L_v, D] (columns normalised), A^{-1} ~ S (S^T A S)^+ S^T. The
         # Gram S^T A S needs A L_v only (D^T A L_v = (A D)^T L_v, A symmetric), and S is never
         # copied: at n = 100,000 each (n, s) block is ~200 MB next to the factor L.
-        Lv = L[:, : cfg.variance_rank]
-        norms = torch.cat([Lv.norm(dim=0), D.norm(dim=0)]).clamp_min(torch.finfo(L.dtype).tiny)
+        Lv = L[:, : cfg.variance_rank].to(dtype)
+        norms = torch.cat([Lv.norm(dim=0), D.norm(dim=0)]).clamp_min(torch.finfo(dtype).tiny)
         ALv = self._matmul(Lv)
         G11, G21 = Lv.T @ ALv, AD.T @ Lv
         del ALv
@@ -417,8 +430,8 @@ class IterativePosterior:
 
     def _precondition(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
         # Woodbury: (L L^T + s I)^{-1} v = (v - L (s I + L^T L)^{-1} L^T v) / s.
-        inner = torch.cholesky_solve(self.L.T @ V, self._C_chol)
-        return (V - self.L @ inner) / self.noise
+        inner = torch.cholesky_solve(factor_t_matmul(self.L, V), self._C_chol)
+        return (V - factor_matmul(self.L, inner)) / self.noise
 
     def _cross(self, Xs: torch.Tensor) -> KernelOperator:  # (m, n)
         return kernel_operator(self.kernel, Xs, self.X, backend=self.backend).detach()
