@@ -126,7 +126,9 @@ class _Cols:
 
 def _is_lazy(t: Any) -> bool:
     return isinstance(t, _Cols) or type(t).__name__ in (
-        "LazyTensor", "GenericLazyTensor", "ComplexLazyTensor"
+        "LazyTensor",
+        "GenericLazyTensor",
+        "ComplexLazyTensor",
     )
 
 
@@ -591,7 +593,9 @@ def dense_network(
                 new12 = _clamp(arg, -1.0 + eps, 1.0 - eps).asin() * a2 + ec * ec
             else:
                 d11, d22 = _elem(pi, col + 1), _elem(pj, col + 1)
-                arg = _clamp(k12 * _elem(pi, col) * _elem(pj, col) * (2.0 * b2), -1.0 + eps, 1.0 - eps)
+                arg = _clamp(
+                    k12 * _elem(pi, col) * _elem(pj, col) * (2.0 * b2), -1.0 + eps, 1.0 - eps
+                )
                 col += 2
                 new12 = _arcsin(arg) * a2 + ec * ec
             if ntk and theta_ntk is not None:
@@ -1001,9 +1005,7 @@ class _NNGPArchitecture(KernelFormula):
     def evaluate(self, xi, xj, theta, start=0):
         (xi, pi), (xj, pj) = _split(xi, self.n_extra), _split(xj, self.n_extra)
         layers = self._layers(theta, start)
-        return dense_network(
-            xi, xj, layers, ntk=self.kernel.kind == "ntk", point_terms=(pi, pj)
-        )
+        return dense_network(xi, xj, layers, ntk=self.kernel.kind == "ntk", point_terms=(pi, pj))
 
 
 class DenseNetworkKernel(gpytorch.kernels.Kernel):
@@ -1359,9 +1361,7 @@ class KernelOperator(LinearOperator):
         if backend not in ("keops", "torch"):
             raise ValueError(f"backend must be 'keops' or 'torch', got {backend!r}.")
         grad_formula = formula if grad_formula is None else grad_formula
-        super().__init__(
-            x1, x2, theta, formula=formula, backend=backend, grad_formula=grad_formula
-        )
+        super().__init__(x1, x2, theta, formula=formula, backend=backend, grad_formula=grad_formula)
         self.x1, self.x2, self.theta_vec = x1, x2, theta
         self.formula, self.backend, self.grad_formula = formula, backend, grad_formula
 
@@ -1371,7 +1371,11 @@ class KernelOperator(LinearOperator):
     def _transpose_nonbatch(self):
         # Every formula here is a symmetric function k(x, x') = k(x', x).
         return KernelOperator(
-            self.x2, self.x1, self.theta_vec, formula=self.formula, backend=self.backend,
+            self.x2,
+            self.x1,
+            self.theta_vec,
+            formula=self.formula,
+            backend=self.backend,
             grad_formula=self.grad_formula,
         )
 
@@ -1411,13 +1415,13 @@ class KernelOperator(LinearOperator):
         x2 = self.x2[index]
         d = max(1, self.x1.shape[-1] + self.formula.n_extra)
         rows = max(1, max_block_elements // max(1, x2.shape[0] * d))
-        return torch.cat(
-            [
-                self.formula(self.x1[s : s + rows, None, :], x2[None, :, :], self.theta_vec)
-                for s in range(0, self.x1.shape[0], rows)
-            ],
-            0,
-        )
+        out = None  # filled in place: a list of blocks and its concatenation would hold it twice
+        for s in range(0, self.x1.shape[0], rows):
+            block = self.formula(self.x1[s : s + rows, None, :], x2[None, :, :], self.theta_vec)
+            if out is None:
+                out = block.new_empty(self.x1.shape[0], x2.shape[0])
+            out[s : s + rows] = block
+        return out
 
     def pivoted_cholesky(
         self, rank: int, error_tol: float | None = None, return_pivots: bool = False
@@ -1491,6 +1495,10 @@ def kernel_operator(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return KernelOperator(
-            x1, x2, theta.to(x1.dtype), formula=formula, backend=backend,
+            x1,
+            x2,
+            theta.to(x1.dtype),
+            formula=formula,
+            backend=backend,
             grad_formula=grad_formula,
         )

@@ -178,7 +178,11 @@ def rp_cholesky(
         ).to(device)
         S = torch.unique(draws)  # sampling with replacement; repeats carry no new information
         S = S[torch.randperm(S.numel(), generator=generator).to(device)]
-        G = columns(S).to(dtype) - factor_matmul(F[:, :k], F[S, :k].T.to(dtype))  # (n, b)
+        G = columns(S).to(dtype)  # (n, b)
+        if k:  # Schur complement columns, in place by row blocks (no second (n, b) array)
+            B = F[S, :k].T.to(dtype)
+            for rows in _row_blocks(F):
+                G[rows] -= F[rows, :k].to(dtype) @ B
         H = G[S]  # (b, b)
         u = torch.rand(S.numel(), generator=generator, dtype=dtype).to(device)
         # Rejection: candidate j survives with probability (its residual given the candidates
@@ -200,14 +204,20 @@ def rp_cholesky(
             continue
         acc = torch.tensor(accepted, device=device)
         T_acc = T[acc][:, : len(accepted)]  # (a, a) lower triangular
-        new = torch.linalg.solve_triangular(T_acc, G[:, acc].T, upper=False).T  # (n, a)
-        a = new.shape[1]
-        F[:, k : k + a] = new  # rounded to the storage type when it is narrower
+        a = len(accepted)
+        # New columns G_acc T^-T, by row blocks straight into F: at n = 100,000 every (n, b)
+        # float64 temporary is 100 MB, and this is the largest step of the factorisation.
+        for rows in _row_blocks(G):
+            new = torch.linalg.solve_triangular(T_acc, G[rows][:, acc].T, upper=False).T
+            F[rows, k : k + a] = new  # rounded to the storage type when it is narrower
+            residual[rows] -= (new * new).sum(1)
+        del G
         pivots[k : k + a] = S[acc]
         k += a
-        residual = residual - (new * new).sum(1)
         residual[residual <= floor] = 0.0
         residual[S[acc]] = 0.0
     if k < rank:
-        F, pivots = F[:, :k].contiguous(), pivots[:k].clone()
+        # A view when most of F is used: a compact copy would briefly hold F twice.
+        F = F[:, :k] if 2 * k > rank else F[:, :k].contiguous()
+        pivots = pivots[:k].clone()
     return F, pivots

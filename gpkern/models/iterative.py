@@ -382,6 +382,7 @@ class IterativePosterior:
             factor_dtype=torch.float32 if dtype == torch.float64 else dtype,
         )
         self.L = L  # (n, r), float32
+        trim_heap()  # the factorisation's row blocks, before the solve's own allocations
         C = self.noise * torch.eye(L.shape[1], dtype=dtype, device=L.device) + factor_gram(L, dtype)
         self._C_chol = torch.linalg.cholesky(C)
         self.alpha, D, AD, self.n_iter = preconditioned_cg(
@@ -408,7 +409,9 @@ class IterativePosterior:
         keep = evals > evals.max() * 1e3 * torch.finfo(G.dtype).eps
         M = evecs[:, keep] / evals[keep].sqrt() / norms[:, None]  # (s, s')
         r = Lv.shape[1]
-        self.W = Lv @ M[:r] + D @ M[r:]  # (n, s'): A^{-1} ~ W W^T
+        self.W = (Lv @ M[:r]).addmm_(D, M[r:])  # (n, s'): A^{-1} ~ W W^T
+        del Lv
+        trim_heap()
 
     @property
     def log_marginal_likelihood_pending(self) -> bool:
