@@ -403,6 +403,12 @@ def main() -> None:
         help="markdown files written by interrupted runs of this same script and code: their raw "
         "rows are kept and their configurations not run again",
     )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="write the table from the --resume rows without running anything",
+    )
+    parser.add_argument("--header-note", help="a sentence for the table's header (how it was run)")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -412,6 +418,10 @@ def main() -> None:
     fit_sizes = [2500] if args.quick else args.fit_sizes
     fit_iters = 2 if args.quick else args.fit_iters
     nngp_sizes = [3000] if args.quick else args.nngp_n
+    if args.table_only:
+        rows = [r for path in args.resume for r in _resumed_rows(path)]
+        write_table(rows, args, time.time(), os.getloadavg(), done=True)
+        return
     cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(
         prefix="gpkern-bench-keops-"
     )
@@ -520,11 +530,12 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
         f"{EVAL_NNGP} (GPyTorch: same CG tolerance and iteration cap, LOVE root size = "
         f"variance_rank + variance_directions). float64, D = {D}, {N_TEST} held-out points. "
         "Peak memory is the whole process's ru_maxrss (Python + torch + pykeops baseline "
-        "included). RMSE is against the noise-free function. Times are wall clock; gpkern's "
-        "process CPU time is beside it.",
+        "included). RMSE is against the noise-free function. Times are wall clock with the "
+        "process CPU time beside them; on a loaded machine the CPU ratio is the fair one.",
+        *(["", args.header_note] if getattr(args, "header_note", None) else []),
         "",
-        "| task | n | gpkern time (s) | gpkern CPU (s) | GPyTorch KeOps time (s) | ratio GPyTorch/gpkern | dense time (s) | gpkern peak MB | GPyTorch peak MB | dense peak MB | gpkern RMSE | GPyTorch RMSE | dense RMSE |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | n | gpkern time (s) | gpkern CPU (s) | GPyTorch KeOps time (s) | GPyTorch CPU (s) | ratio GPyTorch/gpkern (wall) | ratio (CPU) | dense time (s) | gpkern peak MB | GPyTorch peak MB | dense peak MB | gpkern RMSE | GPyTorch RMSE | dense RMSE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     seen, notes = [], []
     for r in rows:
@@ -542,10 +553,12 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
             return fmt.format(res[name]) if name in res else "—"
 
         ratio = f"{p['time_s'] / g['time_s']:.2f}" if "time_s" in g and "time_s" in p else "—"
+        cpu_ratio = f"{p['cpu_s'] / g['cpu_s']:.2f}" if "cpu_s" in g and "cpu_s" in p else "—"
         if p.get("note"):
             notes.append(f"{key[0]}, n = {key[1]:,}: {p['note']}")
         lines.append(
-            f"| {key[0]} | {key[1]:,} | {f(g, 'time_s')} | {f(g, 'cpu_s')} | {f(p, 'time_s')} | {ratio} | {f(d, 'time_s')} | "
+            f"| {key[0]} | {key[1]:,} | {f(g, 'time_s')} | {f(g, 'cpu_s')} | {f(p, 'time_s')} | "
+            f"{f(p, 'cpu_s')} | {ratio} | {cpu_ratio} | {f(d, 'time_s')} | "
             f"{f(g, 'peak_mb', '{:.0f}')} | {f(p, 'peak_mb', '{:.0f}')} | {f(d, 'peak_mb', '{:.0f}')} | "
             f"{f(g, 'rmse', '{:.4f}')} | {f(p, 'rmse', '{:.4f}')} | {f(d, 'rmse', '{:.4f}')} |"
         )

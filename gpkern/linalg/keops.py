@@ -759,10 +759,18 @@ class _Stationary(KernelFormula):
 
 
 class _Periodic(KernelFormula):
-    def __init__(self, kernel: gpytorch.kernels.PeriodicKernel) -> None:
+    r"""GPyTorch's periodic kernel; with ``d`` known the inputs scaled by :math:`\pi / p` are
+    per-point columns, as for :class:`_Stationary` (GPyTorch's KeOps kernel scales them before
+    the reduction too: scaling per pair cost 2.5% of the reduction on a CPU)."""
+
+    def __init__(self, kernel: gpytorch.kernels.PeriodicKernel, d: int | None = None) -> None:
         self.kernel = kernel
         self.n_p, self.n_ls = kernel.period_length.numel(), kernel.lengthscale.numel()
         self.size = self.n_p + self.n_ls
+        self.n_extra = int(d or 0) if self.n_p in (1, int(d or 0)) else 0
+
+    def extras(self, x, theta, start=0):
+        return x * _slice(theta, start, self.n_p) if self.n_extra else x[..., :0]
 
     def theta_parts(self):
         return [
@@ -771,9 +779,12 @@ class _Periodic(KernelFormula):
         ]
 
     def evaluate(self, xi, xj, theta, start=0):
-        return periodic(
-            xi, xj, _slice(theta, start, self.n_p), _slice(theta, start + self.n_p, self.n_ls)
-        )
+        inv_ls = _slice(theta, start + self.n_p, self.n_ls)
+        if self.n_extra:
+            si, sj = _whole(_split(xi, self.n_extra)[1]), _whole(_split(xj, self.n_extra)[1])
+            s = (si - sj).sin()
+            return ((s * s * inv_ls).sum(-1) * -2.0).exp()
+        return periodic(xi, xj, _slice(theta, start, self.n_p), inv_ls)
 
 
 class _SpectralMixture(KernelFormula):
@@ -1118,7 +1129,7 @@ def _node(kernel: gpytorch.kernels.Kernel, d: int | None = None) -> KernelFormul
     if isinstance(kernel, gpytorch.kernels.LinearKernel):
         return _Linear(kernel)
     if isinstance(kernel, gpytorch.kernels.PeriodicKernel):
-        return _Periodic(kernel)
+        return _Periodic(kernel, d)
     if isinstance(kernel, gpytorch.kernels.SpectralMixtureKernel):
         return _SpectralMixture(kernel)
     if isinstance(kernel, DenseNetworkKernel):
