@@ -429,7 +429,9 @@ class IterativePosterior:
         return self._lml
 
     def _matmul(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
-        return self.op._matmul(V) + self.noise * V
+        # In place: with the variance subspace's 256 columns at n = 100,000 each temporary of
+        # ``K V + s V`` is 200 MB, and two of them made the 100k NNGP run peak at 2.1 GB.
+        return self.op._matmul(V).add_(V, alpha=self.noise)
 
     def _precondition(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
         # Woodbury: (L L^T + s I)^{-1} v = (v - L (s I + L^T L)^{-1} L^T v) / s.
