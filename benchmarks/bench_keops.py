@@ -419,7 +419,18 @@ def main() -> None:
     fit_iters = 2 if args.quick else args.fit_iters
     nngp_sizes = [3000] if args.quick else args.nngp_n
     if args.table_only:
-        rows = [r for path in args.resume for r in _resumed_rows(path)]
+        unique = {}  # a configuration measured in several files: the last file's row
+        for row in (r for path in args.resume for r in _resumed_rows(path)):
+            unique.pop((row["task"], row["n"], row["lib"]), None)
+            unique[(row["task"], row["n"], row["lib"])] = row
+        kind = {"NNGP": 0, "fit": 1, "matvec": 2}
+
+        def order(row):
+            name = row["task"]
+            kernel = next((i for i, k in enumerate(KERNELS) if f" {k} " in name), 0)
+            return (kind.get(name.split()[0], 3), row["n"], kernel)
+
+        rows = sorted(unique.values(), key=order)
         write_table(rows, args, time.time(), os.getloadavg(), done=True)
         return
     cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(
@@ -566,7 +577,7 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
     if any(r.get("resumed") for r in rows):
         notes.append(
             'Rows marked `"resumed": true` were measured by an earlier, interrupted invocation '
-            "of this script on the same code and machine (`--resume`)."
+            "of this script on the same machine (`--resume`; the header says which code)."
         )
     lines += ["", *[f"- {n}" for n in notes]]
     lines += ["", "Raw rows:", "", "```", *[json.dumps(r) for r in rows], "```", ""]
