@@ -531,11 +531,20 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
     lines = [
         "# KeOps backend benchmark",
         "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core CPU "
-        f"(load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after); "
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core CPU"
+        + (
+            ""
+            if getattr(args, "table_only", False)
+            else f" (load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)"
+        )
+        + "; "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, no GPU. "
-        f"{'Total benchmark time' if done else 'PARTIAL (still running), elapsed'} "
-        f"{time.time() - start:.0f} s{' (--quick)' if args.quick else ''}.",
+        + (
+            "Table written from earlier runs' rows (--table-only)."
+            if getattr(args, "table_only", False)
+            else f"{'Total benchmark time' if done else 'PARTIAL (still running), elapsed'} "
+            f"{time.time() - start:.0f} s{' (--quick)' if args.quick else ''}."
+        ),
         "",
         f"Settings (both libraries): training {TRAIN}; conditioning {EVAL}; NNGP conditioning "
         f"{EVAL_NNGP} (GPyTorch: same CG tolerance and iteration cap, LOVE root size = "
