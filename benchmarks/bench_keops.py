@@ -507,12 +507,17 @@ def main() -> None:
 
 
 def _resumed_rows(path: str) -> list:
-    """Raw rows of an earlier (interrupted) output of this script, marked as resumed."""
+    """Raw rows of an earlier (interrupted) output of this script, marked as resumed.
+
+    Only the first block of raw rows is read: in ``benchmarks/results/keops.md`` the blocks
+    after it belong to older runs with other settings."""
     rows, inside = [], False
     with open(path) as fh:
         for line in fh:
             if line.startswith("```"):
-                inside = not inside
+                if inside:
+                    break
+                inside = True
                 continue
             if inside and line.startswith("{"):
                 row = json.loads(line)
