@@ -419,10 +419,6 @@ def main() -> None:
     fit_iters = 2 if args.quick else args.fit_iters
     nngp_sizes = [3000] if args.quick else args.nngp_n
     if args.table_only:
-        unique = {}  # a configuration measured in several files: the last file's row
-        for row in (r for path in args.resume for r in _resumed_rows(path)):
-            unique.pop((row["task"], row["n"], row["lib"]), None)
-            unique[(row["task"], row["n"], row["lib"])] = row
         kind = {"NNGP": 0, "fit": 1, "matvec": 2}
 
         def order(row):
@@ -430,7 +426,7 @@ def main() -> None:
             kernel = next((i for i, k in enumerate(KERNELS) if f" {k} " in name), 0)
             return (kind.get(name.split()[0], 3), row["n"], kernel)
 
-        rows = sorted(unique.values(), key=order)
+        rows = sorted(_resumed(args.resume), key=order)
         write_table(rows, args, time.time(), os.getloadavg(), done=True)
         return
     cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(
@@ -447,7 +443,7 @@ def main() -> None:
     if nngp_sizes:
         run({"n": 500, "lib": "gpkern", "task": "nngp"}, cache, 600)
 
-    rows = [r for path in args.resume for r in _resumed_rows(path)]
+    rows = _resumed(args.resume)
     done_keys = {(r["task"], r["n"], r["lib"]) for r in rows}
     notes_extra = args.notes_extra = []
 
@@ -504,6 +500,16 @@ def main() -> None:
                 cfg = {"n": n, "lib": lib, "task": "matvec", "kernel": kernel}
                 record(f"matvec {kernel} (16 rhs)", n, lib, cfg, limit(lib))
     write_table(rows, args, start, load_before, done=True)
+
+
+def _resumed(paths: list) -> list:
+    """Rows of earlier runs, one per configuration (measured in several files: the last one)."""
+    unique = {}
+    for row in (r for path in paths for r in _resumed_rows(path)):
+        key = (row["task"], row["n"], row["lib"])
+        unique.pop(key, None)
+        unique[key] = row
+    return list(unique.values())
 
 
 def _resumed_rows(path: str) -> list:
