@@ -445,7 +445,6 @@ def main() -> None:
 
     rows = _resumed(args.resume)
     done_keys = {(r["task"], r["n"], r["lib"]) for r in rows}
-    notes_extra = args.notes_extra = []
 
     def record(task, n, lib, cfg, limit, note=""):
         if (task, n, lib) in done_keys:
@@ -481,14 +480,11 @@ def main() -> None:
                             "task": fit_task,
                             "n": n,
                             "lib": lib,
-                            "note": "",
+                            "note": "not run: unpreconditioned (its pivoted Cholesky needs a "
+                            "diagonal its KeOps kernels lack), its cost exceeds this run's "
+                            f"budget (--gpytorch-fit-max-n {args.gpytorch_fit_max_n:,})",
                             "error": "not run (see notes)",
                         }
-                    )
-                    notes_extra.append(
-                        f"GPyTorch's fit at n = {n:,} not run: unpreconditioned (its pivoted "
-                        "Cholesky needs a diagonal its KeOps kernels lack), its cost exceeds this "
-                        f"run's budget (--gpytorch-fit-max-n {args.gpytorch_fit_max_n:,})."
                     )
                 continue
             cfg = {"n": n, "lib": lib, "task": "fit", "iters": fit_iters}
@@ -593,7 +589,6 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
             f"{f(g, 'peak_mb', '{:.0f}')} | {f(p, 'peak_mb', '{:.0f}')} | {f(d, 'peak_mb', '{:.0f}')} | "
             f"{f(g, 'rmse', '{:.4f}')} | {f(p, 'rmse', '{:.4f}')} | {f(d, 'rmse', '{:.4f}')} |"
         )
-    notes += getattr(args, "notes_extra", [])
     if any(r.get("resumed") for r in rows):
         notes.append(
             'Rows marked `"resumed": true` were measured by an earlier, interrupted invocation '
