@@ -426,7 +426,7 @@ def main() -> None:
             kernel = next((i for i, k in enumerate(KERNELS) if f" {k} " in name), 0)
             return (kind.get(name.split()[0], 3), row["n"], kernel)
 
-        rows = sorted(_resumed(args.resume), key=order)
+        rows = sorted(_resumed(args.resume, keep_errors=True), key=order)
         write_table(rows, args, time.time(), os.getloadavg(), done=True)
         return
     cache = os.environ.get("GPKERN_BENCH_KEOPS_CACHE") or tempfile.mkdtemp(
@@ -498,17 +498,20 @@ def main() -> None:
     write_table(rows, args, start, load_before, done=True)
 
 
-def _resumed(paths: list) -> list:
-    """Rows of earlier runs, one per configuration (measured in several files: the last one)."""
+def _resumed(paths: list, keep_errors: bool = False) -> list:
+    """Rows of earlier runs, one per configuration (measured in several files: the last one).
+
+    Rows with an error (failed or skipped configurations) are dropped so that a resumed run
+    tries them again, unless ``keep_errors`` (``--table-only``, which runs nothing)."""
     unique = {}
-    for row in (r for path in paths for r in _resumed_rows(path)):
+    for row in (r for path in paths for r in _resumed_rows(path, keep_errors)):
         key = (row["task"], row["n"], row["lib"])
         unique.pop(key, None)
         unique[key] = row
     return list(unique.values())
 
 
-def _resumed_rows(path: str) -> list:
+def _resumed_rows(path: str, keep_errors: bool = False) -> list:
     """Raw rows of an earlier (interrupted) output of this script, marked as resumed.
 
     Only the first block of raw rows is read: in ``benchmarks/results/keops.md`` the blocks
@@ -523,7 +526,7 @@ def _resumed_rows(path: str) -> list:
                 continue
             if inside and line.startswith("{"):
                 row = json.loads(line)
-                if "error" not in row:  # failed or skipped configurations run again
+                if keep_errors or "error" not in row:
                     row.setdefault("resumed", True)
                     rows.append(row)
     return rows
