@@ -510,7 +510,7 @@ class DKMRegressor(BaseGPRegressor):
             grams_=grams,
             prior_grams_=prior,
             inducing_points_=inducing,
-            noise_=float(model.noise),
+            noise_=float(model.noise.detach()),
             objective_=obj_norm - n * float(np.log(state["_y_std"]).sum()),
             n_iter_=int(self.max_iter),
             widths_ratio_=model.nus[0] if len(set(model.nus)) == 1 else list(model.nus),

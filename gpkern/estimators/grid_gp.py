@@ -365,7 +365,7 @@ class GridGPRegressor(GPRegressor):
                 L, jitter = robust_cholesky(K, warn=True)
                 lml_n, alpha = gaussian_log_likelihood(L, Yt)
             posterior = ExactPosterior(
-                ProductAxisKernel(model), Xt, L, alpha, float(model.noise), jitter, float(lml_n)
+                ProductAxisKernel(model), Xt, L, alpha, float(model.noise.detach()), jitter, float(lml_n)
             )
             lml_n = float(lml_n)
         else:

@@ -243,7 +243,7 @@ class MultipleKernelRegressor(GPRegressor):
         state.update(
             kernel_=model.kernel,
             weights_=model.kernel.weights.detach().cpu().numpy().copy(),
-            noise_=float(model.noise),
+            noise_=float(model.noise.detach()),
             objective_history_=list(history),
             jitter_=posterior.jitter,
             log_marginal_likelihood_value_=lml,
