@@ -140,6 +140,11 @@ def test_single_precision_storage_gives_the_double_precision_factor_rounded(monk
     V = torch.randn(300, 3, generator=g, dtype=torch.float64)
     Fd = F32.double()  # exactly the stored values
     torch.testing.assert_close(rpcholesky.factor_matmul(F32, B), Fd @ B, rtol=1e-12, atol=1e-12)
+    G = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    expected = G - Fd @ B
+    out = rpcholesky.factor_matmul(F32, B, subtract_from=G)
+    assert out is G  # in place
+    torch.testing.assert_close(G, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rpcholesky.factor_t_matmul(F32, V), Fd.T @ V, rtol=1e-12,
                                atol=1e-12)
     torch.testing.assert_close(rpcholesky.factor_gram(F32, torch.float64), Fd.T @ Fd, rtol=1e-12,

@@ -42,8 +42,16 @@ def _row_blocks(F: torch.Tensor):  # (n, k) -> slices of rows
     return (slice(s, s + rows) for s in range(0, F.shape[0], rows))
 
 
-def factor_matmul(F: torch.Tensor, B: torch.Tensor) -> torch.Tensor:  # (n, k), (k, c) -> (n, c)
-    """:math:`F B` in ``B``'s (working) precision, upcasting a narrower ``F`` by row blocks.
+def factor_matmul(
+    F: torch.Tensor,  # (n, k)
+    B: torch.Tensor,  # (k, c)
+    *,
+    subtract_from: torch.Tensor | None = None,  # (n, c)
+) -> torch.Tensor:  # (n, c)
+    r""":math:`F B` in ``B``'s (working) precision, upcasting a narrower ``F`` by row blocks.
+
+    With ``subtract_from`` (a tensor :math:`G` in ``B``'s dtype), :math:`G \leftarrow G - F B`
+    in place, by row blocks, and :math:`G` is returned: no ``(n, c)`` temporary is made.
 
     Examples
     --------
@@ -51,7 +59,14 @@ def factor_matmul(F: torch.Tensor, B: torch.Tensor) -> torch.Tensor:  # (n, k), 
     >>> F, B = torch.randn(5, 2), torch.randn(2, 3, dtype=torch.float64)
     >>> torch.allclose(factor_matmul(F, B), F.double() @ B)
     True
+    >>> G = torch.ones(5, 3, dtype=torch.float64)
+    >>> torch.allclose(factor_matmul(F, B, subtract_from=G.clone()), G - F.double() @ B)
+    True
     """
+    if subtract_from is not None:
+        for rows in _row_blocks(F):
+            subtract_from[rows] -= F[rows].to(B.dtype) @ B
+        return subtract_from
     if F.dtype == B.dtype:
         return F @ B
     out = torch.empty(F.shape[0], B.shape[1], dtype=B.dtype, device=B.device)
@@ -179,10 +194,8 @@ def rp_cholesky(
         S = torch.unique(draws)  # sampling with replacement; repeats carry no new information
         S = S[torch.randperm(S.numel(), generator=generator).to(device)]
         G = columns(S).to(dtype)  # (n, b)
-        if k:  # Schur complement columns, in place by row blocks (no second (n, b) array)
-            B = F[S, :k].T.to(dtype)
-            for rows in _row_blocks(F):
-                G[rows] -= F[rows, :k].to(dtype) @ B
+        if k:  # Schur complement columns, in place (no second (n, b) array)
+            factor_matmul(F[:, :k], F[S, :k].T.to(dtype), subtract_from=G)
         H = G[S]  # (b, b)
         u = torch.rand(S.numel(), generator=generator, dtype=dtype).to(device)
         # Rejection: candidate j survives with probability (its residual given the candidates
