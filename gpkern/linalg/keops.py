@@ -179,14 +179,15 @@ def sq_dist(xi, xj, inv_lengthscale):
     ----------
     xi, xj : LazyTensor or torch.Tensor
         Operands of shape ``(n, 1, d)`` and ``(1, m, d)`` (or paired ``(n, d)``, ``(n, d)``).
-    inv_lengthscale : LazyTensor or torch.Tensor
-        :math:`1/\ell`, of size ``d`` or 1.
+    inv_lengthscale : LazyTensor, torch.Tensor or None
+        :math:`1/\ell`, of size ``d`` or 1; ``None`` when the inputs are already scaled.
 
     Returns
     -------
     r2 : LazyTensor or torch.Tensor of shape ``(n, m)`` (or ``(n,)`` when paired)
     """
-    return (((_whole(xi) - _whole(xj)) * inv_lengthscale) ** 2).sum(-1)
+    diff = _whole(xi) - _whole(xj)
+    return ((diff if inv_lengthscale is None else diff * inv_lengthscale) ** 2).sum(-1)
 
 
 def rbf(r2):
@@ -234,12 +235,13 @@ def periodic(xi, xj, pi_over_period, inv_lengthscale):
     ----------
     xi, xj : LazyTensor or torch.Tensor
         Operands, see :func:`sq_dist`.
-    pi_over_period : LazyTensor or torch.Tensor
-        :math:`\pi / p` (size ``d`` or 1).
+    pi_over_period : LazyTensor, torch.Tensor or None
+        :math:`\pi / p` (size ``d`` or 1); ``None`` when the inputs are already scaled by it.
     inv_lengthscale : LazyTensor or torch.Tensor
         :math:`1 / \ell` (size ``d`` or 1; GPyTorch divides by :math:`\ell`, not :math:`\ell^2`).
     """
-    s = ((_whole(xi) - _whole(xj)) * pi_over_period).sin()
+    diff = _whole(xi) - _whole(xj)
+    s = (diff if pi_over_period is None else diff * pi_over_period).sin()
     return ((s * s * inv_lengthscale).sum(-1) * -2.0).exp()
 
 
@@ -747,8 +749,7 @@ class _Stationary(KernelFormula):
 
     def evaluate(self, xi, xj, theta, start=0):
         if self.n_extra:
-            si, sj = _whole(_split(xi, self.n_extra)[1]), _whole(_split(xj, self.n_extra)[1])
-            r2 = ((si - sj) ** 2).sum(-1)
+            r2 = sq_dist(_split(xi, self.n_extra)[1], _split(xj, self.n_extra)[1], None)
         else:
             r2 = sq_dist(xi, xj, _slice(theta, start, self.n_ls))
         if self.kind == "rbf":
@@ -781,9 +782,7 @@ class _Periodic(KernelFormula):
     def evaluate(self, xi, xj, theta, start=0):
         inv_ls = _slice(theta, start + self.n_p, self.n_ls)
         if self.n_extra:
-            si, sj = _whole(_split(xi, self.n_extra)[1]), _whole(_split(xj, self.n_extra)[1])
-            s = (si - sj).sin()
-            return ((s * s * inv_ls).sum(-1) * -2.0).exp()
+            return periodic(_split(xi, self.n_extra)[1], _split(xj, self.n_extra)[1], None, inv_ls)
         return periodic(xi, xj, _slice(theta, start, self.n_p), inv_ls)
 
 
