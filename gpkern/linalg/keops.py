@@ -1426,7 +1426,7 @@ class KernelOperator(LinearOperator):
         d = max(1, self.x1.shape[-1] + self.formula.n_extra)
         rows = max(1, max_block_elements // max(1, x2.shape[0] * d))
         out = None  # filled in place: a list of blocks and its concatenation would hold it twice
-        for s in range(0, self.x1.shape[0], rows):
+        for s in range(0, max(self.x1.shape[0], 1), rows):  # one (empty) block when n = 0
             block = self.formula(self.x1[s : s + rows, None, :], x2[None, :, :], self.theta_vec)
             if out is None:
                 out = block.new_empty(self.x1.shape[0], x2.shape[0])
