@@ -544,14 +544,14 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: 2-core CPU"
         + (
             ""
-            if getattr(args, "table_only", False)
+            if args.table_only
             else f" (load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)"
         )
         + "; "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, no GPU. "
         + (
             "Table written from earlier runs' rows (--table-only)."
-            if getattr(args, "table_only", False)
+            if args.table_only
             else f"{'Total benchmark time' if done else 'PARTIAL (still running), elapsed'} "
             f"{time.time() - start:.0f} s{' (--quick)' if args.quick else ''}."
         ),
@@ -562,7 +562,7 @@ def write_table(rows, args, start, load_before, done: bool = False) -> None:
         "Peak memory is the whole process's ru_maxrss (Python + torch + pykeops baseline "
         "included). RMSE is against the noise-free function. Times are wall clock with the "
         "process CPU time beside them; on a loaded machine the CPU ratio is the fair one.",
-        *(["", args.header_note] if getattr(args, "header_note", None) else []),
+        *(["", args.header_note] if args.header_note else []),
         "",
         "| task | n | gpkern time (s) | gpkern CPU (s) | GPyTorch KeOps time (s) | GPyTorch CPU (s) | ratio GPyTorch/gpkern (wall) | ratio (CPU) | dense time (s) | gpkern peak MB | GPyTorch peak MB | dense peak MB | gpkern RMSE | GPyTorch RMSE | dense RMSE |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
