@@ -156,7 +156,6 @@ class TestKroneckerSumOperatorBatch(TestKroneckerSumOperator):
     batch = (2,)
 
 
-
 class TestKernelOperator(LinearOperatorTestCase, unittest.TestCase):
     """The lazy kernel matrix (torch backend: the same operator without a KeOps compile)."""
 
