@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import unittest
 
+import pytest
 import torch
 from linear_operator.test.linear_operator_test_case import (
     LinearOperatorTestCase,
@@ -46,6 +47,7 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
 
 class TestKroneckerOperator(LinearOperatorTestCase, unittest.TestCase):
     seed = 0
+    should_call_cg = False  # solves are mode products with the factor inverses
     sizes = (3, 2, 4)
     batch: tuple[int, ...] = ()
 
@@ -123,6 +125,11 @@ class TestKroneckerAddedDiagOperatorBatch(TestKroneckerAddedDiagOperator):
 class TestKroneckerAddedDiagOperatorFullDiag(TestKroneckerAddedDiagOperator):
     """A general positive diagonal: PCG in the Kronecker eigenbasis, stochastic log-determinant."""
 
+    # Without a constant diagonal there is no structured eigendecomposition: roots and
+    # eigendecompositions are linear_operator's Lanczos ones.
+    should_call_lanczos = True
+    should_call_lanczos_diagonalization = True
+
     def diag(self, g: torch.Generator) -> torch.Tensor:
         n = 1
         for s in self.sizes:
@@ -156,10 +163,40 @@ class TestKroneckerSumOperatorBatch(TestKroneckerSumOperator):
     batch = (2,)
 
 
+_NO_BATCH = pytest.mark.xfail(
+    reason="KernelOperator has no batch dimensions yet (its _expand_batch raises)",
+    raises=(RuntimeError, ValueError),
+    strict=True,
+)
+
+
 class TestKernelOperator(LinearOperatorTestCase, unittest.TestCase):
-    """The lazy kernel matrix (torch backend: the same operator without a KeOps compile)."""
+    """The lazy kernel matrix (torch backend: the same operator without a KeOps compile).
+
+    Known gaps are marked ``xfail(strict=True)``: they start failing the suite once fixed.
+    """
 
     seed = 0
+
+    @_NO_BATCH
+    def test_add(self):
+        super().test_add()
+
+    @_NO_BATCH
+    def test_cat_rows(self):
+        super().test_cat_rows()
+
+    @_NO_BATCH
+    def test_expand(self):
+        super().test_expand()
+
+    @_NO_BATCH
+    def test_reshape(self):
+        super().test_reshape()
+
+    @_NO_BATCH
+    def test_squeeze_unsqueeze(self):
+        super().test_squeeze_unsqueeze()
 
     def create_linear_op(self):
         import gpytorch

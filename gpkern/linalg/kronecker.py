@@ -849,6 +849,36 @@ class KroneckerOperator(LinearOperator):
     def to_dense(self) -> torch.Tensor:
         return kron_dense(self.factors)
 
+    def solve(
+        self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r""":math:`(\otimes_i K_i)^{-1} = \otimes_i K_i^{-1}`: mode products with the factor inverses."""
+        if any(f.shape[-1] != f.shape[-2] for f in self.factors):
+            return super().solve(right_tensor, left_tensor)
+        inverses = [
+            torch.linalg.inv(_symmetrised(f) if _is_symmetric(f) else f) for f in self.factors
+        ]
+        x = _batch_kron_matmul(inverses, right_tensor)
+        return x if left_tensor is None else left_tensor @ x
+
+    def inv_quad_logdet(self, inv_quad_rhs=None, logdet=False, reduce_inv_quad=True):
+        r""":math:`\log|\otimes_i K_i| = \sum_i (N / n_i) \log|K_i|`; the quadratic form by :meth:`solve`."""
+        if any(f.shape[-1] != f.shape[-2] for f in self.factors):
+            return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
+        quad = ld = None
+        if inv_quad_rhs is not None:
+            vector = inv_quad_rhs.ndim == 1
+            rhs = inv_quad_rhs[:, None] if vector else inv_quad_rhs
+            quad = (rhs * self.solve(rhs)).sum(-2)
+            quad = quad.sum(-1) if reduce_inv_quad or vector else quad
+        if logdet:
+            N = self.shape[-1]
+            ld = sum(
+                (N // f.shape[-1]) * torch.logdet(_symmetrised(f) if _is_symmetric(f) else f)
+                for f in self.factors
+            )
+        return quad, ld
+
     def add_diagonal(self, diag: torch.Tensor) -> KroneckerAddedDiagOperator:
         if not self.is_square:
             raise RuntimeError("add_diagonal is only defined for square operators.")
@@ -873,7 +903,8 @@ class KroneckerAddedDiagOperator(LinearOperator):
     A constant diagonal :math:`\sigma^2` uses the exact eigen path (:func:`kron_solve_logdet`;
     eigendecompositions, roots and inverse roots come from the factors' eigendecompositions
     too); a full diagonal uses PCG and stochastic Lanczos quadrature
-    (:func:`kron_diag_solve_logdet`). Both need symmetric positive semi-definite factors and a
+    (:func:`kron_diag_solve_logdet`), or a dense Cholesky for the log-determinant when
+    :math:`N` is at most ``linear_operator.settings.max_cholesky_size``. Both need symmetric positive semi-definite factors and a
     positive diagonal; otherwise linear_operator's generic algorithms are used, with a warning.
     Batched operators are solved one batch element at a time.
 
@@ -1022,13 +1053,16 @@ class KroneckerAddedDiagOperator(LinearOperator):
         return x if left_tensor is None else left_tensor @ x
 
     def logdet(self) -> torch.Tensor:
-        if not self._structured("logdet"):
-            return super().logdet()
-        zero = torch.zeros(self.shape[-1], 1, dtype=self.dtype, device=self.device)
-        return self._solve_logdet(zero, True)[1]
+        return self.inv_quad_logdet(logdet=True)[1]
 
     def inv_quad_logdet(self, inv_quad_rhs=None, logdet=False, reduce_inv_quad=True):
-        if not self._structured("inv_quad_logdet"):
+        from linear_operator import settings
+
+        # A full diagonal's log-determinant is a stochastic estimate: below linear_operator's
+        # max_cholesky_size the dense Cholesky is cheap and exact, as for every linear_operator.
+        small = logdet and not self._constant
+        small = small and self.shape[-1] <= settings.max_cholesky_size.value()
+        if small or not self._structured("inv_quad_logdet"):
             return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
         rhs = inv_quad_rhs
         if rhs is None:
