@@ -751,11 +751,14 @@ def _batch_kron_matmul(
 
 
 def _is_symmetric(f: torch.Tensor) -> bool:
-    """Symmetric up to round-off (kernel matrices built from distances may differ in the last bit)."""
+    """Symmetric up to round-off: kernel matrices computed from differences of large inputs
+    (e.g. periodic ones) can be asymmetric by far more than a few ulps; a truly non-symmetric
+    factor differs from its transpose at the scale of its entries."""
     if f.shape[-1] != f.shape[-2]:
         return False
     f = f.detach()
-    tol = 64 * torch.finfo(f.dtype).eps * f.abs().amax().clamp_min(torch.finfo(f.dtype).tiny)
+    info = torch.finfo(f.dtype)
+    tol = math.sqrt(info.eps) * f.abs().amax().clamp_min(info.tiny)
     return bool(((f - f.mT).abs() <= tol).all())
 
 
@@ -852,7 +855,7 @@ class KroneckerOperator(LinearOperator):
     def solve(
         self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None
     ) -> torch.Tensor:
-        r""":math:`(\otimes_i K_i)^{-1} = \otimes_i K_i^{-1}`: mode products with the factor inverses."""
+        r""":math:`(\otimes_i K_i)^{-1} = \otimes_i K_i^{-1}` (mode products, inverse factors)."""
         if any(f.shape[-1] != f.shape[-2] for f in self.factors):
             return super().solve(right_tensor, left_tensor)
         inverses = [
@@ -862,7 +865,7 @@ class KroneckerOperator(LinearOperator):
         return x if left_tensor is None else left_tensor @ x
 
     def inv_quad_logdet(self, inv_quad_rhs=None, logdet=False, reduce_inv_quad=True):
-        r""":math:`\log|\otimes_i K_i| = \sum_i (N / n_i) \log|K_i|`; the quadratic form by :meth:`solve`."""
+        r""":math:`\log|\otimes_i K_i| = \sum_i (N / n_i) \log|K_i|`; the rest by :meth:`solve`."""
         if any(f.shape[-1] != f.shape[-2] for f in self.factors):
             return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
         quad = ld = None
@@ -897,6 +900,9 @@ class KroneckerOperator(LinearOperator):
         return super().__add__(other)
 
 
+_DENSE_FALLBACK = "a dense O(N^3) LU factorisation"
+
+
 class KroneckerAddedDiagOperator(LinearOperator):
     r""":math:`K_1 \otimes \dots \otimes K_d + D` with fast solves and log-determinants.
 
@@ -904,9 +910,10 @@ class KroneckerAddedDiagOperator(LinearOperator):
     eigendecompositions, roots and inverse roots come from the factors' eigendecompositions
     too); a full diagonal uses PCG and stochastic Lanczos quadrature
     (:func:`kron_diag_solve_logdet`), or a dense Cholesky for the log-determinant when
-    :math:`N` is at most ``linear_operator.settings.max_cholesky_size``. Both need symmetric positive semi-definite factors and a
-    positive diagonal; otherwise linear_operator's generic algorithms are used, with a warning.
-    Batched operators are solved one batch element at a time.
+    :math:`N` is at most ``linear_operator.settings.max_cholesky_size``. Both need symmetric
+    positive semi-definite factors and a positive diagonal; otherwise linear_operator's generic
+    algorithms are used, with a warning. Batched operators are solved one batch element at a
+    time.
 
     Parameters
     ----------
@@ -996,7 +1003,7 @@ class KroneckerAddedDiagOperator(LinearOperator):
         )
 
     # -- structured algebra ----------------------------------------------------------------
-    def _structured(self, what: str) -> bool:
+    def _structured(self, what: str, fallback: str = "linear_operator's generic algorithm") -> bool:
         """Whether the fast paths hold (symmetric factors, positive diagonal); warn if not."""
         ok = all(_is_symmetric(f) for f in self.kron.factors) and bool(
             (self.diag_values.detach() > 0).all()
@@ -1004,8 +1011,8 @@ class KroneckerAddedDiagOperator(LinearOperator):
         if not ok:
             warnings.warn(
                 f"KroneckerAddedDiagOperator.{what}: the Kronecker factors are not symmetric or "
-                "the diagonal is not positive, so the eigen/PCG fast path does not apply; using "
-                "linear_operator's generic algorithm (dense Cholesky or CG), which is slower.",
+                f"the diagonal is not positive, so the eigen/PCG fast path does not apply; using "
+                f"{fallback}, which is much slower for large grids.",
                 stacklevel=3,
             )
         return ok
@@ -1045,8 +1052,13 @@ class KroneckerAddedDiagOperator(LinearOperator):
     def solve(
         self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if not self._structured("solve"):
-            return super().solve(right_tensor, left_tensor)
+        if not self._structured("solve", _DENSE_FALLBACK):
+            # linear_operator's own solve (Cholesky or CG) assumes a symmetric positive definite
+            # operator too; a dense LU solve is right for any invertible one.
+            rhs = right_tensor[:, None] if right_tensor.ndim == 1 else right_tensor
+            x = torch.linalg.solve(self.to_dense(), rhs)
+            x = x[..., 0] if right_tensor.ndim == 1 else x
+            return x if left_tensor is None else left_tensor @ x
         vector = right_tensor.ndim == 1
         x, _ = self._solve_logdet(right_tensor[:, None] if vector else right_tensor, False)
         x = x[..., 0] if vector else x
@@ -1060,9 +1072,17 @@ class KroneckerAddedDiagOperator(LinearOperator):
 
         # A full diagonal's log-determinant is a stochastic estimate: below linear_operator's
         # max_cholesky_size the dense Cholesky is cheap and exact, as for every linear_operator.
+        if not self._structured("inv_quad_logdet", _DENSE_FALLBACK):
+            dense = self.to_dense()
+            quad = None
+            if inv_quad_rhs is not None:
+                vector = inv_quad_rhs.ndim == 1
+                rhs = inv_quad_rhs[:, None] if vector else inv_quad_rhs
+                quad = (rhs * torch.linalg.solve(dense, rhs)).sum(-2)
+                quad = quad.sum(-1) if reduce_inv_quad or vector else quad
+            return quad, (torch.logdet(dense) if logdet else None)
         small = logdet and not self._constant
-        small = small and self.shape[-1] <= settings.max_cholesky_size.value()
-        if small or not self._structured("inv_quad_logdet"):
+        if small and self.shape[-1] <= settings.max_cholesky_size.value():
             return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
         rhs = inv_quad_rhs
         if rhs is None:
