@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 from linear_operator import LinearOperator
+from linear_operator.utils.memoize import cached
 
 __all__ = [
     "kron_matmul",
@@ -783,7 +784,8 @@ class KroneckerOperator(LinearOperator):
     Parameters
     ----------
     *factors : torch.Tensor of shape (*b_i, m_i, n_i)
-        Kronecker factors (square, symmetric and positive semi-definite for the fast solves).
+        Kronecker factors: square and invertible for :meth:`solve`; symmetric positive
+        semi-definite for the fast solves after :meth:`add_diagonal`.
 
     Examples
     --------
@@ -1070,8 +1072,6 @@ class KroneckerAddedDiagOperator(LinearOperator):
     def inv_quad_logdet(self, inv_quad_rhs=None, logdet=False, reduce_inv_quad=True):
         from linear_operator import settings
 
-        # A full diagonal's log-determinant is a stochastic estimate: below linear_operator's
-        # max_cholesky_size the dense Cholesky is cheap and exact, as for every linear_operator.
         if not self._structured("inv_quad_logdet", _DENSE_FALLBACK):
             dense = self.to_dense()
             quad = None
@@ -1081,6 +1081,8 @@ class KroneckerAddedDiagOperator(LinearOperator):
                 quad = (rhs * torch.linalg.solve(dense, rhs)).sum(-2)
                 quad = quad.sum(-1) if reduce_inv_quad or vector else quad
             return quad, (torch.logdet(dense) if logdet else None)
+        # A full diagonal's log-determinant is a stochastic estimate: below linear_operator's
+        # max_cholesky_size the dense Cholesky is cheap and exact, as for every linear_operator.
         small = logdet and not self._constant
         if small and self.shape[-1] <= settings.max_cholesky_size.value():
             return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
@@ -1115,11 +1117,13 @@ class KroneckerAddedDiagOperator(LinearOperator):
             evals = DiagLinearOperator(evals)
         return evals, (evecs if eigenvectors else None)
 
+    @cached(name="diagonalization")
     def diagonalization(self, method: str | None = None):
         if method not in (None, "symeig") or not self._eigen_path("diagonalization"):
             return super().diagonalization(method)
         return self._factor_eigh()
 
+    @cached(name="root_decomposition")
     def root_decomposition(self, method: str | None = None):
         if method not in (None, "symeig", "diagonalization") or not self._eigen_path(
             "root_decomposition"
@@ -1130,6 +1134,7 @@ class KroneckerAddedDiagOperator(LinearOperator):
         evals, Q = self._factor_eigh()
         return RootLinearOperator(Q @ DiagLinearOperator(evals.sqrt()))
 
+    @cached(name="root_inv_decomposition")
     def root_inv_decomposition(self, initial_vectors=None, test_vectors=None, method=None):
         if method not in (None, "symeig", "diagonalization") or not self._eigen_path(
             "root_inv_decomposition"
