@@ -12,6 +12,7 @@ import unittest
 
 import pytest
 import torch
+from linear_operator.operators import DiagLinearOperator
 from linear_operator.test.linear_operator_test_case import (
     LinearOperatorTestCase,
     RectangularLinearOperatorTestCase,
@@ -237,6 +238,12 @@ def test_factor_batch_shapes_broadcast():
     A_dense = dense + noise[..., None] * torch.eye(24)
     torch.testing.assert_close(A.solve(rhs), torch.linalg.solve(A_dense, rhs))
     torch.testing.assert_close(A.logdet(), torch.logdet(A_dense))
+    # A second diagonal merges into the first, keeping the structure.
+    extra = 0.1 + torch.rand(2, 3, 24, generator=g)
+    A2 = A + DiagLinearOperator(extra)
+    assert isinstance(A2, KroneckerAddedDiagOperator)
+    torch.testing.assert_close(A2.to_dense(), A_dense + torch.diag_embed(extra))
+    torch.testing.assert_close(A2.solve(rhs), torch.linalg.solve(A2.to_dense(), rhs))
     # An unbatched operator folds the right side's batch into columns.
     A0 = KroneckerOperator(*[f[(0,) * (f.ndim - 2)] for f in factors]).add_diagonal(noise[0])
     torch.testing.assert_close(A0.solve(rhs), torch.linalg.solve(A0.to_dense(), rhs))

@@ -1004,6 +1004,16 @@ class KroneckerAddedDiagOperator(LinearOperator):
             num_probes=self.num_probes,
         )
 
+    def __add__(self, other):
+        # A second diagonal (e.g. fixed plus learned noise) merges into this one.
+        from linear_operator.operators import ConstantDiagLinearOperator, DiagLinearOperator
+
+        if isinstance(other, ConstantDiagLinearOperator) and other.shape == self.shape:
+            return self.add_diagonal(other.diag_values)
+        if isinstance(other, DiagLinearOperator) and other.shape == self.shape:
+            return self.add_diagonal(other._diag)
+        return super().__add__(other)
+
     # -- structured algebra ----------------------------------------------------------------
     def _structured(self, what: str, fallback: str = "linear_operator's generic algorithm") -> bool:
         """Whether the fast paths hold (symmetric factors, positive diagonal); warn if not."""
