@@ -92,7 +92,9 @@ class Basis(ABC):
         """The feature matrix :math:`\\Phi(x)`, float64, shape ``(n, m)``."""
 
     @abstractmethod
-    def sample_measure(self, n: int, generator: torch.Generator | int | None = None) -> torch.Tensor:
+    def sample_measure(
+        self, n: int, generator: torch.Generator | int | None = None
+    ) -> torch.Tensor:
         r"""``n`` i.i.d. points from :math:`\mu`, shape ``(n, d)``."""
 
     def sample_squared(
@@ -129,9 +131,7 @@ class ProductBasis(Basis):
     reference: tuple[float, float]
     can_sample_squared = True
 
-    def __init__(
-        self, degree: int, dim: int = 1, index_set: str = "total", domain=None
-    ) -> None:
+    def __init__(self, degree: int, dim: int = 1, index_set: str = "total", domain=None) -> None:
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
             raise ValueError(f"degree must be a non-negative int, got {degree!r}.")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -160,7 +160,9 @@ class ProductBasis(Basis):
         while self._univariate_degree(count) <= self.degree:
             count += 1
         degrees = [self._univariate_degree(nu) for nu in range(count)]
-        size = count**self.dim if self.index_set == "tensor" else math.comb(count + self.dim, self.dim)
+        size = (
+            count**self.dim if self.index_set == "tensor" else math.comb(count + self.dim, self.dim)
+        )
         if size > _MAX_BASIS_SIZE:  # an upper bound for "total"
             raise ValueError(
                 f"the {self.index_set} index set of degree {self.degree} in dimension {self.dim} "
@@ -225,16 +227,25 @@ def _rejection(
     accept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     nu: torch.Tensor,
     gen: torch.Generator,
+    tries: int = 4,
 ) -> torch.Tensor:
-    """Rejection sampling, one draw per entry of ``nu``: propose, keep with probability
-    ``accept(t, nu)`` (which must lie in [0, 1]), repeat for the rejected entries."""
+    """Rejection sampling, one draw per entry of ``nu``: each entry's proposals are kept with
+    probability ``accept(t, nu)`` (in [0, 1]) and its first kept one is returned.
+
+    ``tries`` proposals per pending entry are made at once, so that a few rounds suffice.
+    """
     out = torch.empty(nu.numel(), dtype=torch.float64)
     todo = torch.arange(nu.numel())
     while todo.numel():
-        t = propose(todo.numel())
-        keep = torch.rand(todo.numel(), generator=gen, dtype=torch.float64) < accept(t, nu[todo])
-        out[todo[keep]] = t[keep]
-        todo = todo[~keep]
+        k = todo.numel()
+        t = propose(k * tries)
+        prob = accept(t, nu[todo].repeat_interleave(tries))
+        keep = (torch.rand(k * tries, generator=gen, dtype=torch.float64) < prob).reshape(k, tries)
+        t = t.reshape(k, tries)
+        first = keep.to(torch.int8).argmax(1)  # first kept proposal (0 if none)
+        done = keep.any(1)
+        out[todo[done]] = t[done, first[done]]
+        todo = todo[~done]
     return out
 
 

@@ -159,20 +159,26 @@ def sample_projection_dpp(
     m = basis.m
     E = torch.zeros(0, m, dtype=torch.float64)
     points = []
-    for i in range(m):
+    # Proposals are i.i.d. trials, each used once: draw them in pools of about twice the
+    # expected total m H_m, so that a DPP costs a few basis evaluations, not one per step.
+    pool_size = math.ceil(2 * m * sum(1.0 / j for j in range(1, m + 1))) + 8
+    x = phi = u = torch.zeros(0)
+    for _ in range(m):
         while True:
-            # m/(m - i) proposals are needed on average; draw about twice that at once
-            x = sample_optimal(basis, math.ceil(2 * m / (m - i)), gen)
-            phi = basis(x)
+            if x.shape[0] == 0:
+                x = sample_optimal(basis, pool_size, gen)
+                phi = basis(x)
+                u = torch.rand(x.shape[0], generator=gen, dtype=torch.float64)
             norm2 = (phi**2).sum(1)
             residual2 = (norm2 - ((phi @ E.T) ** 2).sum(1)).clamp_min(0.0)
-            u = torch.rand(x.shape[0], generator=gen, dtype=torch.float64)
             hits = torch.nonzero(u * norm2 < residual2)
             if hits.numel():
                 a = int(hits[0])
                 break
+            x = phi = u = torch.zeros(0)
         points.append(x[a])
         E = torch.cat([E, _orthonormal_residual(E, phi[a])[None]])
+        x, phi, u = x[a + 1 :], phi[a + 1 :], u[a + 1 :]
     return torch.stack(points)
 
 
@@ -201,8 +207,10 @@ def _select_eigenvectors(lam: torch.Tensor, k: int, generator: torch.Generator) 
         if remaining == 0:
             break
         # P(item n is in | `remaining` still to choose among 1..n) = lam_n e_{l-1}(1:n-1)/e_l(1:n)
-        p = 1.0 if remaining >= n else math.exp(
-            log_lam[n - 1] + E[remaining - 1, n - 1] - E[remaining, n]
+        p = (
+            1.0
+            if remaining >= n
+            else math.exp(log_lam[n - 1] + E[remaining - 1, n - 1] - E[remaining, n])
         )
         if u[n - 1] < p:
             chosen.append(n - 1)

@@ -10,7 +10,9 @@ import torch
 __all__ = ["as_generator"]
 
 
-def as_generator(generator: torch.Generator | int | np.random.RandomState | None) -> torch.Generator:
+def as_generator(
+    generator: torch.Generator | int | np.random.RandomState | None,
+) -> torch.Generator:
     """A CPU :class:`torch.Generator` from a generator, a seed or a scikit-learn ``random_state``.
 
     A :class:`torch.Generator` is returned as is (its draws advance the caller's state), an
