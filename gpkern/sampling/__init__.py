@@ -16,6 +16,13 @@ from gpkern.sampling.christoffel import (
 )
 from gpkern.sampling.dpp import sample_finite_projection_dpp, sample_kdpp, sample_projection_dpp
 from gpkern.sampling.generator import as_generator
+from gpkern.sampling.least_squares import (
+    WeightedLeastSquaresResult,
+    gram_deviation,
+    weighted_gram,
+    weighted_least_squares,
+)
+from gpkern.sampling.volume import sample_repeated_dpp, sample_volume_rescaled
 
 __all__ = [
     "Basis",
@@ -23,7 +30,9 @@ __all__ = [
     "LegendreBasis",
     "ProductBasis",
     "TrigonometricBasis",
+    "WeightedLeastSquaresResult",
     "as_generator",
+    "gram_deviation",
     "inverse_christoffel",
     "optimal_density",
     "optimal_weights",
@@ -31,4 +40,8 @@ __all__ = [
     "sample_kdpp",
     "sample_optimal",
     "sample_projection_dpp",
+    "sample_repeated_dpp",
+    "sample_volume_rescaled",
+    "weighted_gram",
+    "weighted_least_squares",
 ]
