@@ -56,7 +56,7 @@ def _as_box(domain, dim: int | None, default: tuple[float, float]) -> torch.Tens
 
 def _as_points(x, dim: int) -> torch.Tensor:  # (n, d)
     x = torch.as_tensor(x)
-    x = x.to(torch.float64) if not x.is_floating_point() or x.dtype != torch.float64 else x
+    x = x.to(torch.float64)
     if x.dim() == 1 and dim == 1:
         x = x[:, None]
     if x.dim() != 2 or x.shape[1] != dim:

@@ -109,7 +109,7 @@ def sample_finite_projection_dpp(
     if not torch.isfinite(features).all():
         raise ValueError("features contain NaN or inf.")
     gen = as_generator(generator)
-    Q = features.to(torch.float64) if features.is_floating_point() else features.double()
+    Q = features.to(torch.float64)
     Q = Q if orthonormal else _orthonormal_columns(Q)
     residual = (Q**2).sum(1)  # K_jj - sum_l <e_l, q_j>^2: the chain rule's unnormalised weights
     E = Q.new_zeros(0, m)
@@ -162,23 +162,25 @@ def sample_projection_dpp(
     # Proposals are i.i.d. trials, each used once: draw them in pools of about twice the
     # expected total m H_m, so that a DPP costs a few basis evaluations, not one per step.
     pool_size = math.ceil(2 * m * sum(1.0 / j for j in range(1, m + 1))) + 8
-    x = phi = u = torch.zeros(0)
+    x = phi = u = norm2 = residual2 = torch.zeros(0)
     for _ in range(m):
         while True:
             if x.shape[0] == 0:
                 x = sample_optimal(basis, pool_size, gen)
                 phi = basis(x)
                 u = torch.rand(x.shape[0], generator=gen, dtype=torch.float64)
-            norm2 = (phi**2).sum(1)
-            residual2 = (norm2 - ((phi @ E.T) ** 2).sum(1)).clamp_min(0.0)
+                norm2 = (phi**2).sum(1)
+                residual2 = norm2 - ((phi @ E.T) ** 2).sum(1)
             hits = torch.nonzero(u * norm2 < residual2)
             if hits.numel():
                 a = int(hits[0])
                 break
-            x = phi = u = torch.zeros(0)
+            x = torch.zeros(0)
         points.append(x[a])
-        E = torch.cat([E, _orthonormal_residual(E, phi[a])[None]])
-        x, phi, u = x[a + 1 :], phi[a + 1 :], u[a + 1 :]
+        e = _orthonormal_residual(E, phi[a])
+        E = torch.cat([E, e[None]])
+        x, phi, u, norm2 = x[a + 1 :], phi[a + 1 :], u[a + 1 :], norm2[a + 1 :]
+        residual2 = residual2[a + 1 :] - (phi @ e) ** 2  # ||(I - Pi_i) phi||^2, updated
     return torch.stack(points)
 
 
