@@ -204,7 +204,8 @@ class SNNKLayer(torch.nn.Module):
         xa = self._augment(x)
         wa = self._weights_augmented()
         if self.activation == "relu":
-            return arccos_kernel((xa * xa).sum(-1, keepdim=True), xa @ wa.mT, (wa * wa).sum(-1), order=1)
+            gx, gw = (xa * xa).sum(-1, keepdim=True), (wa * wa).sum(-1)
+            return arccos_kernel(gx, xa @ wa.mT, gw, order=1)
         z = xa @ wa.mT
         return {
             "cos": torch.cos,

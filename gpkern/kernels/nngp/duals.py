@@ -71,7 +71,9 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     tensor([2., 0., 0.])
     """
     pos = x > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+    return torch.where(
+        pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x)
+    )
 
 
 def arccos_angle(sigma11, sigma12, sigma22) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +216,9 @@ def arccos_correlation(rho: torch.Tensor, order: int = 1) -> torch.Tensor:
     return arccos_kernel(one, rho, one, order)
 
 
-def abrelu_dual_and_dot(sigma11, sigma12, sigma22, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:
+def abrelu_dual_and_dot(
+    sigma11, sigma12, sigma22, a: float, b: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Dual and derivative dual of :math:`\phi(z) = a\min(z, 0) + b\max(z, 0)`, together.
 
     With :math:`\theta` and :math:`\sqrt{\Sigma_{11}\Sigma_{22} - \Sigma_{12}^2}` from
@@ -270,7 +274,9 @@ def abrelu_dual_and_dot(sigma11, sigma12, sigma22, a: float, b: float) -> tuple[
     root = torch.addcmul(prod.mul_(1 - tiny), sigma12, sigma12, value=-1).clamp_min_(0).sqrt_()
     theta = torch.atan2(root, sigma12)
     if not (bool((sigma11 > 0).all()) and bool((sigma22 > 0).all())):
-        theta = torch.where((root == 0) & (sigma12 == 0), torch.full_like(theta, math.pi / 2), theta)
+        theta = torch.where(
+            (root == 0) & (sigma12 == 0), torch.full_like(theta, math.pi / 2), theta
+        )
     dot = theta.mul_(-f).add_(half)
     return torch.addcmul(root.mul_(f), dot, sigma12), dot
 
@@ -316,7 +322,9 @@ def abrelu_dual_diag(sigma11, a: float, b: float) -> torch.Tensor:
     return (a**2 + b**2) / 2 * sigma11
 
 
-def erf_dual(sigma11, sigma12, sigma22, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> torch.Tensor:
+def erf_dual(
+    sigma11, sigma12, sigma22, a: float = 1.0, b: float = 1.0, c: float = 0.0
+) -> torch.Tensor:
     r"""Dual of :math:`\phi(z) = a\,\mathrm{erf}(bz) + c` (Williams, 1997): the arcsine kernel.
 
     .. math::
@@ -374,7 +382,8 @@ def erf_dual_dot(sigma11, sigma12, sigma22, a: float = 1.0, b: float = 1.0) -> t
 
 
 def erf_dual_diag(sigma11, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> torch.Tensor:
-    r""":math:`\mathbb{E}[\phi(u)^2] = a^2\frac{2}{\pi}\arcsin\frac{2b^2\Sigma_{11}}{1 + 2b^2\Sigma_{11}} + c^2`.
+    r"""Dual of :math:`a\,\mathrm{erf}(bz) + c` on the diagonal:
+    :math:`a^2\frac{2}{\pi}\arcsin\frac{2b^2\Sigma_{11}}{1 + 2b^2\Sigma_{11}} + c^2`.
 
     Examples
     --------
@@ -417,11 +426,14 @@ def gelu_dual(sigma11, sigma12, sigma22) -> torch.Tensor:
     tensor(0., dtype=torch.float64)
     """
     q, d2, d, beta = _gelu_terms(sigma11, sigma12, sigma22)
-    return sigma12 / 4 + ((sigma12**2 + sigma11 * sigma22 * d2) / (q * d) + sigma12 * beta) / (2 * math.pi)
+    return sigma12 / 4 + ((sigma12**2 + sigma11 * sigma22 * d2) / (q * d) + sigma12 * beta) / (
+        2 * math.pi
+    )
 
 
 def gelu_dual_dot(sigma11, sigma12, sigma22) -> torch.Tensor:
-    r"""Derivative dual of the exact GELU, as :math:`\partial\,\mathbb{E}[\phi\phi]/\partial\Sigma_{12}`.
+    r"""Derivative dual of the exact GELU, as
+    :math:`\partial\,\mathbb{E}[\phi(u)\phi(v)]/\partial\Sigma_{12}`.
 
     With the notation of :func:`gelu_dual`,
 

@@ -224,7 +224,8 @@ class Activation(Layer):
         \Theta'_{12} = \Theta_{12}\, \mathbb{E}[\phi'(u)\phi'(v)].
 
     Subclasses implement :meth:`nngp` and :meth:`ntk_factor` as broadcasting functions of
-    :math:`(\Sigma_{11}, \Sigma_{12}, \Sigma_{22})`.
+    :math:`(\Sigma_{11}, \Sigma_{12}, \Sigma_{22})`; the closed forms live in
+    :mod:`gpkern.kernels.nngp.duals`.
     """
 
     def nngp(self, sigma11, sigma12, sigma22):
