@@ -76,6 +76,14 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _needs_grad(*tensors) -> bool:
+    return any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
+
+
+def _positive(x) -> bool:
+    return bool((torch.as_tensor(x) > 0).all())
+
+
 def arccos_angle(sigma11, sigma12, sigma22) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Angle :math:`\theta = \arccos(\Sigma_{12}/\sqrt{\Sigma_{11}\Sigma_{22}})` and
     :math:`\sqrt{\Sigma_{11}\Sigma_{22} - \Sigma_{12}^2} = \sqrt{\Sigma_{11}\Sigma_{22}}\sin\theta`.
@@ -97,8 +105,8 @@ def arccos_angle(sigma11, sigma12, sigma22) -> tuple[torch.Tensor, torch.Tensor]
 
     Parameters
     ----------
-    sigma11, sigma12, sigma22 : torch.Tensor
-        Variances and covariance, broadcastable.
+    sigma11, sigma12, sigma22 : torch.Tensor or float
+        Variances and covariance, broadcastable (``sigma12`` a tensor).
 
     Returns
     -------
@@ -120,7 +128,15 @@ def arccos_angle(sigma11, sigma12, sigma22) -> tuple[torch.Tensor, torch.Tensor]
     # Rounding leaves |rho| = 1 pairs (a point with itself) with a gap of order eps * prod, whose
     # square root would move theta by sqrt(eps); snap gaps at that level to exactly zero.
     tiny = 64 * torch.finfo(gap.dtype).eps
-    root = safe_sqrt(torch.where(gap <= tiny * prod, torch.zeros_like(gap), gap))
+    snap = gap <= tiny * prod
+    if not (torch.is_grad_enabled() and _needs_grad(sigma11, sigma12, sigma22)):
+        # inference: the same values in place, without the gradient guards
+        root = gap.clamp_min_(0).sqrt_().masked_fill_(snap, 0)
+        theta = torch.atan2(root, sigma12)
+        if not (_positive(sigma11) and _positive(sigma22)):
+            theta.masked_fill_((root == 0) & (sigma12 == 0), math.pi / 2)
+        return theta, root
+    root = safe_sqrt(torch.where(snap, torch.zeros_like(gap), gap))
     # atan2(0, 0) (a zero-variance input) has a NaN gradient: treat it as orthogonal.
     zero = (root == 0) & (sigma12 == 0)
     x = torch.where(zero, torch.ones_like(sigma12), sigma12)
@@ -171,12 +187,13 @@ def arccos_kernel(sigma11, sigma12, sigma22, order: int = 1) -> torch.Tensor:
     >>> arccos_kernel(s11, torch.tensor(0.0, dtype=torch.float64), s22, order=1)  # 2 / pi
     tensor(0.6366, dtype=torch.float64)
     """
+    sigma12 = torch.as_tensor(sigma12)
     theta, root = arccos_angle(sigma11, sigma12, sigma22)
     rest = math.pi - theta
     if order == 0:
         return rest / math.pi
     if order == 1:
-        return (root + rest * sigma12) / math.pi
+        return torch.addcmul(root, rest, sigma12) / math.pi
     if order == 2:
         return (3 * root * sigma12 + rest * (sigma11 * sigma22 + 2 * sigma12**2)) / math.pi
     raise ValueError(f"arc-cosine kernel order must be 0, 1 or 2, got {order!r}.")
@@ -199,6 +216,7 @@ def arccos_correlation(rho: torch.Tensor, order: int = 1) -> torch.Tensor:
     rho : torch.Tensor
         Correlations (cosines), any shape.
     order : {0, 1, 2}, default=1
+        Degree :math:`n`.
 
     Returns
     -------
@@ -211,9 +229,7 @@ def arccos_correlation(rho: torch.Tensor, order: int = 1) -> torch.Tensor:
     >>> arccos_correlation(torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64), order=0)
     tensor([0.0000, 0.5000, 1.0000], dtype=torch.float64)
     """
-    rho = rho.clamp(-1.0, 1.0)
-    one = torch.ones_like(rho)
-    return arccos_kernel(one, rho, one, order)
+    return arccos_kernel(1.0, rho.clamp(-1.0, 1.0), 1.0, order)
 
 
 def abrelu_dual_and_dot(
@@ -263,9 +279,7 @@ def abrelu_dual_and_dot(
     sigma12 = torch.as_tensor(sigma12)
     f = (a - b) ** 2 / (2 * math.pi)
     half = (a**2 + b**2) / 2
-    if torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (sigma11, sigma12, sigma22)
-    ):
+    if torch.is_grad_enabled() and _needs_grad(sigma11, sigma12, sigma22):
         theta, root = arccos_angle(sigma11, sigma12, sigma22)
         dot = half - f * theta
         return f * root + dot * sigma12, dot
