@@ -36,6 +36,7 @@ from typing import NamedTuple
 import gpytorch
 import torch
 
+from gpkern.kernels.nngp.duals import arccos_kernel
 from gpkern.linalg.cholesky import cholesky_logdet, gaussian_log_likelihood, robust_cholesky
 
 __all__ = [
@@ -67,7 +68,8 @@ def relu_gram_map(
 
     This is :math:`2\,\mathbb{E}[\mathrm{relu}(u)\,\mathrm{relu}(v)]` for
     :math:`(u, v) \sim \mathcal{N}(0, G)`, the ReLU layer of neural-tangents with
-    :math:`W^2 = 2` (so :math:`K(G)_{ii} = g_i`).
+    :math:`W^2 = 2` (so :math:`K(G)_{ii} = g_i`): the arc-cosine kernel of degree one,
+    :func:`~gpkern.kernels.nngp.duals.arccos_kernel`.
 
     Examples
     --------
@@ -77,12 +79,7 @@ def relu_gram_map(
     tensor([[1.0000, 0.6366],
             [0.6366, 4.0000]], dtype=torch.float64)
     """
-    eps = 1e-12 if G.dtype == torch.float64 else 1e-6
-    norm = torch.sqrt((g1.unsqueeze(-1) * g2.unsqueeze(-2)).clamp_min(eps))
-    # Clamp away from +-1: arccos has an infinite derivative there (the diagonal of a Gram).
-    cos = (G / norm).clamp(-1.0 + eps, 1.0 - eps)
-    theta = torch.arccos(cos)
-    return norm * (torch.sqrt(1.0 - cos * cos) + (math.pi - theta) * cos) / math.pi
+    return arccos_kernel(g1.unsqueeze(-1), G, g2.unsqueeze(-2), order=1)
 
 
 def se_gram_map(

@@ -30,6 +30,7 @@ import numbers
 
 import torch
 
+from gpkern.kernels.nngp.duals import arccos_kernel
 from gpkern.kernels.random_features import (
     arccos_features,
     check_n_features,
@@ -203,11 +204,8 @@ class SNNKLayer(torch.nn.Module):
         xa = self._augment(x)
         wa = self._weights_augmented()
         if self.activation == "relu":
-            nx = xa.norm(dim=-1, keepdim=True)
-            nw = wa.norm(dim=-1)
-            cos = ((xa @ wa.mT) / (nx * nw)).clamp(-1.0, 1.0)
-            theta = torch.arccos(cos)
-            return nx * nw / math.pi * (torch.sin(theta) + (math.pi - theta) * cos)
+            gx, gw = (xa * xa).sum(-1, keepdim=True), (wa * wa).sum(-1)
+            return arccos_kernel(gx, xa @ wa.mT, gw, order=1)
         z = xa @ wa.mT
         return {
             "cos": torch.cos,

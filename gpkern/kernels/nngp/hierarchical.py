@@ -33,6 +33,7 @@ import torch
 
 from gpkern.kernels.nngp.architecture import Serial, serial
 from gpkern.kernels.nngp.conv import Conv, Flatten
+from gpkern.kernels.nngp.duals import arccos_correlation
 from gpkern.kernels.nngp.layers import ABRelu
 
 __all__ = [
@@ -45,23 +46,16 @@ __all__ = [
 ]
 
 
-def _snap(t: torch.Tensor) -> torch.Tensor:
-    # cosines within rounding of +-1 (a patch with itself) are exactly +-1: arccos there
-    # would turn an eps-sized error into a sqrt(eps)-sized one
-    tiny = 64 * torch.finfo(t.dtype).eps
-    t = t.clamp(-1.0, 1.0)
-    return torch.where(t.abs() > 1 - tiny, t.sign(), t)
-
-
 def kappa0(t: torch.Tensor) -> torch.Tensor:
-    r""":math:`\kappa_0(t) = (\pi - \arccos t)/\pi`."""
-    return (math.pi - torch.acos(_snap(t))) / math.pi
+    r""":math:`\kappa_0(t) = (\pi - \arccos t)/\pi`
+    (:func:`~gpkern.kernels.nngp.duals.arccos_correlation` of order 0)."""
+    return arccos_correlation(t, 0)
 
 
 def kappa1(t: torch.Tensor) -> torch.Tensor:
-    r""":math:`\kappa_1(t) = (\sqrt{1 - t^2} + (\pi - \arccos t)\,t)/\pi`."""
-    t = _snap(t)
-    return (torch.sqrt((1 - t * t).clamp_min(0.0)) + (math.pi - torch.acos(t)) * t) / math.pi
+    r""":math:`\kappa_1(t) = (\sqrt{1 - t^2} + (\pi - \arccos t)\,t)/\pi`
+    (:func:`~gpkern.kernels.nngp.duals.arccos_correlation` of order 1)."""
+    return arccos_correlation(t, 1)
 
 
 def _check_filters(filter_sizes) -> tuple[int, ...]:

@@ -30,6 +30,14 @@ from dataclasses import dataclass
 import gpytorch
 import torch
 
+from gpkern.kernels.nngp.duals import (
+    arccos_correlation,
+    erf_dual,
+    erf_dual_dot,
+    sine_dual,
+    sine_dual_dot,
+)
+
 __all__ = [
     "DualActivation",
     "dual_activation",
@@ -71,13 +79,27 @@ class DualActivation:
 
 
 def _relu_fn(rho):
-    rho = rho.clamp(-1.0, 1.0)
-    theta = torch.acos(rho)
-    return (torch.sqrt((1 - rho**2).clamp_min(0)) + (math.pi - theta) * rho) / math.pi
+    return arccos_correlation(rho, 1)
 
 
 def _relu_der(rho):
-    return (math.pi - torch.acos(rho.clamp(-1.0, 1.0))) / math.pi
+    return arccos_correlation(rho, 0)
+
+
+def _normalised(dual, dual_dot, **params):
+    # (xi, xi') of a unit-variance dual divided by its value at rho = 1, so that xi(1) = 1
+    one = torch.tensor(1.0, dtype=torch.float64)
+    scale = float(dual(one, one, one, **params))
+
+    def fn(rho):
+        ones = torch.ones_like(rho)
+        return dual(ones, rho.clamp(-1.0, 1.0), ones, **params) / scale
+
+    def der(rho):
+        ones = torch.ones_like(rho)
+        return dual_dot(ones, rho.clamp(-1.0, 1.0), ones, **params) / scale
+
+    return fn, der
 
 
 def _poly(coeffs: dict[int, float]):
@@ -115,17 +137,11 @@ def dual_activation(name: str, a: float = 1.0, coeffs: dict[int, float] | None =
     if name == "relu":
         return DualActivation("relu", _relu_fn, _relu_der)
     if name == "erf":
-        s = math.asin(2 / 3)
-        return DualActivation(
-            "erf",
-            lambda r: torch.asin(2 * r.clamp(-1, 1) / 3) / s,
-            lambda r: (2 / 3) / torch.sqrt(1 - 4 * r.clamp(-1, 1) ** 2 / 9) / s,
-        )
+        return DualActivation("erf", *_normalised(erf_dual, erf_dual_dot))
     if name == "sine":
         if isinstance(a, bool) or not isinstance(a, numbers.Real) or not (a > 0 and math.isfinite(a)):
             raise ValueError(f"sine dual needs a finite a > 0, got {a!r}.")
-        sh = math.sinh(a)
-        return DualActivation(f"sine_{a:g}", lambda r: torch.sinh(a * r) / sh, lambda r: a * torch.cosh(a * r) / sh)
+        return DualActivation(f"sine_{a:g}", *_normalised(sine_dual, sine_dual_dot, w=math.sqrt(a)))
     if name.startswith("optimal"):
         try:
             d = int(name[len("optimal") :])

@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from gpkern.kernels.nngp import duals
+
 __all__ = [
     "KernelState",
     "Layer",
@@ -222,7 +224,8 @@ class Activation(Layer):
         \Theta'_{12} = \Theta_{12}\, \mathbb{E}[\phi'(u)\phi'(v)].
 
     Subclasses implement :meth:`nngp` and :meth:`ntk_factor` as broadcasting functions of
-    :math:`(\Sigma_{11}, \Sigma_{12}, \Sigma_{22})`.
+    :math:`(\Sigma_{11}, \Sigma_{12}, \Sigma_{22})`; the closed forms live in
+    :mod:`gpkern.kernels.nngp.duals`.
     """
 
     def nngp(self, sigma11, sigma12, sigma22):
@@ -265,33 +268,6 @@ class Activation(Layer):
         return self.nngp(a, var, b)
 
 
-def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """:math:`\\sqrt{\\max(x, 0)}` with a zero (not infinite) gradient at 0."""
-    pos = x > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
-
-
-def _angle(sigma11, sigma12, sigma22):
-    r"""Angle :math:`\theta = \arccos(\Sigma_{12}/\sqrt{\Sigma_{11}\Sigma_{22}})` and
-    :math:`\sqrt{\Sigma_{11}\Sigma_{22} - \Sigma_{12}^2}`, stable at :math:`\theta = 0, \pi`.
-
-    ``atan2`` keeps full precision near :math:`|\rho| = 1` where ``arccos`` loses half the
-    digits, and with :func:`_safe_sqrt` the gradients stay finite on the diagonal.
-    """
-    sigma12 = torch.as_tensor(sigma12)
-    prod = sigma11 * sigma22
-    gap = prod - sigma12**2
-    # Rounding leaves |rho| = 1 pairs (a point with itself) with a gap of order eps * prod, whose
-    # square root would move theta by sqrt(eps); snap gaps at that level to exactly zero.
-    tiny = 64 * torch.finfo(gap.dtype).eps
-    root = _safe_sqrt(torch.where(gap <= tiny * prod, torch.zeros_like(gap), gap))
-    # atan2(0, 0) (a zero-variance input) has a NaN gradient: treat it as orthogonal.
-    zero = (root == 0) & (sigma12 == 0)
-    x = torch.where(zero, torch.ones_like(sigma12), sigma12)
-    theta = torch.where(zero, torch.full_like(root, math.pi / 2), torch.atan2(root, x))
-    return theta, root
-
-
 class ABRelu(Activation):
     r""":math:`\phi(x) = a \min(x, 0) + b \max(x, 0)` (arc-cosine kernel of degree 1).
 
@@ -320,39 +296,18 @@ class ABRelu(Activation):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b})"
 
-    def _dot(self, theta):
-        return (self.a**2 + self.b**2) / 2 - (self.a - self.b) ** 2 * theta / (2 * math.pi)
-
     def nngp(self, sigma11, sigma12, sigma22):
-        return self.nngp_and_factor(sigma11, sigma12, sigma22, False)[0]
+        return duals.abrelu_dual(sigma11, sigma12, sigma22, self.a, self.b)
 
     def nngp_and_factor(self, sigma11, sigma12, sigma22, need_factor: bool):
-        f = (self.a - self.b) ** 2 / (2 * math.pi)
-        if torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in (sigma11, sigma12, sigma22)
-        ):
-            theta, root = _angle(sigma11, sigma12, sigma22)
-            dot = self._dot(theta)
-            return f * root + dot * sigma12, (dot if need_factor else None)
-        # Inference path: the same formula in a few fused, in-place passes (this map dominates
-        # the cost of a dense architecture). Subtracting tiny * prod from the gap snaps
-        # rounding-level gaps to zero, as _angle does, and moves others by < 1e-12 relative.
-        tiny = 64 * torch.finfo(sigma12.dtype).eps
-        prod = sigma11 * sigma22
-        root = torch.addcmul(prod.mul_(1 - tiny), sigma12, sigma12, value=-1).clamp_min_(0).sqrt_()
-        theta = torch.atan2(root, sigma12)
-        if not (bool((sigma11 > 0).all()) and bool((sigma22 > 0).all())):
-            theta = torch.where((root == 0) & (sigma12 == 0), torch.full_like(theta, math.pi / 2), theta)
-        dot = theta.mul_(-f).add_((self.a**2 + self.b**2) / 2)
-        value = torch.addcmul(root.mul_(f), dot, sigma12)
+        value, dot = duals.abrelu_dual_and_dot(sigma11, sigma12, sigma22, self.a, self.b)
         return value, (dot if need_factor else None)
 
     def ntk_factor(self, sigma11, sigma12, sigma22):
-        theta, _ = _angle(sigma11, sigma12, sigma22)
-        return self._dot(theta)
+        return duals.abrelu_dual_dot(sigma11, sigma12, sigma22, self.a, self.b)
 
     def nngp_diag(self, sigma11):
-        return (self.a**2 + self.b**2) / 2 * sigma11
+        return duals.abrelu_dual_diag(sigma11, self.a, self.b)
 
 
 class Relu(ABRelu):
@@ -414,19 +369,13 @@ class Erf(Activation):
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
 
     def nngp(self, sigma11, sigma12, sigma22):
-        b2 = self.b**2
-        denom = torch.sqrt((1 + 2 * b2 * sigma11) * (1 + 2 * b2 * sigma22))
-        ratio = (2 * b2 * sigma12 / denom).clamp(-1.0, 1.0)
-        return self.a**2 * (2 / math.pi) * torch.asin(ratio) + self.c**2
+        return duals.erf_dual(sigma11, sigma12, sigma22, self.a, self.b, self.c)
 
     def ntk_factor(self, sigma11, sigma12, sigma22):
-        b2 = self.b**2
-        det = (1 + 2 * b2 * sigma11) * (1 + 2 * b2 * sigma22) - 4 * b2**2 * sigma12**2
-        return self.a**2 * b2 * (4 / math.pi) / torch.sqrt(det)
+        return duals.erf_dual_dot(sigma11, sigma12, sigma22, self.a, self.b)
 
     def nngp_diag(self, sigma11):
-        b2 = self.b**2
-        return self.a**2 * (2 / math.pi) * torch.asin(2 * b2 * sigma11 / (1 + 2 * b2 * sigma11)) + self.c**2
+        return duals.erf_dual_diag(sigma11, self.a, self.b, self.c)
 
 
 class Gelu(Activation):
@@ -447,19 +396,10 @@ class Gelu(Activation):
     """
 
     def nngp(self, sigma11, sigma12, sigma22):
-        q = (1 + sigma11) * (1 + sigma22)
-        d2 = q - sigma12**2
-        d = torch.sqrt(d2)
-        beta = torch.atan2(sigma12, d)
-        return sigma12 / 4 + ((sigma12**2 + sigma11 * sigma22 * d2) / (q * d) + sigma12 * beta) / (2 * math.pi)
+        return duals.gelu_dual(sigma11, sigma12, sigma22)
 
     def ntk_factor(self, sigma11, sigma12, sigma22):
-        q = (1 + sigma11) * (1 + sigma22)
-        d2 = q - sigma12**2
-        d = torch.sqrt(d2)
-        beta = torch.atan2(sigma12, d)
-        first = (1 / d2 + (1 - sigma11 * sigma22) / q + 1) * sigma12 / d / (2 * math.pi)
-        return 0.25 + beta / (2 * math.pi) + first
+        return duals.gelu_dual_dot(sigma11, sigma12, sigma22)
 
 
 class Elementwise(Activation):
@@ -533,11 +473,11 @@ class Elementwise(Activation):
     def _expect_flat(self, f: Callable, sigma11, sigma12, sigma22):  # (k,) x 3 -> (k,)
         z = self._z.to(sigma12)
         w = self._w.to(sigma12)
-        s1, s2 = _safe_sqrt(sigma11), _safe_sqrt(sigma22)
+        s1, s2 = duals.safe_sqrt(sigma11), duals.safe_sqrt(sigma22)
         denom = s1 * s2
         safe = torch.where(denom > 0, denom, torch.ones_like(denom))
         rho = torch.where(denom > 0, sigma12 / safe, torch.zeros_like(denom)).clamp(-1, 1)
-        perp = _safe_sqrt(1 - rho**2)
+        perp = duals.safe_sqrt(1 - rho**2)
         u = s1[..., None] * z  # (..., m)
         fu = f(u)
         # v over the (i, j) grid, contracted over j first to keep memory at O(m^2) per entry.
