@@ -189,3 +189,23 @@ def test_stochastic_logdet_float32_agrees():
     assert est32.value.dtype == torch.float32
     torch.testing.assert_close(est32.value.double(), torch.logdet(A), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(est64.value, torch.logdet(A), rtol=1e-6, atol=1e-6)
+
+
+def test_batched_columns_run_their_own_recursion():
+    # a batch gives each column exactly what a run on that column alone gives: the same
+    # solution and a tridiagonal padded by an identity block decoupled from the first one
+    A = _spd(40, cond_scale=2.0, seed=15)
+    g = torch.Generator().manual_seed(16)
+    lam, Q = torch.linalg.eigh(A)
+    B = torch.stack([Q[:, :3].sum(1), torch.randn(40, generator=g, dtype=torch.float64)], 1)
+    batch = pcg(lambda V: A @ V, B, tol=1e-2, tridiag=True)
+    for j in range(2):
+        alone = pcg(lambda V: A @ V, B[:, j : j + 1], tol=1e-2, tridiag=True)
+        m = alone.n_iter
+        torch.testing.assert_close(batch.solution[:, j], alone.solution[:, 0])
+        T = batch.tridiag[j]
+        torch.testing.assert_close(T[:m, :m], alone.tridiag[0])
+        rest = batch.n_iter - m
+        torch.testing.assert_close(T[m:, m:], torch.eye(rest, dtype=T.dtype))
+        assert (T[:m, m:] == 0).all() and (T[m:, :m] == 0).all()
+    assert batch.n_iter > 3 >= pcg(lambda V: A @ V, B[:, :1], tol=1e-2).n_iter
