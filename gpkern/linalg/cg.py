@@ -6,7 +6,8 @@ and a preconditioner :math:`V \mapsto P^{-1} V`:
 
 * :func:`pcg` solves :math:`A X = B` for every column of :math:`B` at once (one batched
   product per iteration), optionally keeping the first search directions and returning the
-  Lanczos tridiagonal of :math:`P^{-1} A` started at each column (Gardner et al., 2018);
+  Lanczos tridiagonal of :math:`P^{-1/2} A P^{-1/2}` started at :math:`P^{-1/2} b` for each
+  column :math:`b` (Gardner et al., 2018);
 * :func:`slq_logdet` turns those tridiagonals into the stochastic Lanczos quadrature estimate
   of a log-determinant;
 * :func:`stochastic_logdet` runs the probe solves and the quadrature for probes
@@ -50,7 +51,7 @@ class CGResult(NamedTuple):
     converged : torch.Tensor of shape (c,), bool
         Columns whose relative residual reached the tolerance.
     tridiag : torch.Tensor of shape (c, m, m) or None
-        Lanczos tridiagonal of :math:`P^{-1} A` per column (``tridiag=True`` only),
+        Lanczos tridiagonal of :math:`P^{-1/2} A P^{-1/2}` per column (``tridiag=True`` only),
         :math:`m` = ``n_iter``; columns that stopped earlier are padded with an identity block
         decoupled from :math:`e_1`.
     directions : torch.Tensor of shape (n, k)
@@ -95,7 +96,8 @@ def pcg(
 
     and stops once :math:`\|r\| \le \mathrm{tol}\,\|b\|`. A column with
     :math:`p^\top A p \le 0` (breakdown) takes no further step. The CG coefficients give the
-    Lanczos tridiagonal of :math:`P^{-1} A` started at :math:`P^{-1} b` (Saad, 2003, §6.7.3):
+    Lanczos tridiagonal of :math:`P^{-1/2} A P^{-1/2}` started at :math:`P^{-1/2} b` (Gardner
+    et al., 2018):
 
     .. math::
 
@@ -225,8 +227,8 @@ def slq_logdet(
     r"""Stochastic Lanczos quadrature of :math:`\operatorname{tr}\log(P^{-1} A)`.
 
     For probes :math:`z_j` with :math:`\mathbb E[z z^\top] = P` and :math:`T_j` the Lanczos
-    tridiagonal of :math:`P^{-1} A` started at :math:`P^{-1} z_j` (from :func:`pcg` with
-    ``tridiag=True``),
+    tridiagonal of :math:`P^{-1/2} A P^{-1/2}` started at :math:`P^{-1/2} z_j` (from :func:`pcg`
+    with ``tridiag=True``),
 
     .. math::
 
