@@ -25,7 +25,9 @@ def _sym_fn(A, fn):
 
 
 # -- the solve ------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype, tol, rtol", [(torch.float64, 1e-11, 1e-8), (torch.float32, 1e-6, 1e-3)])
+@pytest.mark.parametrize(
+    "dtype, tol, rtol", [(torch.float64, 1e-11, 1e-8), (torch.float32, 1e-6, 1e-3)]
+)
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_pcg_matches_dense_solve(dtype, tol, rtol, preconditioned):
     A = _spd(60, cond_scale=1.5, dtype=dtype)
@@ -136,7 +138,9 @@ def test_stochastic_logdet_exact_with_complete_probes(preconditioned):
     else:
         Z = math.sqrt(n) * torch.eye(n, dtype=torch.float64)
         pre, pre_logdet = None, 0.0
-    est = stochastic_logdet(lambda V: A @ V, Z, pre, precond_logdet=pre_logdet, tol=1e-13, max_iter=n, warn=False)
+    est = stochastic_logdet(
+        lambda V: A @ V, Z, pre, precond_logdet=pre_logdet, tol=1e-13, max_iter=n, warn=False
+    )
     ref = torch.logdet(M @ M.T / n + s * torch.eye(n, dtype=torch.float64))
     torch.testing.assert_close(est.value, ref.detach(), rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(est.solves, torch.linalg.solve(A, Z), rtol=1e-7, atol=1e-8)

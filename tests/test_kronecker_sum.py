@@ -25,7 +25,8 @@ def _eye_kron(shape, j, A):
 @pytest.mark.parametrize("shape", [(5,), (4, 3), (3, 4, 2)])
 def test_kron_sum_inverse_matches_dense_and_solve(shape):
     g = torch.Generator().manual_seed(len(shape))
-    mats = [torch.randn(n, n, generator=g, dtype=torch.float64) + 3 * n * torch.eye(n, dtype=torch.float64) for n in shape]
+    mats = [torch.randn(n, n, generator=g, dtype=torch.float64) for n in shape]
+    mats = [A + 3 * A.shape[0] * torch.eye(A.shape[0], dtype=A.dtype) for A in mats]
     R = torch.randn(shape, generator=g, dtype=torch.float64)
     dense = sum(_eye_kron(shape, j, A) for j, A in enumerate(mats))
     ref = torch.linalg.solve(dense, R.reshape(-1)).reshape(shape)

@@ -212,7 +212,8 @@ def _lanczos_tridiag(steps: list, betas: list, B: torch.Tensor) -> torch.Tensor:
     # Columns that converged early are padded with an identity block decoupled from e_1, which
     # leaves e_1^T f(T) e_1 unchanged.
     live = A_ != 0
-    inv_a = torch.where(live, 1.0 / torch.where(live, A_, torch.ones_like(A_)), torch.zeros_like(A_))
+    safe = torch.where(live, A_, torch.ones_like(A_))
+    inv_a = torch.where(live, 1.0 / safe, torch.zeros_like(A_))
     diag = inv_a.clone()
     diag[:, 1:] += B_[:, :-1] * inv_a[:, :-1]
     diag = torch.where(live, diag, torch.ones_like(diag))

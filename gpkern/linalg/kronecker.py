@@ -662,7 +662,8 @@ def kron_diag_solve_logdet(
         ).solution
         est = None
         if compute_logdet:
-            # In exact arithmetic CG ends within n steps; past that, Lanczos only loses orthogonality.
+            # In exact arithmetic CG ends within n steps; past that, Lanczos only loses
+            # orthogonality.
             probe_iter = min(max_iter, op.n)
             if obs is None:
                 # Full grid: precondition with M = K + c I, whose log-determinant is exact, and
@@ -1051,7 +1052,8 @@ def apply_along_mode(
     >>> from gpkern.linalg.kronecker import apply_along_mode, kron_matmul
     >>> M, X = torch.randn(5, 4), torch.randn(3, 4)
     >>> out = apply_along_mode(lambda Y: M @ Y, X, 1)
-    >>> out.shape, bool(torch.allclose(out.reshape(-1), kron_matmul([torch.eye(3), M], X.reshape(-1)), atol=1e-6))
+    >>> ref = kron_matmul([torch.eye(3), M], X.reshape(-1)).reshape(3, 5)
+    >>> out.shape, bool(torch.allclose(out, ref, atol=1e-6))
     (torch.Size([3, 5]), True)
     """
     Xj = torch.movedim(X, dim, 0)

@@ -161,16 +161,7 @@ class _ToeplitzSolve(torch.autograd.Function):
 
 
 class _ToeplitzLogdet(torch.autograd.Function):
-    r"""log|T(v)| of a symmetric positive definite Toeplitz matrix from its Cholesky factor.
-
-    The gradient needs only the diagonal sums of :math:`T^{-1}`. By the Gohberg-Semencul formula
-    :math:`T^{-1} = x_0^{-1}\big(\mathcal L(x)\mathcal L(x)^\top - \mathcal L(c)\mathcal L(c)^\top\big)`
-    with :math:`x = T^{-1} e_0`, :math:`c = (0, x_{n-1}, \dots, x_1)` and :math:`\mathcal L(\cdot)`
-    the lower-triangular Toeplitz matrix with that first column, and the diagonal sum at lag
-    :math:`l` of :math:`\mathcal L(c)\mathcal L(c)^\top` is :math:`\sum_j (n - l - j) c_j c_{j+l}`:
-    one triangular solve pair and four correlations, :math:`O(n^2)`, instead of the
-    :math:`O(n^3)` explicit inverse.
-    """
+    """log|T(v)| from a Cholesky factor; Gohberg-Semencul backward (see toeplitz_logdet)."""
 
     @staticmethod
     def forward(ctx, v, L):
@@ -186,7 +177,8 @@ class _ToeplitzLogdet(torch.autograd.Function):
         x = cholesky_solve(e0, L)[:, 0]
         c = torch.cat([x.new_zeros(1), x[1:].flip(0)])
         j = torch.arange(n, dtype=x.dtype, device=x.device)
-        # R_l = sum_j c_{j+l} c_j and S_l = sum_j c_{j+l} j c_j: the non-negative lags of a correlation
+        # R_l = sum_j c_{j+l} c_j and S_l = sum_j c_{j+l} j c_j: the non-negative lags of a
+        # correlation
         R = [_correlate(u, w)[n - 1 :] for u, w in ((x, x), (x, j * x), (c, c), (c, j * c))]
         D = ((n - j) * (R[0] - R[2]) - (R[1] - R[3])) / x[0]
         return g * torch.cat([D[1:].flip(0), D]), None
@@ -194,7 +186,9 @@ class _ToeplitzLogdet(torch.autograd.Function):
 
 def _check_lags(v: torch.Tensor) -> int:
     if v.ndim != 1 or v.shape[0] % 2 != 1:
-        raise ValueError(f"v must be a lag vector of odd length 2n - 1, got shape {tuple(v.shape)}.")
+        raise ValueError(
+            f"v must be a lag vector of odd length 2n - 1, got shape {tuple(v.shape)}."
+        )
     return (v.shape[0] + 1) // 2
 
 

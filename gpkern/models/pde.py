@@ -34,9 +34,9 @@ are imposed exactly (the :math:`\tau \to \infty` limit), which leaves a square s
 dimensions (Poisson, advection) its interior block is a Kronecker sum,
 :math:`\big(\sum_j I \otimes \cdots \otimes A_j^{II} \otimes \cdots \otimes I\big) U_I = R`,
 solved exactly with one eigendecomposition per dimension
-(:func:`~gpkern.linalg.kronecker.kron_sum_solve`, a Sylvester solve in 2-D). A pointwise nonlinearity (Allen-Cahn)
-is handled by a fixed-point (Picard) iteration on that solve. The hyperparameters then
-minimise the profiled objective
+(:func:`~gpkern.linalg.kronecker.kron_sum_solve`, a Sylvester solve in 2-D). A pointwise
+nonlinearity (Allen-Cahn) is handled by a fixed-point (Picard) iteration on that solve. The
+hyperparameters then minimise the profiled objective
 
 .. math::
 
