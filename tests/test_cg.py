@@ -213,3 +213,27 @@ def test_batched_columns_run_their_own_recursion():
         torch.testing.assert_close(T[m:, m:], torch.eye(rest, dtype=T.dtype))
         assert (T[:m, m:] == 0).all() and (T[m:, :m] == 0).all()
     assert batch.n_iter > 3 >= pcg(lambda V: A @ V, B[:, :1], tol=1e-2).n_iter
+
+
+def test_callers_warn_with_their_own_settings():
+    # the Kronecker partial-grid solve and the iterative GP's conditioning solve pass their
+    # budget through and name the setting to change
+    import gpytorch
+
+    from gpkern.linalg.kronecker import kron_diag_solve_logdet
+    from gpkern.models.iterative import IterativeGP, IterativeSettings
+
+    x = torch.linspace(0, 1, 12, dtype=torch.float64)
+    K = torch.exp(-0.5 * (x[:, None] - x[None]) ** 2 / 0.2**2)
+    D = torch.full((144,), 1e-4, dtype=torch.float64)
+    D[::3] = math.inf
+    y = torch.randn(144, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    with pytest.warns(CGConvergenceWarning, match="max_iter=2.*Raise max_iter"):
+        kron_diag_solve_logdet([K, K], D, y, max_iter=2, compute_logdet=False, precond_rank=0)
+
+    X = torch.rand(200, 2, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    Y = torch.sin(6 * X[:, :1])
+    settings = IterativeSettings(max_eval_cg_iter=1, eval_preconditioner_rank=1, variance_rank=1)
+    gp = IterativeGP(gpytorch.kernels.RBFKernel(), noise=1e-4, backend="torch", settings=settings)
+    with pytest.warns(CGConvergenceWarning, match="max_eval_cg_iter"):
+        gp.double().posterior(X, Y)
