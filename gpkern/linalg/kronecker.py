@@ -29,10 +29,12 @@ so that GPyTorch models can use them directly.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from linear_operator import LinearOperator
+from linear_operator.utils.memoize import cached
 
 from gpkern.linalg.cg import pcg, stochastic_logdet
 
@@ -133,11 +135,21 @@ def kron_matmul(
     return X[:, 0] if vector else X
 
 
-def kron_dense(factors: Sequence[torch.Tensor]) -> torch.Tensor:  # d x (m_i, n_i) -> (M, N)
-    r"""The dense matrix :math:`K_1 \otimes \dots \otimes K_d` (for tests and small grids only)."""
+def kron_dense(
+    factors: Sequence[torch.Tensor],
+) -> torch.Tensor:  # d x (*b_i, m_i, n_i) -> (*b, M, N)
+    r"""The dense matrix :math:`K_1 \otimes \dots \otimes K_d` (for tests and small grids only).
+
+    Leading batch dimensions of the factors broadcast against each other.
+    """
     out = factors[0]
     for f in factors[1:]:
-        out = torch.kron(out, f)
+        if out.ndim == 2 and f.ndim == 2:
+            out = torch.kron(out, f)
+            continue
+        batch = torch.broadcast_shapes(out.shape[:-2], f.shape[:-2])
+        prod = out[..., :, None, :, None] * f[..., None, :, None, :]
+        out = prod.reshape(*batch, out.shape[-2] * f.shape[-2], out.shape[-1] * f.shape[-1])
     return out
 
 
@@ -184,15 +196,16 @@ def kron_eigh(
     return eigvals, eigvecs  # type: ignore[return-value]
 
 
-def kron_eigvals(eigvals: Sequence[torch.Tensor]) -> torch.Tensor:  # d x (n_i,) -> (N,)
+def kron_eigvals(eigvals: Sequence[torch.Tensor]) -> torch.Tensor:  # d x (*b, n_i) -> (*b, N)
     r"""All products :math:`\lambda^{(1)}_{a_1} \cdots \lambda^{(d)}_{a_d}`, flattened in C order.
 
     These are the eigenvalues of :math:`K_1 \otimes \dots \otimes K_d`, in the order matching
-    the columns of :math:`Q_1 \otimes \dots \otimes Q_d` (not sorted).
+    the columns of :math:`Q_1 \otimes \dots \otimes Q_d` (not sorted). Leading batch
+    dimensions broadcast (the diagonal of a batched Kronecker product is the same product).
     """
     lam = eigvals[0]
     for e in eigvals[1:]:
-        lam = (lam[:, None] * e[None, :]).reshape(-1)
+        lam = (lam[..., :, None] * e[..., None, :]).flatten(-2)
     return lam
 
 
@@ -746,17 +759,62 @@ class _SolveGrad(torch.autograd.Function):
 # -------------------------------------------------------------------------------------------
 # LinearOperator wrappers
 # -------------------------------------------------------------------------------------------
+def _batch_kron_matmul(
+    factors: Sequence[torch.Tensor],  # d x (*b, m_i, n_i)
+    rhs: torch.Tensor,  # (N,) or (*b_r, N, k)
+) -> torch.Tensor:  # (M,) or (*broadcast(b, b_r), M, k)
+    r""":func:`kron_matmul` with broadcast batch dimensions on the factors and the right side."""
+    if rhs.ndim == 1:
+        return _batch_kron_matmul(factors, rhs[:, None])[..., 0]
+    if rhs.ndim == 2 and all(f.ndim == 2 for f in factors):
+        return kron_matmul(factors, rhs)
+    k = rhs.shape[-1]
+    dims = [f.shape[-1] for f in factors]
+    X = rhs
+    for i, f in enumerate(factors):
+        # (*b, N, k) viewed as (*b, A, n_i, B k): one broadcast batched GEMM per factor.
+        A, B = math.prod(dims[:i]), math.prod(dims[i + 1 :]) * k
+        X = f.unsqueeze(-3) @ X.reshape(*X.shape[:-2], A, dims[i], B)
+        dims[i] = f.shape[-2]
+        X = X.reshape(*X.shape[:-3], -1, k)
+    return X
+
+
+def _is_symmetric(f: torch.Tensor) -> bool:
+    """Symmetric up to round-off: kernel matrices computed from differences of large inputs
+    (e.g. periodic ones) can be asymmetric by far more than a few ulps; a truly non-symmetric
+    factor differs from its transpose at the scale of its entries."""
+    if f.shape[-1] != f.shape[-2]:
+        return False
+    f = f.detach()
+    info = torch.finfo(f.dtype)
+    tol = math.sqrt(info.eps) * f.abs().amax().clamp_min(info.tiny)
+    return bool(((f - f.mT).abs() <= tol).all())
+
+
+def _symmetrised(f: torch.Tensor) -> torch.Tensor:
+    # Same value for a symmetric factor; its gradient is the symmetric part, as for a dense
+    # symmetric matrix (linear_operator's convention for solves and log-determinants).
+    return 0.5 * (f + f.mT)
+
+
 class KroneckerOperator(LinearOperator):
     r""":math:`K_1 \otimes \dots \otimes K_d` as a :class:`linear_operator.LinearOperator`.
 
-    Matrix products use :func:`kron_matmul`; :meth:`add_diagonal` returns a
+    Matrix products use mode products (:func:`kron_matmul`); :meth:`add_diagonal` returns a
     :class:`KroneckerAddedDiagOperator` whose ``solve``, ``logdet`` and ``inv_quad_logdet``
     use the eigen path (constant diagonal) or PCG (general diagonal).
 
+    Factors may carry leading batch dimensions, which broadcast against each other as in
+    :class:`linear_operator.operators.KroneckerProductLinearOperator`: factors of shapes
+    ``(*b_i, m_i, n_i)`` give an operator of shape ``(*b, M, N)``, ``b`` the broadcast of the
+    ``b_i``, :math:`M = \prod_i m_i`, :math:`N = \prod_i n_i`.
+
     Parameters
     ----------
-    *factors : torch.Tensor of shape (m_i, n_i)
-        Kronecker factors (square and symmetric for solves).
+    *factors : torch.Tensor of shape (*b_i, m_i, n_i)
+        Kronecker factors: square and invertible for :meth:`solve`; symmetric positive
+        semi-definite for the fast solves after :meth:`add_diagonal`.
 
     Examples
     --------
@@ -766,25 +824,40 @@ class KroneckerOperator(LinearOperator):
     >>> K = KroneckerOperator(A, B)
     >>> K.shape, bool(torch.allclose(K.to_dense(), torch.kron(A, B)))
     (torch.Size([6, 6]), True)
+    >>> KroneckerOperator(torch.eye(2).expand(4, 2, 2), B).shape
+    torch.Size([4, 6, 6])
     """
 
     def __init__(self, *factors: torch.Tensor) -> None:
         if not factors:
             raise ValueError("KroneckerOperator needs at least one factor.")
         for f in factors:
-            if not torch.is_tensor(f) or f.ndim != 2:
-                raise ValueError("Every Kronecker factor must be a 2-D torch.Tensor.")
+            if not torch.is_tensor(f) or f.ndim < 2:
+                raise ValueError(
+                    "Every Kronecker factor must be a torch.Tensor of shape (*batch, m, n)."
+                )
+        try:
+            batch = torch.broadcast_shapes(*(f.shape[:-2] for f in factors))
+        except RuntimeError as exc:
+            shapes = [tuple(f.shape) for f in factors]
+            raise ValueError(f"The factors' batch shapes do not broadcast: {shapes}.") from exc
+        # Every factor carries the full batch shape (a view), so that linear_operator's generic
+        # batch indexing, permuting and unsqueezing of the arguments apply unchanged.
+        factors = tuple(
+            f if f.shape[:-2] == batch else f.expand(*batch, *f.shape[-2:]) for f in factors
+        )
         super().__init__(*factors)
         self.factors = list(factors)
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
-        return kron_matmul(self.factors, rhs)
+        return _batch_kron_matmul(self.factors, rhs)
 
     def _size(self) -> torch.Size:
         return torch.Size(
             (
-                math.prod(f.shape[0] for f in self.factors),
-                math.prod(f.shape[1] for f in self.factors),
+                *self.factors[0].shape[:-2],
+                math.prod(f.shape[-2] for f in self.factors),
+                math.prod(f.shape[-1] for f in self.factors),
             )
         )
 
@@ -792,12 +865,57 @@ class KroneckerOperator(LinearOperator):
         return KroneckerOperator(*[f.mT for f in self.factors])
 
     def _diagonal(self) -> torch.Tensor:
-        return kron_eigvals([f.diagonal() for f in self.factors])
+        return kron_eigvals([f.diagonal(dim1=-2, dim2=-1) for f in self.factors])
+
+    def _expand_batch(self, batch_shape) -> KroneckerOperator:
+        return KroneckerOperator(*[f.expand(*batch_shape, *f.shape[-2:]) for f in self.factors])
+
+    def _get_indices(self, row_index, col_index, *batch_indices) -> torch.Tensor:
+        # Entry ((a_1..a_d), (b_1..b_d)) is prod_i K_i[a_i, b_i]; C order: last factor fastest.
+        out = None
+        for f in reversed(self.factors):
+            m, n = f.shape[-2:]
+            v = f[(*batch_indices, row_index % m, col_index % n)]
+            row_index, col_index = row_index // m, col_index // n
+            out = v if out is None else out * v
+        return out
 
     def to_dense(self) -> torch.Tensor:
         return kron_dense(self.factors)
 
+    def solve(
+        self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r""":math:`(\otimes_i K_i)^{-1} = \otimes_i K_i^{-1}` (mode products, inverse factors)."""
+        if any(f.shape[-1] != f.shape[-2] for f in self.factors):
+            return super().solve(right_tensor, left_tensor)
+        inverses = [
+            torch.linalg.inv(_symmetrised(f) if _is_symmetric(f) else f) for f in self.factors
+        ]
+        x = _batch_kron_matmul(inverses, right_tensor)
+        return x if left_tensor is None else left_tensor @ x
+
+    def inv_quad_logdet(self, inv_quad_rhs=None, logdet=False, reduce_inv_quad=True):
+        r""":math:`\log|\otimes_i K_i| = \sum_i (N / n_i) \log|K_i|`; the rest by :meth:`solve`."""
+        if any(f.shape[-1] != f.shape[-2] for f in self.factors):
+            return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
+        quad = ld = None
+        if inv_quad_rhs is not None:
+            vector = inv_quad_rhs.ndim == 1
+            rhs = inv_quad_rhs[:, None] if vector else inv_quad_rhs
+            quad = (rhs * self.solve(rhs)).sum(-2)
+            quad = quad.sum(-1) if reduce_inv_quad or vector else quad
+        if logdet:
+            N = self.shape[-1]
+            ld = sum(
+                (N // f.shape[-1]) * torch.logdet(_symmetrised(f) if _is_symmetric(f) else f)
+                for f in self.factors
+            )
+        return quad, ld
+
     def add_diagonal(self, diag: torch.Tensor) -> KroneckerAddedDiagOperator:
+        if not self.is_square:
+            raise RuntimeError("add_diagonal is only defined for square operators.")
         return KroneckerAddedDiagOperator(
             self, torch.as_tensor(diag, dtype=self.dtype, device=self.device)
         )
@@ -807,30 +925,65 @@ class KroneckerOperator(LinearOperator):
         from linear_operator.operators import ConstantDiagLinearOperator, DiagLinearOperator
 
         if isinstance(other, ConstantDiagLinearOperator) and other.shape == self.shape:
-            return KroneckerAddedDiagOperator(self, other.diag_values.reshape(-1)[:1].reshape(()))
+            return KroneckerAddedDiagOperator(self, other.diag_values)
         if isinstance(other, DiagLinearOperator) and other.shape == self.shape:
             return KroneckerAddedDiagOperator(self, other._diag)
         return super().__add__(other)
 
 
+_DENSE_FALLBACK = "a dense O(N^3) LU factorisation"
+
+
 class KroneckerAddedDiagOperator(LinearOperator):
     r""":math:`K_1 \otimes \dots \otimes K_d + D` with fast solves and log-determinants.
 
-    A scalar (or one-element) diagonal :math:`\sigma^2` uses the exact eigen path
-    (:func:`kron_solve_logdet`); a full diagonal uses PCG and stochastic Lanczos quadrature
-    (:func:`kron_diag_solve_logdet`).
+    A constant diagonal :math:`\sigma^2` uses the exact eigen path (:func:`kron_solve_logdet`;
+    eigendecompositions, roots and inverse roots come from the factors' eigendecompositions
+    too); a full diagonal uses PCG and stochastic Lanczos quadrature
+    (:func:`kron_diag_solve_logdet`), or a dense Cholesky for the log-determinant when
+    :math:`N` is at most ``linear_operator.settings.max_cholesky_size``. Both need symmetric
+    positive semi-definite factors and a positive diagonal; otherwise linear_operator's generic
+    algorithms are used, with a warning. Batched operators are solved one batch element at a
+    time.
 
     Parameters
     ----------
     kron : KroneckerOperator
-        The Kronecker part (square symmetric factors).
-    diag : torch.Tensor of shape (), (1,) or (N,)
-        The added diagonal.
+        The Kronecker part, shape ``(*b, N, N)``.
+    diag : torch.Tensor of shape (), (*b, 1) or (*b, N)
+        The added diagonal (one value, or one per cell); batch dimensions broadcast with ``kron``.
     num_probes : int, default=16
-        Probes of the stochastic log-determinant (general diagonal only).
+        Probes of the stochastic log-determinant (full diagonal only).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gpkern.linalg.kronecker import KroneckerOperator
+    >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> Kd = KroneckerOperator(A, A).add_diagonal(torch.tensor(0.5, dtype=torch.float64))
+    >>> dense = torch.kron(A, A) + 0.5 * torch.eye(4, dtype=torch.float64)
+    >>> bool(torch.allclose(Kd.logdet(), torch.logdet(dense)))
+    True
     """
 
     def __init__(self, kron: KroneckerOperator, diag: torch.Tensor, num_probes: int = 16) -> None:
+        if not isinstance(kron, KroneckerOperator):
+            raise TypeError(f"kron must be a KroneckerOperator, got {type(kron).__name__}.")
+        N = kron.shape[-1]
+        if kron.shape[-2] != N:
+            raise ValueError(f"The Kronecker part must be square, got shape {tuple(kron.shape)}.")
+        diag = torch.as_tensor(diag, dtype=kron.dtype, device=kron.device)
+        if diag.ndim == 0:
+            diag = diag.reshape(1)
+        if diag.shape[-1] not in (1, N):
+            raise ValueError(
+                f"diag must have shape (), (*b, 1) or (*b, {N}); got {tuple(diag.shape)}."
+            )
+        batch = torch.broadcast_shapes(kron.batch_shape, diag.shape[:-1])
+        if kron.batch_shape != batch:
+            kron = kron._expand_batch(batch)
+        if diag.shape[:-1] != batch:
+            diag = diag.expand(*batch, diag.shape[-1])
         super().__init__(kron, diag, num_probes=num_probes)
         self.kron = kron
         self.diag_values = diag
@@ -838,70 +991,211 @@ class KroneckerAddedDiagOperator(LinearOperator):
 
     @property
     def _constant(self) -> bool:
-        return self.diag_values.numel() == 1
+        return self.diag_values.shape[-1] == 1
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
-        d = self.diag_values.reshape(-1)
-        scale = d if self._constant else (d[:, None] if rhs.ndim == 2 else d)
-        return self.kron._matmul(rhs) + scale * rhs
+        d = self.diag_values if rhs.ndim == 1 else self.diag_values.unsqueeze(-1)
+        return self.kron._matmul(rhs) + d * rhs
 
     def _size(self) -> torch.Size:
         return self.kron._size()
 
     def _transpose_nonbatch(self) -> KroneckerAddedDiagOperator:
-        return self
+        return KroneckerAddedDiagOperator(
+            self.kron._transpose_nonbatch(), self.diag_values, num_probes=self.num_probes
+        )
 
     def _diagonal(self) -> torch.Tensor:
-        return self.kron._diagonal() + self.diag_values.reshape(-1)
+        return self.kron._diagonal() + self.diag_values
+
+    def _expand_batch(self, batch_shape) -> KroneckerAddedDiagOperator:
+        return KroneckerAddedDiagOperator(
+            self.kron._expand_batch(batch_shape),
+            self.diag_values.expand(*batch_shape, self.diag_values.shape[-1]),
+            num_probes=self.num_probes,
+        )
+
+    def _get_indices(self, row_index, col_index, *batch_indices) -> torch.Tensor:
+        cell = torch.zeros_like(row_index) if self._constant else row_index
+        d = self.diag_values[(*batch_indices, cell)]
+        on_diag = row_index == col_index
+        return self.kron._get_indices(row_index, col_index, *batch_indices) + d * on_diag
 
     def to_dense(self) -> torch.Tensor:
-        n = self.shape[-1]
-        d = self.diag_values.reshape(-1).expand(n)
+        d = self.diag_values.expand(*self.shape[:-1])
         return self.kron.to_dense() + torch.diag_embed(d)
 
-    def _solve_logdet(self, rhs: torch.Tensor, logdet: bool):
-        if self._constant:
-            return kron_solve_logdet(self.kron.factors, self.diag_values.reshape(()), rhs)
-        return kron_diag_solve_logdet(
-            self.kron.factors,
-            self.diag_values,
-            rhs,
+    def add_diagonal(self, diag: torch.Tensor) -> KroneckerAddedDiagOperator:
+        diag = torch.as_tensor(diag, dtype=self.dtype, device=self.device)
+        return KroneckerAddedDiagOperator(
+            self.kron,
+            self.diag_values + diag.reshape(*diag.shape[:-1], -1),
             num_probes=self.num_probes,
-            compute_logdet=logdet,
         )
+
+    def __add__(self, other):
+        # A second diagonal (e.g. fixed plus learned noise) merges into this one.
+        from linear_operator.operators import ConstantDiagLinearOperator, DiagLinearOperator
+
+        if isinstance(other, ConstantDiagLinearOperator) and other.shape == self.shape:
+            return self.add_diagonal(other.diag_values)
+        if isinstance(other, DiagLinearOperator) and other.shape == self.shape:
+            return self.add_diagonal(other._diag)
+        return super().__add__(other)
+
+    # -- structured algebra ----------------------------------------------------------------
+    def _structured(self, what: str, fallback: str = "linear_operator's generic algorithm") -> bool:
+        """Whether the fast paths hold (symmetric factors, positive diagonal); warn if not."""
+        ok = all(_is_symmetric(f) for f in self.kron.factors) and bool(
+            (self.diag_values.detach() > 0).all()
+        )
+        if not ok:
+            warnings.warn(
+                f"KroneckerAddedDiagOperator.{what}: the Kronecker factors are not symmetric or "
+                f"the diagonal is not positive, so the eigen/PCG fast path does not apply; using "
+                f"{fallback}, which is much slower for large grids.",
+                stacklevel=3,
+            )
+        return ok
+
+    def _solve_logdet_2d(self, factors, diag, rhs, logdet: bool):
+        # One batch element: (N, k) right sides, factors (n_i, n_i), diag (1,) or (N,).
+        factors = [_symmetrised(f) for f in factors]
+        if diag.shape[-1] == 1:
+            return kron_solve_logdet(factors, diag.reshape(()), rhs)
+        return kron_diag_solve_logdet(
+            factors, diag, rhs, num_probes=self.num_probes, compute_logdet=logdet
+        )
+
+    def _solve_logdet(self, rhs: torch.Tensor, logdet: bool):
+        """(*b_r, N, k) -> A^{-1} rhs of shape (*b, N, k) and log|A| of shape (*b,) or None."""
+        N, k = rhs.shape[-2:]
+        if not self.batch_shape:
+            # Batch dimensions of the right side only: one solve with them as extra columns.
+            cols = rhs.movedim(-2, 0).reshape(N, -1)
+            x, ld = self._solve_logdet_2d(self.kron.factors, self.diag_values, cols, logdet)
+            return x.reshape(N, *rhs.shape[:-2], k).movedim(0, -2), (ld if logdet else None)
+        batch = torch.broadcast_shapes(self.batch_shape, rhs.shape[:-2])
+        B = batch.numel()
+        factors = [
+            f.expand(*batch, *f.shape[-2:]).reshape(B, *f.shape[-2:]) for f in self.kron.factors
+        ]
+        diag = self.diag_values.expand(*batch, self.diag_values.shape[-1]).reshape(B, -1)
+        rhs = rhs.expand(*batch, N, k).reshape(B, N, k)
+        outs = [
+            self._solve_logdet_2d([f[j] for f in factors], diag[j], rhs[j], logdet)
+            for j in range(B)
+        ]
+        x = torch.stack([o[0] for o in outs]).reshape(*batch, N, k)
+        ld = torch.stack([o[1] for o in outs]).reshape(batch) if logdet else None
+        return x, ld
 
     def solve(
         self, right_tensor: torch.Tensor, left_tensor: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x, _ = self._solve_logdet(right_tensor, False)
+        if not self._structured("solve", _DENSE_FALLBACK):
+            # linear_operator's own solve (Cholesky or CG) assumes a symmetric positive definite
+            # operator too; a dense LU solve is right for any invertible one.
+            rhs = right_tensor[:, None] if right_tensor.ndim == 1 else right_tensor
+            x = torch.linalg.solve(self.to_dense(), rhs)
+            x = x[..., 0] if right_tensor.ndim == 1 else x
+            return x if left_tensor is None else left_tensor @ x
+        vector = right_tensor.ndim == 1
+        x, _ = self._solve_logdet(right_tensor[:, None] if vector else right_tensor, False)
+        x = x[..., 0] if vector else x
         return x if left_tensor is None else left_tensor @ x
 
     def logdet(self) -> torch.Tensor:
-        zero = torch.zeros(self.shape[-1], dtype=self.dtype, device=self.device)
-        return self._solve_logdet(zero, True)[1]
+        return self.inv_quad_logdet(logdet=True)[1]
 
     def inv_quad_logdet(self, inv_quad_rhs=None, logdet=False, reduce_inv_quad=True):
+        from linear_operator import settings
+
+        if not self._structured("inv_quad_logdet", _DENSE_FALLBACK):
+            dense = self.to_dense()
+            quad = None
+            if inv_quad_rhs is not None:
+                vector = inv_quad_rhs.ndim == 1
+                rhs = inv_quad_rhs[:, None] if vector else inv_quad_rhs
+                quad = (rhs * torch.linalg.solve(dense, rhs)).sum(-2)
+                quad = quad.sum(-1) if reduce_inv_quad or vector else quad
+            return quad, (torch.logdet(dense) if logdet else None)
+        # A full diagonal's log-determinant is a stochastic estimate: below linear_operator's
+        # max_cholesky_size the dense Cholesky is cheap and exact, as for every linear_operator.
+        small = logdet and not self._constant
+        if small and self.shape[-1] <= settings.max_cholesky_size.value():
+            return super().inv_quad_logdet(inv_quad_rhs, logdet, reduce_inv_quad)
         rhs = inv_quad_rhs
         if rhs is None:
-            rhs = torch.zeros(self.shape[-1], dtype=self.dtype, device=self.device)
-        x, ld = self._solve_logdet(rhs, bool(logdet))
+            rhs = torch.zeros(self.shape[-1], 1, dtype=self.dtype, device=self.device)
+        vector = rhs.ndim == 1
+        rhs2 = rhs[:, None] if vector else rhs
+        x, ld = self._solve_logdet(rhs2, bool(logdet))
         quad = None
         if inv_quad_rhs is not None:
-            prod = inv_quad_rhs * x
-            quad = prod.sum() if reduce_inv_quad else prod.sum(0)
+            quad = (rhs2 * x).sum(-2)
+            quad = quad.sum(-1) if reduce_inv_quad or vector else quad
         return quad, (ld if logdet else None)
+
+    def _factor_eigh(self):
+        """Per-factor eigendecompositions -> eigenvalues of A (*b, N) and its eigenvectors."""
+        eig = [torch.linalg.eigh(_symmetrised(f)) for f in self.kron.factors]
+        evals = kron_eigvals([e for e, _ in eig]).clamp_min(0.0) + self.diag_values
+        return evals, KroneckerOperator(*[Q for _, Q in eig])
+
+    def _eigen_path(self, what: str) -> bool:
+        return self._constant and self._structured(what)
+
+    def _symeig(self, eigenvectors: bool = False, return_evals_as_lazy: bool | None = False):
+        if not self._eigen_path("eigh"):
+            return super()._symeig(eigenvectors, return_evals_as_lazy)
+        evals, evecs = self._factor_eigh()
+        if return_evals_as_lazy:
+            from linear_operator.operators import DiagLinearOperator
+
+            evals = DiagLinearOperator(evals)
+        return evals, (evecs if eigenvectors else None)
+
+    @cached(name="diagonalization")
+    def diagonalization(self, method: str | None = None):
+        if method not in (None, "symeig") or not self._eigen_path("diagonalization"):
+            return super().diagonalization(method)
+        return self._factor_eigh()
+
+    @cached(name="root_decomposition")
+    def root_decomposition(self, method: str | None = None):
+        if method not in (None, "symeig", "diagonalization") or not self._eigen_path(
+            "root_decomposition"
+        ):
+            return super().root_decomposition(method)
+        from linear_operator.operators import DiagLinearOperator, RootLinearOperator
+
+        evals, Q = self._factor_eigh()
+        return RootLinearOperator(Q @ DiagLinearOperator(evals.sqrt()))
+
+    @cached(name="root_inv_decomposition")
+    def root_inv_decomposition(self, initial_vectors=None, test_vectors=None, method=None):
+        if method not in (None, "symeig", "diagonalization") or not self._eigen_path(
+            "root_inv_decomposition"
+        ):
+            return super().root_inv_decomposition(initial_vectors, test_vectors, method)
+        from linear_operator.operators import DiagLinearOperator, RootLinearOperator
+
+        evals, Q = self._factor_eigh()
+        return RootLinearOperator(Q @ DiagLinearOperator(evals.rsqrt()))
 
 
 class KroneckerSumOperator(LinearOperator):
     r"""A sum of Kronecker products :math:`\sum_t K^{(t)}_1 \otimes \dots \otimes K^{(t)}_d`.
 
     E.g. the Laplacian block of a grid kernel, :math:`K_1'' \otimes K_2 + K_1 \otimes K_2''`.
-    Each term is multiplied by mode products; the sum is never formed.
+    Each term is multiplied by mode products; the sum is never formed. Batch shapes of the terms
+    broadcast.
 
     Parameters
     ----------
     *terms : KroneckerOperator
-        Terms of equal shape.
+        Terms of equal matrix shape.
 
     Examples
     --------
@@ -920,10 +1214,14 @@ class KroneckerSumOperator(LinearOperator):
         terms = tuple(
             t if isinstance(t, KroneckerOperator) else KroneckerOperator(*t) for t in terms
         )
-        shape = terms[0].shape
+        shape = terms[0].matrix_shape
         for t in terms:
-            if t.shape != shape:
-                raise ValueError(f"All terms must have the same shape; got {t.shape} and {shape}.")
+            if t.matrix_shape != shape:
+                raise ValueError(
+                    f"All terms must have the same shape; got {t.matrix_shape} and {shape}."
+                )
+        batch = torch.broadcast_shapes(*(t.batch_shape for t in terms))
+        terms = tuple(t if t.batch_shape == batch else t._expand_batch(batch) for t in terms)
         super().__init__(*terms)
         self.terms = list(terms)
 
@@ -943,6 +1241,15 @@ class KroneckerSumOperator(LinearOperator):
         out = self.terms[0]._diagonal()
         for t in self.terms[1:]:
             out = out + t._diagonal()
+        return out
+
+    def _expand_batch(self, batch_shape) -> KroneckerSumOperator:
+        return KroneckerSumOperator(*[t._expand_batch(batch_shape) for t in self.terms])
+
+    def _get_indices(self, row_index, col_index, *batch_indices) -> torch.Tensor:
+        out = self.terms[0]._get_indices(row_index, col_index, *batch_indices)
+        for t in self.terms[1:]:
+            out = out + t._get_indices(row_index, col_index, *batch_indices)
         return out
 
     def to_dense(self) -> torch.Tensor:
