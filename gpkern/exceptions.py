@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NotPSDError", "NumericalWarning", "LowESSWarning"]
+__all__ = ["NotPSDError", "NumericalWarning", "LowESSWarning", "CGConvergenceWarning"]
 
 
 class NotPSDError(ValueError):
@@ -19,3 +19,11 @@ class NumericalWarning(RuntimeWarning):
 
 class LowESSWarning(RuntimeWarning):
     """An importance sampler's effective sample size is low; its estimates may be unreliable."""
+
+
+class CGConvergenceWarning(RuntimeWarning):
+    """Conjugate gradients stopped at its iteration budget before reaching its tolerance.
+
+    The solution (or a log-determinant estimate built on it) is less accurate than requested;
+    the message names the setting to change.
+    """

@@ -31,7 +31,7 @@ from gpkern.linalg.keops import (
     kernel_formula,
     kernel_operator,
 )
-from gpkern.models.iterative import IterativeGP, IterativeSettings, preconditioned_cg
+from gpkern.models.iterative import IterativeGP, IterativeSettings
 
 WIDTH = 16
 
@@ -281,21 +281,6 @@ def test_estimator_rejects_bad_backend_arguments():
         GPRegressor(backend="keops", backend_options={"cg_tol": -1.0}).fit(X, y)
     with pytest.raises(ValueError, match="KeOps formula"):
         GPRegressor(kernel=gpytorch.kernels.PolynomialKernel(power=2), backend="keops").fit(X, y)
-
-
-def test_preconditioned_cg_solves_and_keeps_conjugate_directions():
-    gen = torch.Generator().manual_seed(0)
-    M = torch.randn(80, 80, generator=gen, dtype=torch.float64)
-    A = M @ M.T / 80 + 0.1 * torch.eye(80, dtype=torch.float64)
-    B = torch.randn(80, 3, generator=gen, dtype=torch.float64)
-    X, D, AD, it = preconditioned_cg(
-        lambda V: A @ V, B, lambda V: V, tol=1e-10, max_iter=500, keep=5
-    )
-    torch.testing.assert_close(X, torch.linalg.solve(A, B), rtol=1e-7, atol=1e-8)
-    assert D.shape == (80, 15)
-    G = D[:, 0::3].T @ A @ D[:, 0::3]  # directions of the first right-hand side
-    off = G - torch.diag(G.diagonal())
-    assert off.abs().max() < 1e-6 * G.diagonal().abs().max()
 
 
 def _toy(n, seed=0, d=2):

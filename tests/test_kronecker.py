@@ -21,7 +21,6 @@ from gpkern.linalg.kronecker import (
     kron_eigvals,
     kron_matmul,
     kron_solve_logdet,
-    pcg,
 )
 
 
@@ -295,15 +294,6 @@ def test_diag_path_errors():
         kron_diag_solve_logdet([torch.eye(2)], torch.full((2,), math.inf), torch.ones(2))
     with pytest.raises(ValueError, match="positive"):
         kron_diag_solve_logdet([torch.eye(2)], torch.tensor([1.0, -1.0]), torch.ones(2))
-
-
-def test_pcg_solves_spd_system():
-    g = torch.Generator().manual_seed(0)
-    B = torch.randn(30, 30, generator=g)
-    A = B @ B.T + 30 * torch.eye(30)
-    R = torch.randn(30, 3, generator=g)
-    X = pcg(lambda v: A @ v, R, tol=1e-12)
-    torch.testing.assert_close(X, torch.linalg.solve(A, R))
 
 
 # -- LinearOperator wrappers ----------------------------------------------------------------

@@ -23,46 +23,23 @@ from collections.abc import Sequence
 import gpytorch
 import torch
 
+from gpkern.linalg.cg import pcg
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
 from gpkern.linalg.kronecker import (
-    _kron_rotate,
-    _RestrictedKronecker,
+    RestrictedKronecker,
     kron_diag_solve_logdet,
     kron_eigh,
     kron_eigvals,
     kron_matmul,
+    kron_rotate,
     kron_solve_logdet,
-    pcg,
+    rowwise_kron_columns,
+    rowwise_kron_matmul,
 )
 
-__all__ = ["GridGP", "GridPosterior", "ProductAxisKernel", "rowwise_kron_matmul"]
+__all__ = ["GridGP", "GridPosterior", "ProductAxisKernel"]
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def rowwise_kron_matmul(
-    rows: Sequence[torch.Tensor],  # d x (m, n_i)
-    V: torch.Tensor,  # (N, k)
-) -> torch.Tensor:  # (m, k)
-    r"""Products :math:`(c^{(1)}_j \otimes \dots \otimes c^{(d)}_j)^\top V` for every row j.
-
-    The cross-covariance between an arbitrary test point and a grid is a Kronecker product of
-    per-dimension vectors, so :math:`K_{*X} V` costs :math:`O(m N k)` without forming
-    :math:`K_{*X}`.
-    """
-    ns = [r.shape[1] for r in rows]
-    m, k = rows[0].shape[0], V.shape[1]
-    X = rows[0] @ V.reshape(ns[0], -1)  # (m, n_2 ... n_d k)
-    for r, n in zip(rows[1:], ns[1:]):
-        X = torch.einsum("mar,ma->mr", X.reshape(m, n, -1), r)
-    return X.reshape(m, k)
-
-
-def _rowwise_kron_columns(rows: Sequence[torch.Tensor]) -> torch.Tensor:  # d x (m, n_i) -> (N, m)
-    out = rows[0].mT
-    for r in rows[1:]:
-        out = (out[:, None, :] * r.mT[None, :, :]).reshape(-1, out.shape[-1])
-    return out
 
 
 class GridGP(torch.nn.Module):
@@ -273,7 +250,7 @@ class GridPosterior:
         else:
             D = torch.full((int(observed.sum()),), noise, dtype=Y.dtype, device=Y.device)
             obs_idx = observed.nonzero().squeeze(1)
-            self._op = _RestrictedKronecker(
+            self._op = RestrictedKronecker(
                 self.factors, D, obs_idx, eig=(eigvals, eigvecs, self.lam)
             )
         Y0 = Y if self.full else torch.where(observed[:, None], Y, torch.zeros_like(Y))
@@ -283,10 +260,11 @@ class GridPosterior:
     def solve(self, V: torch.Tensor) -> torch.Tensor:  # (N, k) -> (N, k)
         """:math:`A_S^{-1} V_S` scattered to the grid (zero on missing cells)."""
         if self.full:
-            Vt = _kron_rotate(self.eigvecs, V, True) / (self.lam + self.noise)[:, None]
-            return _kron_rotate(self.eigvecs, Vt, False)
+            Vt = kron_rotate(self.eigvecs, V, transpose=True) / (self.lam + self.noise)[:, None]
+            return kron_rotate(self.eigvecs, Vt)
         op = self._op
-        return op.scatter(pcg(op.matmul, op.gather(V), op.precondition, tol=1e-10, max_iter=2000))
+        X = pcg(op.matmul, op.gather(V), op.precondition, tol=1e-10, max_iter=2000).solution
+        return op.scatter(X)
 
     @torch.no_grad()
     def _reduction_exact(self, rows: list[torch.Tensor]) -> torch.Tensor:  # -> (m,)
@@ -296,7 +274,7 @@ class GridPosterior:
         out = []
         m = rows[0].shape[0]
         for start in range(0, m, 256):
-            cols = _rowwise_kron_columns([r[start : start + 256] for r in rows])  # (N, b)
+            cols = rowwise_kron_columns([r[start : start + 256] for r in rows])  # (N, b)
             out.append((cols * self.solve(cols)).sum(0))
         return torch.cat(out)
 
@@ -322,7 +300,7 @@ class GridPosterior:
         lam = kron_eigvals(eigvals).clamp_min(0.0)
         dtype, device = self.alpha.dtype, self.alpha.device
         eps = torch.randn(lam.shape[0], n_samples, generator=generator, dtype=dtype).to(device)
-        F = _kron_rotate(eigvecs, lam.sqrt()[:, None] * eps, False)
+        F = kron_rotate(eigvecs, lam.sqrt()[:, None] * eps)
         F = F.reshape(*[u.shape[0] for u in union], n_samples)
 
         def take(idx):
@@ -355,7 +333,7 @@ class GridPosterior:
         model = self.model
         if full_cov:
             rows = model.cross(Xs, self.grid)
-            cols = _rowwise_kron_columns(rows)  # (N, m)
+            cols = rowwise_kron_columns(rows)  # (N, m)
             mean = cols.mT @ self.alpha
             cov = model.dense_covariance(Xs) - cols.mT @ self.solve(cols)
             return mean, cov

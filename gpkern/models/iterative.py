@@ -13,15 +13,15 @@ The probe vectors are redrawn from the same seed at every evaluation, so the los
 deterministic function of the hyperparameters (L-BFGS line searches stay valid).
 The ``linear_operator.settings`` used are listed in :class:`IterativeSettings`.
 
-Prediction conditions once with our own preconditioned CG, :math:`\alpha = A^{-1} Y`, and
-predicts means :math:`K_{*X}\alpha` and variances in batches of test points without forming any
-:math:`n \times n` or :math:`n \times m` matrix.  The conditioning solve is preconditioned by
-:math:`P = F F^\top + \sigma^2 I` with :math:`F` a randomly pivoted Cholesky factor of rank
-``eval_preconditioner_rank`` (:func:`gpkern.linalg.rpcholesky.rp_cholesky`: blocks of pivots,
-matrix-multiply speed), so a high rank, and few CG iterations, is affordable at large
-:math:`n`.  Variances use the Galerkin approximation of :math:`A^{-1}` on the subspace
-:math:`S = [F_v, D]` spanned by the first ``variance_rank`` columns of :math:`F` and the CG
-search directions of the mean solve,
+Prediction conditions once with preconditioned CG (:func:`gpkern.linalg.cg.pcg`),
+:math:`\alpha = A^{-1} Y`, and predicts means :math:`K_{*X}\alpha` and variances in batches
+of test points without forming any :math:`n \times n` or :math:`n \times m` matrix.  The
+conditioning solve is preconditioned by :math:`P = F F^\top + \sigma^2 I` with :math:`F` a
+randomly pivoted Cholesky factor of rank ``eval_preconditioner_rank``
+(:func:`gpkern.linalg.rpcholesky.rp_cholesky`: blocks of pivots, matrix-multiply speed), so a
+high rank, and few CG iterations, is affordable at large :math:`n`.  Variances use the
+Galerkin approximation of :math:`A^{-1}` on the subspace :math:`S = [F_v, D]` spanned by the
+first ``variance_rank`` columns of :math:`F` and the CG search directions of the mean solve,
 
 .. math::
 
@@ -42,12 +42,13 @@ import linear_operator
 import torch
 from tqdm.auto import tqdm
 
+from gpkern.linalg.cg import pcg
 from gpkern.linalg.heap import trim_heap
 from gpkern.linalg.keops import KernelOperator, kernel_operator
 from gpkern.linalg.rpcholesky import factor_gram, factor_matmul, factor_t_matmul, rp_cholesky
 from gpkern.models.exact import ExactGP
 
-__all__ = ["IterativeGP", "IterativePosterior", "IterativeSettings", "preconditioned_cg"]
+__all__ = ["IterativeGP", "IterativePosterior", "IterativeSettings"]
 
 
 @dataclass
@@ -153,80 +154,10 @@ class _Contexts:
         return False
 
 
-def preconditioned_cg(
-    matmul,
-    B: torch.Tensor,  # (n, c)
-    precond,
-    *,
-    tol: float,
-    max_iter: int,
-    keep: int = 0,
-    verbose: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # (n, c), (n, k), (n, k), iterations
-    r"""Solve :math:`A X = B` column by column with preconditioned conjugate gradients.
-
-    Stops when every column's residual satisfies :math:`\|r_j\| \le \mathrm{tol}\,\|b_j\|`.
-
-    Parameters
-    ----------
-    matmul : callable
-        :math:`V \mapsto A V` for ``(n, c)`` blocks (one batched reduction per iteration).
-    B : torch.Tensor of shape (n, c)
-    precond : callable
-        :math:`V \mapsto P^{-1} V`.
-    tol : float
-    max_iter : int
-    keep : int, default=0
-        Number of first search directions :math:`d_k` (and :math:`A d_k`) to return.
-    verbose : bool, default=False
-        Progress bar with the largest relative residual.
-
-    Returns
-    -------
-    X : torch.Tensor of shape (n, c)
-    D : torch.Tensor of shape (n, k)
-        Kept search directions (columns of all right-hand sides), A-conjugate per column.
-    AD : torch.Tensor of shape (n, k)
-    n_iter : int
-    """
-    X = torch.zeros_like(B)
-    R = B.clone()
-    bnorm = B.norm(dim=0).clamp_min(torch.finfo(B.dtype).tiny)
-    Z = precond(R)
-    P = Z.clone()
-    rz = (R * Z).sum(0)
-    kept, kept_a = [], []
-    n_iter = 0
-    done = R.norm(dim=0) <= tol * bnorm
-    bar = tqdm(total=max_iter, desc="CG solve", disable=not verbose, leave=False)
-    while n_iter < max_iter and not bool(done.all()):
-        AP = matmul(P)
-        pap = (P * AP).sum(0)
-        step = torch.where(
-            done | (pap <= 0), torch.zeros_like(rz), rz / pap.clamp_min(torch.finfo(B.dtype).tiny)
-        )
-        if n_iter < keep:
-            live = ~done
-            kept.append(P[:, live])
-            kept_a.append(AP[:, live])
-        X = X + step * P
-        R = R - step * AP
-        n_iter += 1
-        done = done | (R.norm(dim=0) <= tol * bnorm)
-        Z = precond(R)
-        rz_new = (R * Z).sum(0)
-        beta = torch.where(
-            done, torch.zeros_like(rz), rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny)
-        )
-        P = Z + beta * P
-        rz = rz_new
-        bar.update(1)
-        bar.set_postfix(residual=f"{float((R.norm(dim=0) / bnorm).max()):.2e}")
-    bar.close()
-    empty = B.new_zeros(B.shape[0], 0)
-    D = torch.cat(kept, 1) if kept else empty
-    AD = torch.cat(kept_a, 1) if kept_a else empty
-    return X, D, AD, n_iter
+_EVAL_CG_ADVICE = (
+    "Raise max_eval_cg_iter or eval_preconditioner_rank, or loosen eval_cg_tol "
+    "(IterativeSettings; GPRegressor's backend_options)."
+)
 
 
 class IterativeGP(ExactGP):
@@ -385,7 +316,7 @@ class IterativePosterior:
         trim_heap()  # the factorisation's row blocks, before the solve's own allocations
         C = self.noise * torch.eye(L.shape[1], dtype=dtype, device=L.device) + factor_gram(L, dtype)
         self._C_chol = torch.linalg.cholesky(C)
-        self.alpha, D, AD, self.n_iter = preconditioned_cg(
+        res = pcg(
             self._matmul,
             Y.to(X.dtype),
             self._precondition,
@@ -393,7 +324,11 @@ class IterativePosterior:
             max_iter=cfg.max_eval_cg_iter,
             keep=cfg.variance_directions,
             verbose=self.verbose,
+            advice=_EVAL_CG_ADVICE,
         )
+        self.alpha, self.n_iter = res.solution, res.n_iter
+        D, AD = res.directions, res.matmul_directions
+        del res
         # Variance subspace S = [L_v, D] (columns normalised), A^{-1} ~ S (S^T A S)^+ S^T. The
         # Gram S^T A S needs A L_v only (D^T A L_v = (A D)^T L_v, A symmetric), and S is never
         # copied: at n = 100,000 each (n, s) block is ~200 MB next to the factor L.
@@ -445,14 +380,14 @@ class IterativePosterior:
         return kernel_operator(self.kernel, Xs, Xs, backend=self.backend).detach()._diagonal()
 
     def _solve_columns(self, V: torch.Tensor) -> torch.Tensor:  # (n, b) -> (n, b)
-        X, _, _, _ = preconditioned_cg(
+        return pcg(
             self._matmul,
             V,
             self._precondition,
             tol=self.settings.eval_cg_tol,
             max_iter=self.settings.max_eval_cg_iter,
-        )
-        return X
+            advice=_EVAL_CG_ADVICE,
+        ).solution
 
     @torch.no_grad()
     def predict(

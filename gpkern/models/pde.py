@@ -34,9 +34,9 @@ are imposed exactly (the :math:`\tau \to \infty` limit), which leaves a square s
 dimensions (Poisson, advection) its interior block is a Kronecker sum,
 :math:`\big(\sum_j I \otimes \cdots \otimes A_j^{II} \otimes \cdots \otimes I\big) U_I = R`,
 solved exactly with one eigendecomposition per dimension
-(:func:`kronecker_sum_solve`, a Sylvester solve in 2-D). A pointwise nonlinearity (Allen-Cahn)
-is handled by a fixed-point (Picard) iteration on that solve. The hyperparameters then
-minimise the profiled objective
+(:func:`~gpkern.linalg.kronecker.kron_sum_solve`, a Sylvester solve in 2-D). A pointwise
+nonlinearity (Allen-Cahn) is handled by a fixed-point (Picard) iteration on that solve. The
+hyperparameters then minimise the profiled objective
 
 .. math::
 
@@ -52,14 +52,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gpkern.exceptions import NotPSDError
 from gpkern.kernels.spectral import spectral_mixture_1d, spectral_mixture_lags
-from gpkern.linalg.cholesky import robust_cholesky
-from gpkern.linalg.kronecker import kron_matmul
+from gpkern.linalg.cholesky import cholesky_solve, robust_cholesky
+from gpkern.linalg.kronecker import apply_along_mode, kron_matmul, kron_sum_inverse, kron_sum_solve
+from gpkern.linalg.toeplitz import (
+    toeplitz_dense,
+    toeplitz_lag_grad,
+    toeplitz_logdet,
+    toeplitz_matmul,
+    toeplitz_solve,
+)
 
 __all__ = [
     "SPECTRA",
@@ -67,8 +72,6 @@ __all__ = [
     "uniform_grid",
     "toeplitz_derivatives",
     "lag_vectors",
-    "apply_mode",
-    "kronecker_sum_solve",
     "GridCollocation",
 ]
 
@@ -104,7 +107,7 @@ def toeplitz_derivatives(
     :math:`N` non-negative lags (:math:`k^{(m)}(-d) = (-1)^m k^{(m)}(d)`) and gathered:
     :math:`O(NQ)` kernel evaluations instead of :math:`O(N^2 Q)`.
     """
-    return [_ToeplitzMatrix.apply(v) for v in lag_vectors(x, weights, frequencies, scales, envelope, orders)]
+    return [toeplitz_dense(v) for v in lag_vectors(x, weights, frequencies, scales, envelope, orders)]
 
 
 def lag_vectors(
@@ -126,207 +129,6 @@ def lag_vectors(
     half = torch.arange(n, dtype=x.dtype, device=x.device) * h
     vals = spectral_mixture_lags(half, weights, frequencies, scales, envelope=envelope, orders=orders)
     return [torch.cat([(-1.0) ** m * v[1:].flip(0), v]) for m, v in zip(orders, vals)]
-
-
-def _toeplitz_dense(v: torch.Tensor) -> torch.Tensor:  # (2n - 1,) -> (n, n)
-    n = (v.shape[0] + 1) // 2
-    # M[a, b] = v[a - b + n - 1]: the reversed lags unfolded (a strided view), rows flipped.
-    return v.flip(0).unfold(0, n, 1).flip(0)
-
-
-def _diagonal_sums(M: torch.Tensor) -> torch.Tensor:  # (p, m) -> (p + m - 1,)
-    """``out[a - b + m - 1] = sum of M[a, b]`` over each diagonal, by a skewed reshape."""
-    p, m = M.shape
-    Z = M.new_zeros(p, m + p)
-    Z[:, :m] = M.flip(1)
-    # In rows of length m + p - 1 the entry (a, m - 1 - b) lands in column a + m - 1 - b.
-    return Z.reshape(-1)[: p * (m + p - 1)].reshape(p, m + p - 1).sum(0)
-
-
-def _cholesky_solve(B: torch.Tensor, L: torch.Tensor) -> torch.Tensor:  # (n, k), (n, n) -> (n, k)
-    """:math:`(LL^\top)^{-1}B` by two triangular solves (torch.cholesky_solve copies the factor on
-    every call, which costs more than the solve itself for a few right-hand sides)."""
-    return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
-
-
-def _correlate(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # (p,), (n,) -> (p + n - 1,)
-    """Full cross-correlation ``out[t] = sum_k u[t + k - n + 1] w[k]`` (direct sums, no FFT)."""
-    if u.device.type == "cpu":
-        # numpy's direct loop is ~4x faster than a one-channel conv1d at n = 400
-        return torch.from_numpy(np.correlate(u.detach().numpy(), w.detach().numpy(), "full"))
-    n = w.shape[0]
-    return F.conv1d(F.pad(u, (n - 1, n - 1)).view(1, 1, -1), w.reshape(1, 1, -1)).reshape(-1)
-
-
-def _lag_sums(A: torch.Tensor, B: torch.Tensor, offset: int, n: int) -> torch.Tensor:  # (p, k), (n, k) -> (2n - 1,)
-    r"""Gradient of :math:`\langle A B^\top, T(v)[\text{offset}:\text{offset}+p]\rangle` in the
-    lag vector :math:`v`: the diagonal sums of :math:`A B^\top` (a cross-correlation), placed at
-    lag index :math:`\text{offset} + a - b + n - 1`. Never forms a dense matrix for one column."""
-    p = A.shape[0]
-    if A.shape[1] == 1:
-        s = _correlate(A[:, 0], B[:, 0])
-    else:
-        s = _diagonal_sums(A @ B.T)
-    out = A.new_zeros(2 * n - 1)
-    out[offset : offset + p + n - 1] = s
-    return out
-
-
-class _ToeplitzMatrix(torch.autograd.Function):
-    """Dense Toeplitz matrix from its lag vector; backward = diagonal sums."""
-
-    @staticmethod
-    def forward(ctx, v):
-        return _toeplitz_dense(v)
-
-    @staticmethod
-    def backward(ctx, G):
-        return _diagonal_sums(G)
-
-
-class _ToeplitzMatmul(torch.autograd.Function):
-    """``T(v)[rows] @ Y`` with the dense ``T(v)`` precomputed; backward to ``v`` by correlation."""
-
-    @staticmethod
-    def forward(ctx, v, Y, K, start, stop):
-        Kr = K[start:stop]
-        ctx.save_for_backward(Y, Kr)
-        ctx.start = start
-        return Kr @ Y
-
-    @staticmethod
-    def backward(ctx, G):
-        Y, Kr = ctx.saved_tensors
-        gv = _lag_sums(G, Y, ctx.start, Y.shape[0]) if ctx.needs_input_grad[0] else None
-        gY = Kr.T @ G if ctx.needs_input_grad[1] else None
-        return gv, gY, None, None, None
-
-
-class _ToeplitzSolve(torch.autograd.Function):
-    r"""X = T(v)^{-1} B from a precomputed Cholesky factor L of T(v); closed-form backward
-    grad_B = T^{-1} G, grad_v = diagonal sums of :math:`-T^{-1} G X^\top` (a correlation)."""
-
-    @staticmethod
-    def forward(ctx, v, B, L):
-        X = _cholesky_solve(B, L)
-        ctx.save_for_backward(X, L)
-        return X
-
-    @staticmethod
-    def backward(ctx, G):
-        X, L = ctx.saved_tensors
-        Gs = _cholesky_solve(G, L)
-        gv = -_lag_sums(Gs, X, 0, X.shape[0]) if ctx.needs_input_grad[0] else None
-        return gv, Gs, None
-
-
-class _ToeplitzLogdet(torch.autograd.Function):
-    r"""log|T(v)| of a symmetric positive definite Toeplitz matrix from its Cholesky factor.
-
-    The gradient needs only the diagonal sums of :math:`T^{-1}`. By the Gohberg-Semencul formula
-    :math:`T^{-1} = x_0^{-1}\big(\mathcal L(x)\mathcal L(x)^\top - \mathcal L(c)\mathcal L(c)^\top\big)`
-    with :math:`x = T^{-1} e_0`, :math:`c = (0, x_{n-1}, \dots, x_1)` and :math:`\mathcal L(\cdot)`
-    the lower-triangular Toeplitz matrix with that first column, and the diagonal sum at lag
-    :math:`l` of :math:`\mathcal L(c)\mathcal L(c)^\top` is :math:`\sum_j (n - l - j) c_j c_{j+l}`:
-    one triangular solve pair and four correlations, :math:`O(n^2)`, instead of the
-    :math:`O(n^3)` explicit inverse.
-    """
-
-    @staticmethod
-    def forward(ctx, v, L):
-        ctx.save_for_backward(L)
-        return 2.0 * L.diagonal().log().sum()
-
-    @staticmethod
-    def backward(ctx, g):
-        (L,) = ctx.saved_tensors
-        n = L.shape[0]
-        e0 = L.new_zeros(n, 1)
-        e0[0] = 1.0
-        x = _cholesky_solve(e0, L)[:, 0]
-        c = torch.cat([x.new_zeros(1), x[1:].flip(0)])
-        j = torch.arange(n, dtype=x.dtype, device=x.device)
-        # R_l = sum_j c_{j+l} c_j and S_l = sum_j c_{j+l} j c_j: the non-negative lags of a correlation
-        R = [_correlate(u, w)[n - 1 :] for u, w in ((x, x), (x, j * x), (c, c), (c, j * c))]
-        D = ((n - j) * (R[0] - R[2]) - (R[1] - R[3])) / x[0]
-        return g * torch.cat([D[1:].flip(0), D]), None
-
-
-def apply_mode(
-    M: torch.Tensor,  # (P, N_j)
-    X: torch.Tensor,  # (N_1, ..., N_j, ..., N_d)
-    dim: int,
-) -> torch.Tensor:  # (N_1, ..., P, ..., N_d)
-    r"""Mode-``dim`` product :math:`(I \otimes \cdots \otimes M \otimes \cdots \otimes I)\,X`."""
-    return torch.movedim(torch.tensordot(M, X, dims=([1], [dim])), 0, dim)
-
-
-def _rotate(mats: Sequence[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
-    for j, M in enumerate(mats):
-        X = apply_mode(M, X, j)
-    return X
-
-
-def _kronecker_sum_apply_inverse(vecs, vinvs, denom, R):
-    Z = _rotate(vinvs, R.to(vecs[0].dtype))
-    return _rotate(vecs, Z / denom).real
-
-
-class _KroneckerSumSolve(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, R, *mats):
-        vals, vecs = zip(*(torch.linalg.eig(A) for A in mats))
-        vinvs = [torch.linalg.inv(V) for V in vecs]
-        denom = vals[0].reshape(-1, *([1] * (len(mats) - 1)))
-        for j in range(1, len(mats)):
-            shape = [1] * len(mats)
-            shape[j] = -1
-            denom = denom + vals[j].reshape(shape)
-        X = _kronecker_sum_apply_inverse(vecs, vinvs, denom, R)
-        ctx.save_for_backward(X, denom, *vecs, *vinvs)
-        ctx.d = len(mats)
-        return X
-
-    @staticmethod
-    def backward(ctx, G):
-        X, denom, *rest = ctx.saved_tensors
-        d = ctx.d
-        vecs, vinvs = rest[:d], rest[d:]
-        # Adjoint system: sum_j A_j^T along mode j, eigenvectors V_j^{-T} and V_j^T.
-        Y = _kronecker_sum_apply_inverse([Vi.T for Vi in vinvs], [V.T for V in vecs], denom, G)
-        grads = []
-        for j in range(d):
-            if ctx.needs_input_grad[j + 1]:
-                others = [i for i in range(d) if i != j]
-                grads.append(-torch.tensordot(Y, X, dims=(others, others)))
-            else:
-                grads.append(None)
-        return (Y, *grads)
-
-
-def kronecker_sum_solve(
-    mats: Sequence[torch.Tensor],  # d x (n_j, n_j)
-    R: torch.Tensor,  # (n_1, ..., n_d)
-) -> torch.Tensor:  # (n_1, ..., n_d)
-    r"""Solve :math:`\big(\sum_j I \otimes \cdots \otimes A_j \otimes \cdots \otimes I\big) X = R`.
-
-    With eigendecompositions :math:`A_j = V_j \Lambda_j V_j^{-1}` (complex in general),
-
-    .. math::
-
-        X = (V_1 \otimes \dots \otimes V_d)\,
-            \frac{(V_1^{-1} \otimes \dots \otimes V_d^{-1}) R}{\lambda_{1 a_1} + \dots +
-            \lambda_{d a_d}},
-
-    a Sylvester solve in 2-D, in :math:`O(\sum_j n_j^3 + N \sum_j n_j)`. Differentiable in
-    ``R`` and every :math:`A_j`: the backward pass solves the adjoint system
-    :math:`\sum_j A_j^\top` with the same eigenvectors and returns
-    :math:`\partial / \partial A_j = -Y_{(j)} X_{(j)}^\top` (mode-:math:`j` unfoldings).
-    In one dimension this is :func:`torch.linalg.solve`.
-    """
-    if len(mats) == 1:
-        return torch.linalg.solve(mats[0], R)
-    return _KroneckerSumSolve.apply(R, *mats)
 
 
 class _InteriorSolve1D(torch.autograd.Function):
@@ -359,30 +161,15 @@ class _InteriorSolve1D(torch.autograd.Function):
         yt[start:stop] = y
         xt = X.new_zeros(n, 1)
         xt[start:stop, 0] = X
-        z = _cholesky_solve(xt, L)
+        z = cholesky_solve(xt, L)
         grads = [None] * len(Ks)
         Mty = 0.0
         for i, (K, c) in enumerate(zip(Ks, coef)):
             if ctx.needs_input_grad[3 + i]:
-                grads[i] = -c * _lag_sums(yt, z, 0, n)
+                grads[i] = -c * toeplitz_lag_grad(yt, z)
             Mty = Mty + c * (K.T @ yt)
-        g0 = _lag_sums(_cholesky_solve(Mty, L), z, 0, n) if ctx.needs_input_grad[2] else None
+        g0 = toeplitz_lag_grad(cholesky_solve(Mty, L), z) if ctx.needs_input_grad[2] else None
         return y[:, 0], None, g0, *grads
-
-
-def _kronecker_sum_inverse(mats: Sequence[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Factor a Kronecker sum once (no gradients) for repeated solves."""
-    if len(mats) == 1:
-        lu = torch.linalg.lu_factor(mats[0])
-        return lambda R: torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)
-    vals, vecs = zip(*(torch.linalg.eig(A) for A in mats))
-    vinvs = [torch.linalg.inv(V) for V in vecs]
-    denom = vals[0].reshape(-1, *([1] * (len(mats) - 1)))
-    for j in range(1, len(mats)):
-        shape = [1] * len(mats)
-        shape[j] = -1
-        denom = denom + vals[j].reshape(shape)
-    return lambda R: _kronecker_sum_apply_inverse(vecs, vinvs, denom, R)
 
 
 class SpectralGridPrior(torch.nn.Module):
@@ -437,7 +224,7 @@ class SpectralGridPrior(torch.nn.Module):
 
     def factor_matrices(self, grids: Sequence[torch.Tensor], orders: Sequence[int]) -> list[list[torch.Tensor]]:
         """For each dimension, the Toeplitz derivative kernel matrices of the given orders."""
-        return [[_ToeplitzMatrix.apply(v) for v in per_dim] for per_dim in self.factor_lags(grids, orders)]
+        return [[toeplitz_dense(v) for v in per_dim] for per_dim in self.factor_lags(grids, orders)]
 
     def factor_lags(self, grids: Sequence[torch.Tensor], orders: Sequence[int]) -> list[list[torch.Tensor]]:
         """For each dimension, the Toeplitz lag vectors (:func:`lag_vectors`) of the given orders."""
@@ -547,10 +334,10 @@ class GridCollocation:
             bump[n - 1] = self.jitter
             v0 = v0 + bump
             with torch.no_grad():
-                dense = {m: _toeplitz_dense(v) for m, v in zip(self.orders, per_order)}
-                L, info = torch.linalg.cholesky_ex(_toeplitz_dense(v0))
+                dense = {m: toeplitz_dense(v) for m, v in zip(self.orders, per_order)}
+                L, info = torch.linalg.cholesky_ex(toeplitz_dense(v0))
                 if info:
-                    L, extra = robust_cholesky(_toeplitz_dense(v0), warn=False)
+                    L, extra = robust_cholesky(toeplitz_dense(v0), warn=False)
                     bump = torch.zeros_like(v0)
                     bump[n - 1] = extra
             if info:
@@ -559,7 +346,7 @@ class GridCollocation:
             vecs.append(dict(zip(self.orders, per_order)))
             padded.append(v0)
             kmats.append(dense)
-            logdets.append(_ToeplitzLogdet.apply(v0, L))
+            logdets.append(toeplitz_logdet(v0, chol=L))
         N = math.prod(self.shape)
         logdet = sum(N / n * ld for n, ld in zip(self.shape, logdets))
         # lags[j][m]: v_j^(m); padded[j]: the lags of K_j + eps I (the factored matrix)
@@ -572,21 +359,13 @@ class GridCollocation:
             if m not in fac["K"][j]:
                 raise KeyError(f"derivative order {m} was not prepared for dimension {j}.")
             # K^(m)^T is the Toeplitz matrix of the reversed lag vector.
-            KmT = _ToeplitzMatrix.apply(fac["lags"][j][m].flip(0))
-            D = _ToeplitzSolve.apply(fac["padded"][j], KmT, fac["chol"][j]).T
+            KmT = toeplitz_dense(fac["lags"][j][m].flip(0))
+            D = toeplitz_solve(fac["padded"][j], KmT, chol=fac["chol"][j]).T
             fac["D"][j][m] = D
         return D
 
     @staticmethod
-    def _along_mode(fn, X: torch.Tensor, j: int) -> torch.Tensor:
-        """Apply ``fn`` to the mode-``j`` unfolding ``(N_j, rest)`` of ``X`` and fold back."""
-        Xj = torch.movedim(X, j, 0)
-        shape = Xj.shape
-        out = fn(Xj.reshape(shape[0], -1))
-        return torch.movedim(out.reshape(out.shape[0], *shape[1:]), 0, j)
-
-    @classmethod
-    def _solve_mode(cls, fac: dict, X: torch.Tensor, j: int) -> torch.Tensor:
+    def _solve_mode(fac: dict, X: torch.Tensor, j: int) -> torch.Tensor:
         # The loss solves with the same U more than once (quadratic term and derivatives):
         # reuse the result (and its autograd node) within this factorisation.
         cache = fac.setdefault("solves", {})
@@ -594,15 +373,14 @@ class GridCollocation:
         hit = cache.get(key)
         if hit is not None and hit[0] is X:
             return hit[1]
-        out = cls._along_mode(lambda B: _ToeplitzSolve.apply(fac["padded"][j], B, fac["chol"][j]), X, j)
+        out = apply_along_mode(lambda B: toeplitz_solve(fac["padded"][j], B, chol=fac["chol"][j]), X, j)
         cache[key] = (X, out)
         return out
 
-    @classmethod
-    def _matmul_mode(cls, fac: dict, X: torch.Tensor, j: int, m: int, rows: slice) -> torch.Tensor:
+    @staticmethod
+    def _matmul_mode(fac: dict, X: torch.Tensor, j: int, m: int, rows: slice) -> torch.Tensor:
         K = fac["K"][j][m]
-        start, stop, _ = rows.indices(K.shape[0])
-        return cls._along_mode(lambda Y: _ToeplitzMatmul.apply(fac["lags"][j][m], Y, K, start, stop), X, j)
+        return apply_along_mode(lambda Y: toeplitz_matmul(fac["lags"][j][m], Y, rows=rows, dense=K), X, j)
 
     def quad(self, fac: dict, U: torch.Tensor) -> torch.Tensor:
         r""":math:`U^\top K^{-1} U` with :math:`K^{-1} = \otimes_j K_j^{-1}` applied mode by mode."""
@@ -665,7 +443,7 @@ class GridCollocation:
             with torch.no_grad():
                 M = sum(c * fac["K"][0][m] for _, m, c in self.linear_terms)
                 # A = (M K^{-1})[I, I] = ((K^{-1} M[I, :]^T)[I, :])^T
-                A = _cholesky_solve(M[sl].T.contiguous(), fac["chol"][0])[sl].T.contiguous()
+                A = cholesky_solve(M[sl].T.contiguous(), fac["chol"][0])[sl].T.contiguous()
                 st = fac["interior_1d"] = (A, torch.linalg.lu_factor(A))
         return st
 
@@ -714,7 +492,7 @@ class GridCollocation:
             mats = self.interior_operators(fac)
 
             def solve_linear(R):
-                return kronecker_sum_solve(mats, R)
+                return kron_sum_solve(mats, R)
         R = self.lift_rhs(fac)
         if self.nonlinearity is None:
             return self.assemble(solve_linear(R)), 0
@@ -724,7 +502,7 @@ class GridCollocation:
             if self.d == 1:
                 inverse = lambda R: torch.linalg.lu_solve(*lu, R.unsqueeze(-1)).squeeze(-1)  # noqa: E731
             else:
-                inverse = _kronecker_sum_inverse([A.detach() for A in mats])
+                inverse = kron_sum_inverse([A.detach() for A in mats])
             X = inverse(Rd) if start is None else start[self.interior].clone()
             it = 0
             for it in range(1, max_picard + 1):  # noqa: B007 (returned)
