@@ -103,7 +103,7 @@ class LinearMultipleKernel(WeightedKernelSum):
         k(x, x') = \sum_{a=1}^{A} \theta_a\, k_a(x, x'), \qquad \theta_a \ge 0,
 
     where the basis kernels :math:`k_a` keep their own hyperparameters (fixed when learning
-    :math:`\theta` by :class:`~gpkern.models.multiple_kernel.SCAMultipleKernel`, trainable by
+    :math:`\theta` by :func:`~gpkern.models.multiple_kernel.sca_fit`, trainable by
     ordinary gradient descent otherwise). A non-negative combination of PSD kernels is PSD.
 
     Parameters

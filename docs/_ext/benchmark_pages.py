@@ -1,0 +1,41 @@
+"""Generate one page per benchmark report (benchmarks/results/*.md), rendered by MyST.
+
+The reports are the benchmark scripts' own Markdown output plus notes, each with its date,
+machine and command. A new report appears in the docs without editing any page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def generate(app) -> None:
+    results = Path(app.srcdir).parent / "benchmarks" / "results"
+    out = Path(app.srcdir) / "benchmarks" / "generated"
+    out.mkdir(exist_ok=True)
+    wanted = {out / "toctree.inc"}
+    names = sorted(path.stem for path in results.glob("*.md"))
+    toctree = [".. toctree::", "   :maxdepth: 1", ""]
+    toctree += [f"   generated/{name}" for name in names]
+    write_if_changed(out / "toctree.inc", "\n".join(toctree) + "\n")
+    for name in names:
+        page = out / f"{name}.rst"
+        wanted.add(page)
+        source = f"../../../benchmarks/results/{name}.md"
+        write_if_changed(
+            page,
+            f".. include:: {source}\n   :parser: myst_parser.sphinx_\n",
+        )
+    for path in out.iterdir():
+        if path not in wanted:
+            path.unlink()
+
+
+def setup(app):
+    app.connect("builder-inited", generate, priority=400)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
