@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow docs lint bench clean
+.PHONY: demo test test-slow docs docs-check docs-screenshots lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,18 @@ test-slow: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
+# What a reader would see broken in the built site: missing methods, placeholders, raw math,
+# empty navigation, broken links, placeholder thumbnails.
+docs-check: $(STAMP)
+	$(PY) scripts/check_docs.py docs/_build/html
+
+# Headless-Chromium screenshots of the built site in docs/_build/screenshots (needs chromium).
+docs-screenshots:
+	$(PY) scripts/docs_screenshots.py docs/_build/html
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) docs/_build docs/auto_examples docs/gen_modules
+	rm -rf $(VENV) docs/_build docs/auto_examples docs/gen_modules docs/api/modules \
+		docs/api/generated docs/benchmarks/generated

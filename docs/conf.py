@@ -77,6 +77,7 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"gpkern {release}"
 html_static_path = ["_static"]
 html_css_files = ["gpkern.css"]
+toc_object_entries_show_parents = "hide"
 html_theme_options = {
     "navigation_with_keys": False,
     "header_links_before_dropdown": 6,
@@ -103,7 +104,7 @@ sphinx_gallery_conf = {
     "plot_gallery": "False" if os.environ.get("GPKERN_DOCS_NO_GALLERY") else "True",
     "download_all_examples": False,
     "remove_config_comments": True,
-    "within_subsection_order": "ExampleTitleSortKey",
+    "within_subsection_order": "gallery_order.example_order",
     "doc_module": ("gpkern",),
     "backreferences_dir": "gen_modules/backreferences",
     "reference_url": {"gpkern": None},

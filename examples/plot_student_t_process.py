@@ -13,7 +13,7 @@ What the plot shows, honestly: one scale :math:`\\sigma^2` is shared by every po
 scale mixture cannot explain *isolated* outliers better than a GP. Maximum likelihood then
 sends the degrees of freedom to infinity and the Student-t process becomes the GP (second
 panel). Fixing a small ``df`` keeps the predictive's tails heavy (it is a Student-t with
-:math:`\nu + n` degrees of freedom), which widens the outer quantiles. Independent
+:math:`\\nu + n` degrees of freedom), which widens the outer quantiles. Independent
 heavy-tailed *noise* is a different model (a Student-t likelihood).
 """
 

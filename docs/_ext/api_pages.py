@@ -18,6 +18,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,7 @@ TRAILING_PAGES = ("gpkern",)  # the package itself holds only __version__
 INHERIT_FROM = ("gpkern", "sklearn")
 # scikit-learn's metadata-routing machinery: generated per estimator, cites sklearn's own guide.
 SKIP_MEMBERS = ("get_metadata_routing", "set_output")
-SKIP_PREFIXES = ("set_", "_")
-KEEP_SET = ("set_params",)
+SKIP_NAME = re.compile(r"^_|^set_\w+_request$")
 
 
 @dataclass
@@ -101,7 +101,7 @@ def class_members(cls) -> list[str]:
         for name, value in vars(base).items():
             if name in names or name in SKIP_MEMBERS:
                 continue
-            if name.startswith(SKIP_PREFIXES) and name not in KEEP_SET:
+            if SKIP_NAME.match(name):
                 continue
             raw = value.__func__ if isinstance(value, classmethod | staticmethod) else value
             if inspect.isfunction(raw) or isinstance(raw, property):

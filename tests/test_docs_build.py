@@ -1,0 +1,123 @@
+"""The docs checker (scripts/check_docs.py) flags what a reader would see broken.
+
+The synthetic pages below are what the checker must catch; the last test runs it on the real
+build when one exists (``make docs`` first; CI runs ``make docs-check`` after ``make docs``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("check_docs", ROOT / "scripts" / "check_docs.py")
+check_docs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(check_docs)
+
+NAV = (
+    '<nav class="bd-docs-nav bd-links"><ul><li><a class="reference internal" href="a.html">A</a>'
+    '</li><li><a class="reference internal" href="b.html">B</a></li></ul></nav>'
+)
+
+
+def write_site(tmp_path: Path, pages: dict[str, str]) -> Path:
+    for name, body in pages.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"<html><body>{body}</body></html>")
+    inventory = "gpkern.estimators.dkm.MAX_FULL_SAMPLES py:data 1 x.html#$ -\n"
+    (tmp_path / "objects.inv").write_bytes(b"#\n#\n#\n#\n" + zlib.compress(inventory.encode()))
+    return tmp_path
+
+
+def problems(build: Path, check) -> list[str]:
+    pages = {p.resolve(): check_docs.parse(p) for p in build.rglob("*.html")}
+    return check(build.resolve(), pages)
+
+
+def test_placeholder_and_raw_math_are_flagged_but_not_inside_math_or_code(tmp_path):
+    build = write_site(
+        tmp_path,
+        {
+            "bad.html": "<p>Results: BENCHMARK_SUMMARY and \\[ x^2 \\]</p>",
+            "good.html": (
+                '<p>Constant MAX_FULL_SAMPLES, <span class="math">\\(x\\)</span>, '
+                "<code>OMP_NUM_THREADS=1</code></p>"
+                '<script src="_static/mathjax/tex-svg-full.js"></script>'
+            ),
+        },
+    )
+    found = problems(build, check_docs.check_text)
+    assert any("bad.html" in p and "BENCHMARK_SUMMARY" in p for p in found)
+    assert any("bad.html" in p and "unrendered math" in p for p in found)
+    assert not [p for p in found if "good.html" in p]
+
+
+def test_math_needs_a_local_mathjax(tmp_path):
+    build = write_site(
+        tmp_path,
+        {
+            "cdn.html": '<span class="math">\\(x\\)</span>'
+            '<script src="https://cdn.example.org/mathjax/tex-chtml.js"></script>',
+        },
+    )
+    assert any("network" in p for p in problems(build, check_docs.check_text))
+
+
+def test_broken_links_and_anchors_are_flagged(tmp_path):
+    build = write_site(
+        tmp_path,
+        {
+            "index.html": '<a href="missing.html">x</a><a href="target.html#nope">y</a>'
+            '<a href="target.html#here">z</a><a href="https://example.org/">w</a>',
+            "target.html": '<h1 id="here">T</h1>',
+        },
+    )
+    found = problems(build, check_docs.check_links)
+    assert len(found) == 2
+    assert any("missing.html" in p for p in found)
+    assert any("#nope" in p for p in found)
+
+
+def test_empty_guide_navigation_is_flagged(tmp_path):
+    build = write_site(
+        tmp_path,
+        {
+            "user_guide/full.html": NAV,
+            "user_guide/empty.html": '<nav class="bd-docs-nav bd-links"><ul></ul></nav>',
+        },
+    )
+    found = problems(build, check_docs.check_navigation)
+    assert found == ["user_guide/empty.html: empty section navigation"]
+
+
+def test_estimator_page_without_predict_is_flagged(tmp_path):
+    pages = {
+        f"api/generated/gpkern.estimators.{name}.html": (
+            f'<dt id="gpkern.estimators.{name}.fit"></dt>'
+            f'<dt id="gpkern.estimators.{name}.predict"></dt>'
+        )
+        for name in check_docs_estimators()
+    }
+    pages["api/generated/gpkern.estimators.GPRegressor.html"] = (
+        '<dt id="gpkern.estimators.GPRegressor.fit"></dt>'
+    )
+    build = write_site(tmp_path, pages)
+    found = problems(build, check_docs.check_api)
+    assert found == ["api/generated/gpkern.estimators.GPRegressor.html: predict is not documented"]
+
+
+def check_docs_estimators() -> list[str]:
+    import gpkern.estimators
+
+    return list(gpkern.estimators.__all__)
+
+
+@pytest.mark.skipif(
+    not (ROOT / "docs" / "_build" / "html" / "index.html").exists(), reason="docs not built"
+)
+def test_built_docs_pass_the_checks():
+    assert check_docs.main(["check_docs", str(ROOT / "docs" / "_build" / "html")]) == 0
