@@ -347,7 +347,7 @@ class GridGPRegressor(GPRegressor):
                 except (NotPSDError, ValueError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            _, n_iter = minimize_with_restarts(
+            result = minimize_with_restarts(
                 loss,
                 model,
                 n_restarts=self.n_restarts,
@@ -357,6 +357,8 @@ class GridGPRegressor(GPRegressor):
                 verbose=self.verbose,
                 desc="GridGPRegressor fit",
             )
+            n_iter = result.n_iter
+            self._warn_optimisation(result, model)
 
         if backend == "dense":
             with torch.no_grad():

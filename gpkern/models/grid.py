@@ -34,6 +34,7 @@ from gpkern.linalg.kronecker import (
     kron_solve_logdet,
     pcg,
 )
+from gpkern.models.exact import GaussianNoise
 
 __all__ = ["GridGP", "GridPosterior", "ProductAxisKernel", "rowwise_kron_matmul"]
 
@@ -65,7 +66,7 @@ def _rowwise_kron_columns(rows: Sequence[torch.Tensor]) -> torch.Tensor:  # d x 
     return out
 
 
-class GridGP(torch.nn.Module):
+class GridGP(GaussianNoise, torch.nn.Module):
     r"""Product-kernel GP with Gaussian noise, computed through Kronecker structure on a grid.
 
     .. math::
@@ -80,11 +81,11 @@ class GridGP(torch.nn.Module):
     outputscale : float, default=1.0
         Initial shared output scale :math:`s`.
     noise : float, default=0.1
-        Initial (or fixed) noise variance :math:`\sigma^2`.
+        Initial (or fixed) noise variance :math:`\sigma^2`; a fixed one is used exactly.
     learn_noise : bool, default=True
         Whether :math:`\sigma^2` is trainable.
     noise_lower_bound : float, default=1e-6
-        Lower bound of the noise constraint.
+        Lower bound of a learned noise.
 
     Examples
     --------
@@ -113,16 +114,7 @@ class GridGP(torch.nn.Module):
         self.outputscale_constraint = gpytorch.constraints.Positive()
         raw = self.outputscale_constraint.inverse_transform(torch.tensor(float(outputscale)))
         self.raw_outputscale = torch.nn.Parameter(raw.to(dtype))
-        self.noise_constraint = gpytorch.constraints.GreaterThan(noise_lower_bound)
-        raw = self.noise_constraint.inverse_transform(
-            torch.tensor(max(noise, noise_lower_bound * 1.0001))
-        )
-        self.raw_noise = torch.nn.Parameter(raw.to(dtype), requires_grad=learn_noise)
-
-    @property
-    def noise(self) -> torch.Tensor:
-        """Noise variance :math:`\\sigma^2` (scalar tensor)."""
-        return self.noise_constraint.transform(self.raw_noise)
+        self._init_noise(noise, learn_noise, noise_lower_bound)
 
     @property
     def outputscale(self) -> torch.Tensor:
