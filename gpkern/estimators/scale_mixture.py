@@ -24,7 +24,12 @@ from gpkern.estimators.base import (
 from gpkern.estimators.gp_regressor import default_kernel
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
-from gpkern.models.training import minimize
+from gpkern.models.training import (
+    optimize,
+    parameters_at_bounds,
+    warn_at_bounds,
+    warn_if_unconverged,
+)
 
 __all__ = ["StudentTProcessRegressor", "ScaleMixtureRegressor", "ScaleMixtureClassifier"]
 
@@ -623,7 +628,7 @@ class ScaleMixtureClassifier(BaseGPClassifier):
                 idx = torch.randperm(n, device="cpu")[:batch].to(device) if batch < n else slice(None)
                 return -model.elbo(Xt[idx], yt[idx], n=n, n_samples=self.n_samples)
 
-            best = minimize(
+            result = optimize(
                 loss,
                 model.parameters(),
                 optimizer="adam",
@@ -637,10 +642,14 @@ class ScaleMixtureClassifier(BaseGPClassifier):
                 normal_draws = torch.randn(
                     self.n_predict_samples, len(classes), dtype=torch.float64, device=device
                 )
+        best = result.loss
         if not math.isfinite(best):
             raise FloatingPointError(
                 "The ELBO was not finite at any step; lower lr or check the kernel's hyperparameters."
             )
+        owner = type(self).__name__
+        warn_if_unconverged(result, owner, self.max_iter, optimizer="adam")
+        warn_at_bounds(parameters_at_bounds(model), owner)
         commit_feature_attrs(self, fitted_meta)
         self.classes_ = classes
         self.kernel_ = model.kernel
