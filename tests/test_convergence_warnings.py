@@ -66,7 +66,7 @@ def test_lbfgs_reports_budget_and_convergence():
     assert res.n_iter == 1 and not res.converged
     res = optimize(rosenbrockish, [x], max_iter=100)
     assert res.converged and res.n_iter < 100
-    torch.testing.assert_close(x.detach(), target)
+    torch.testing.assert_close(x.detach(), target, rtol=0, atol=1e-5)
 
 
 def test_adam_converges_only_when_the_loss_stops_decreasing():
@@ -141,9 +141,8 @@ def test_multiple_kernel_budget_warning_and_silence():
 
 
 def test_multiple_kernel_noise_floor_warning():
-    rng = np.random.default_rng(0)
-    X = rng.uniform(0, 1, (60, 2))
-    y = np.sin(3 * X[:, 0]) + np.cos(2 * X[:, 1])  # noise-free: the noise runs to its floor
+    X = np.linspace(0, 5, 40)[:, None]
+    y = np.sin(X[:, 0])  # noise-free: the noise runs to its floor
     msgs = _messages(MultipleKernelRegressor(n_components=20, random_state=0), X, y)
     (msg,) = [m for m in msgs if "noise" in m]
     assert "lower bound 0.0001" in msg and "noise_lower_bound" in msg
