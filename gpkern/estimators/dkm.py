@@ -337,7 +337,8 @@ class DKMRegressor(BaseGPRegressor):
         integer uses the sparse DKM with that many inducing points, initialised at a random
         subset of the training inputs and learned.
     noise : float, optional
-        Gaussian noise variance in normalised units; ``None`` learns it (from 0.1).
+        Gaussian noise variance in normalised units; ``None`` learns it (from 0.1); a float is
+        used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
     max_iter : int, default=100
@@ -466,6 +467,12 @@ class DKMRegressor(BaseGPRegressor):
         ValueError
             Bad parameters or input, more than 3000 samples for the full DKM, or
             ``n_inducing`` larger than the number of samples.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When a stage's optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound (the noise at its floor).
         """
         device = self._check_params()
         state = self._validate_train(X, y)
@@ -681,6 +688,12 @@ class DKMClassifier(BaseGPClassifier):
         ValueError
             Bad parameters or input, a single class, more than 3000 samples for the full DKM,
             or ``n_inducing`` larger than the number of samples.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When a stage's optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound.
         """
         device = _check_common(self)
         BaseGPRegressor._check_positive_int("n_mc", self.n_mc, minimum=1)

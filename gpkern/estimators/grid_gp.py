@@ -88,7 +88,7 @@ class GridGPRegressor(GPRegressor):
         length-scale started at the axis' standard deviation. Kernels are deep-copied.
     noise : float, optional
         Noise variance in the kernel's units (normalised targets when ``normalize_y``);
-        ``None`` learns it, starting from 0.1.
+        ``None`` learns it, starting from 0.1; a float is used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting; predictions are transformed back.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
@@ -130,8 +130,15 @@ class GridGPRegressor(GPRegressor):
         Observed points and targets.
     log_marginal_likelihood_value_ : float
         Log marginal likelihood in the units of ``y`` (a stochastic estimate on partial grids).
+    n_iter_ : int
+        Optimiser iterations run, summed over starts.
     n_features_in_ : int
         Number of features (grid dimensions).
+
+    Warns
+    -----
+    sklearn.exceptions.ConvergenceWarning
+        When the optimiser stops at ``max_iter`` or a learned hyperparameter ends at a bound.
 
     Examples
     --------

@@ -158,7 +158,8 @@ class StudentTProcessRegressor(_ScaleMixtureRegressorBase):
         Degrees of freedom :math:`\nu = 2a` of the prior process; ``None`` learns it (starting
         from 4), a positive float fixes it.
     noise : float, optional
-        Noise :math:`\varepsilon` (normalised units); ``None`` learns it, starting from 0.1.
+        Noise :math:`\varepsilon` (normalised units); ``None`` learns it, starting from 0.1; a
+        float is used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
@@ -249,6 +250,12 @@ class StudentTProcessRegressor(_ScaleMixtureRegressorBase):
             Bad input or parameters.
         gpkern.exceptions.NotPSDError
             If the kernel matrix is not positive definite even with jitter.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When the optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound (the noise at its floor).
         """
 
         def make(Xt, gen):
@@ -418,6 +425,12 @@ class ScaleMixtureRegressor(_ScaleMixtureRegressorBase):
         -----
         gpkern.exceptions.LowESSWarning
             When the effective sample size is below ``min_ess``.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When the optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound (the noise at its floor).
         """
 
         def make(Xt, gen):
@@ -606,6 +619,12 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         ------
         ValueError
             Bad input or parameters, continuous targets, or a single class.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When Adam's ELBO is still decreasing at ``max_iter`` (beyond its minibatch noise), or a
+            learned hyperparameter ends at a bound.
         """
         prior, device = self._check_params()
         X, y, fitted_meta = validate_training_data(self, X, y, dtype=np.float64)
