@@ -188,3 +188,24 @@ def test_dkm_classifier_silent_when_converged():
     X = rng.standard_normal((40, 1))
     y = (X[:, 0] + rng.standard_normal(40) > 0).astype(int)  # overlapping classes: a finite optimum
     _silent(DKMClassifier(n_layers=1, n_inducing=5, max_iter=300, random_state=0), X, y)
+
+
+# -- distributed SLIM-KL ------------------------------------------------------------------------
+def test_slimkl_budget_and_noise_floor_warnings():
+    from gpkern.distributed import slimkl
+
+    def messages(X, y, **kw):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            slimkl.fit(X, y, n_components=20, **kw)
+        return [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+    X, y = _regression()
+    (msg,) = messages(X, y, max_rounds=1)
+    assert "SLIM-KL" in msg and "max_rounds=1" in msg
+    Xf = np.linspace(0, 5, 40)[:, None]
+    msgs = messages(Xf, np.sin(Xf[:, 0]), max_rounds=200)  # noise-free targets
+    assert any("noise" in m and "lower bound 0.0001" in m for m in msgs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert slimkl.fit(X, y, n_components=20, max_rounds=200).converged

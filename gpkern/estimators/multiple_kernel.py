@@ -15,7 +15,7 @@ from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.kernels.gsmp import GSMPKernel
 from gpkern.kernels.multiple import LinearMultipleKernel, WeightedKernelSum
 from gpkern.models.exact import ExactGP
-from gpkern.models.multiple_kernel import sca_fit
+from gpkern.models.multiple_kernel import NOISE_FLOOR_HINT, sca_fit
 from gpkern.models.training import (
     BOUND_RTOL,
     BoundHit,
@@ -189,13 +189,7 @@ class MultipleKernelRegressor(GPRegressor):
         return kernel.to(dtype=X.dtype, device=X.device)
 
     # -- fitting ------------------------------------------------------------------------------
-    _bound_hints = {
-        "noise": (
-            "The noise is at noise_lower_bound: the kernel interpolates the (normalised) "
-            "targets, which on small or noisy data overfits. Raise noise_lower_bound, use "
-            "fewer components, or pass the noise you know as noise=..."
-        ),
-    }
+    _bound_hints = {"noise": NOISE_FLOOR_HINT}
 
     def fit(self, X, y):
         """Fit the weights (and noise) of the linear multiple kernel.

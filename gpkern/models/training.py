@@ -320,18 +320,25 @@ def minimize_with_restarts(
 
 
 def warn_if_unconverged(
-    result: OptimizeResult, owner: str, max_iter: int, *, optimizer: str = "lbfgs", stacklevel: int = 3
+    result: OptimizeResult,
+    owner: str,
+    max_iter: int,
+    *,
+    optimizer: str = "lbfgs",
+    budget: str = "max_iter",
+    stacklevel: int = 3,
 ) -> None:
     """A :class:`~sklearn.exceptions.ConvergenceWarning` when ``result`` stopped at its budget.
 
-    ``owner`` names the estimator (and stage) in the message.
+    ``owner`` names the estimator (and stage) in the message, ``budget`` the parameter that
+    holds ``max_iter``.
     """
     if result.converged:
         return
     warnings.warn(
-        f"{owner}: the {optimizer} optimiser stopped at its budget (max_iter={max_iter}) "
+        f"{owner}: the {optimizer} optimiser stopped at its budget ({budget}={max_iter}) "
         "before meeting its tolerance, so the fitted hyperparameters may not be optimal. "
-        "Increase max_iter, or standardise the inputs and targets so that the problem is "
+        f"Increase {budget}, or standardise the inputs and targets so that the problem is "
         "better conditioned.",
         ConvergenceWarning,
         stacklevel=stacklevel,
