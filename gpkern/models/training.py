@@ -159,9 +159,9 @@ def optimize(
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}.")
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}.")
-    if not params or max_iter == 0:
+    if not params or max_iter == 0:  # nothing to optimise, or no optimisation asked for
         with torch.no_grad():
-            return OptimizeResult(float(loss_fn()), 0, not params)
+            return OptimizeResult(float(loss_fn()), 0, True)
 
     best = {"loss": math.inf, "state": [p.detach().clone() for p in params]}
     bar = tqdm(total=max_iter, desc=desc, disable=not verbose, leave=False)
@@ -204,9 +204,11 @@ def optimize(
                 return loss
 
             opt.step(closure)
-            lbfgs_state = opt.state[opt._params[0]]
+            # L-BFGS stops by its tolerances, or by max_iter iterations or max_eval evaluations.
+            lbfgs_state = opt.state[opt.param_groups[0]["params"][0]]
             n_iter = int(lbfgs_state.get("n_iter", 0))
-            converged = n_iter < max_iter and lbfgs_state.get("func_evals", 0) < opt.defaults["max_eval"]
+            evals = int(lbfgs_state.get("func_evals", 0))
+            converged = n_iter < max_iter and evals < opt.defaults["max_eval"]
         else:
             opt = torch.optim.Adam(params, lr=0.05 if lr is None else lr)
             n_iter = 0
