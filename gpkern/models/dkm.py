@@ -38,6 +38,7 @@ import torch
 
 from gpkern.kernels.nngp.duals import arccos_kernel
 from gpkern.linalg.cholesky import cholesky_logdet, gaussian_log_likelihood, robust_cholesky
+from gpkern.models.exact import GaussianNoise
 
 __all__ = [
     "relu_gram_map",
@@ -309,7 +310,7 @@ def _nus(widths_ratio: float | Sequence[float], n_layers: int) -> list[float]:
     return nus
 
 
-class _DKMBase(torch.nn.Module):
+class _DKMBase(GaussianNoise, torch.nn.Module):
     """Hyperparameters common to the full and sparse DKM: the Gram kernel, output scale, noise."""
 
     def __init__(
@@ -339,11 +340,8 @@ class _DKMBase(torch.nn.Module):
         # marginal likelihood can have several optima (two on a MASS Boston split, 0.6 nats
         # apart), and a different start can end in a different one.
         self.raw_outputscale = torch.nn.Parameter(torch.zeros(()))
-        self.noise_constraint = gpytorch.constraints.GreaterThan(1e-6)
-
         if noise is not None:
-            init = self.noise_constraint.inverse_transform(torch.tensor(max(noise, 1.0001e-6)))
-            self.raw_noise = torch.nn.Parameter(init, requires_grad=learn_noise)
+            self._init_noise(noise, learn_noise, 1e-6)
         else:
             self.raw_noise = None
 
@@ -353,9 +351,9 @@ class _DKMBase(torch.nn.Module):
 
     @property
     def noise(self) -> torch.Tensor:
-        if self.raw_noise is None:
+        if self.raw_noise is None and not hasattr(self, "fixed_noise"):
             raise AttributeError("This DKM has no Gaussian noise (classification likelihood).")
-        return self.noise_constraint.transform(self.raw_noise)
+        return GaussianNoise.noise.fget(self)
 
     def hyperparameters(self) -> list[torch.nn.Parameter]:
         """Kernel, output-scale and noise parameters (everything but the Grams and q(f))."""
