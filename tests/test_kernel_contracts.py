@@ -111,6 +111,7 @@ KERNELS = {
         lambda d, **kw: NNGPGramKernel("relu", n_layers=2, ard_num_dims=d, **kw),
         2,
     ),
+    "nngp_gram_se": (lambda **kw: NNGPGramKernel("se", n_layers=2, **kw), None, 2),
 }
 
 
@@ -244,6 +245,10 @@ class TestNNGPGramContract(_Contract, unittest.TestCase):
     name = "nngp_gram"
 
 
+class TestNNGPGramSEContract(_Contract, unittest.TestCase):
+    name = "nngp_gram_se"
+
+
 # --------------------------------------------------------------------------------------------
 # last_dim_is_batch (deprecated in GPyTorch, no longer in its suite): slice j of the result is
 # the kernel on column j alone.
@@ -256,9 +261,6 @@ _NO_LAST_DIM_IS_BATCH = {
     "feature_map_linear",
     # n_features fixes the input width of the network's first layer
     "dense_network",
-    # not implemented: the Gram recursion's weights, bias and layer length-scales would need a
-    # column dimension in front of the point dimensions (it raises NotImplementedError)
-    "nngp_gram",
 }
 
 
