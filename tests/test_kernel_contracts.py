@@ -33,6 +33,7 @@ from gpkern.kernels.nngp.hierarchical import HierarchicalCNNKernel
 from gpkern.kernels.nngp.infinite_depth import InfiniteDepthKernel
 from gpkern.linalg.keops import DenseNetworkKernel
 from gpkern.models.dkm import NNGPGramKernel
+from gpkern.models.grid import GridGP, ProductAxisKernel
 
 _NO_BATCH = torch.Size([])
 
@@ -60,6 +61,14 @@ def _lmk(batch_shape=_NO_BATCH, ard_num_dims=None, **kwargs):
 def _feature_map_rbf(batch_shape=_NO_BATCH, **kwargs):
     base = gpytorch.kernels.RBFKernel(batch_shape=batch_shape)
     return FeatureMapKernel(ScaledTanh(), base, batch_shape=batch_shape, **kwargs)
+
+
+def _grid_gp(axes: int) -> GridGP:
+    kernels = [gpytorch.kernels.RBFKernel(), gpytorch.kernels.MaternKernel(nu=1.5)] * (axes // 2)
+    model = GridGP(kernels, outputscale=1.3)
+    for i, k in enumerate(model.kernels):
+        k.lengthscale = 0.5 + 0.25 * i
+    return model
 
 
 _DENSE_LAYERS = [("dense", 1.5, 0.1), ("relu",), ("dense", 1.0, 0.05)]
@@ -104,6 +113,7 @@ KERNELS = {
         2,
     ),
     "hierarchical": (lambda **kw: HierarchicalCNNKernel((2, 2), kind="ntk", **kw), None, 4),
+    "product_axis": (lambda **kw: ProductAxisKernel(_grid_gp(4), **kw), None, 4),
     "infinite_depth": (lambda **kw: InfiniteDepthKernel("relu", depth=3, **kw), None, 2),
     "dense_network": (lambda **kw: DenseNetworkKernel(_DENSE_LAYERS, n_features=2, **kw), None, 2),
     "nngp_gram": (
@@ -187,12 +197,9 @@ class TestRandomFeatureContract(_Contract, unittest.TestCase):
     name = "random_features"
 
 
-class TestHierarchicalCNNContract(_Contract, unittest.TestCase):
-    name = "hierarchical"
-    parameter_free = True
-
-    # The tree CNN is defined on signals of length prod(filter_sizes) = 4, so the data have
-    # 4 columns (8 for the active-dims test, which selects 4 of them).
+class _FourColumns(_Contract):
+    # For kernels defined on inputs of exactly 4 columns: the data have 4 columns (8 for the
+    # active-dims test, which selects 4 of them).
     def create_data_no_batch(self):
         return torch.randn(50, 8)
 
@@ -203,12 +210,35 @@ class TestHierarchicalCNNContract(_Contract, unittest.TestCase):
         return torch.randn(3, 2, 50, 4)
 
     def test_active_dims_range(self):
-        # The suite selects 6 columns, which no filter sizes of the kernel under test tile:
+        # The suite selects 6 columns, which the kernel under test does not take as an input:
         # the same check with 4 consecutive columns.
         kernel = self.create_kernel_no_ard(active_dims=list(range(3, 7)))
         x = self.create_data_no_batch()
         expected = self.create_kernel_no_ard()(x[:, 3:7]).to_dense()
         self.assertAllClose(kernel(x).to_dense(), expected, rtol=1e-3, atol=1e-5)
+
+
+class TestHierarchicalCNNContract(_FourColumns, unittest.TestCase):
+    # defined on signals of length prod(filter_sizes) = 4
+    name = "hierarchical"
+    parameter_free = True
+
+
+class TestProductAxisContract(_FourColumns, unittest.TestCase):
+    # a GridGP with 4 axes: its parameters live on the model, none on the kernel
+    name = "product_axis"
+
+    def test_kernel_dtype_device(self):
+        # The kernel is a view on a GridGP whose parameters are registered on the model only
+        # (the model's optimiser owns them), so kernel.dtype cannot follow them and .to()
+        # converts the model: check that the view then computes in float32.
+        x = self.create_data_single_batch()
+        kernel = self.create_kernel_no_ard()
+        expected = kernel(x).to_dense()
+        kernel._model[0].to(torch.float32)
+        out = kernel(x.float()).to_dense()
+        self.assertEqual(out.dtype, torch.float32)
+        self.assertAllClose(out.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 class TestInfiniteDepthContract(_Contract, unittest.TestCase):
@@ -261,6 +291,8 @@ _NO_LAST_DIM_IS_BATCH = {
     "feature_map_linear",
     # n_features fixes the input width of the network's first layer
     "dense_network",
+    # a product over all of a grid's axes
+    "product_axis",
 }
 
 
