@@ -28,7 +28,7 @@ from gpkern.kernels import (
     RandomFeatureKernel,
     StudentTSpectralMixtureKernel,
 )
-from gpkern.kernels.nngp import Dense, Erf, Relu, serial
+from gpkern.kernels.nngp import Conv, Dense, Erf, Flatten, Relu, serial
 from gpkern.kernels.nngp.hierarchical import HierarchicalCNNKernel
 from gpkern.kernels.nngp.infinite_depth import InfiniteDepthKernel
 from gpkern.linalg.keops import DenseNetworkKernel
@@ -104,6 +104,16 @@ KERNELS = {
         ),
         None,
         2,
+    ),
+    "nngp_conv": (
+        lambda **kw: NNGPKernel(
+            serial(Conv(2, W_std=1.3, b_std=0.1), Relu(), Flatten(), Dense(1.0, 0.05)),
+            learn_variances=True,
+            input_shape=(1, 2, 2),
+            **kw,
+        ),
+        None,
+        4,
     ),
     "feature_map_rbf": (_feature_map_rbf, None, 2),
     "feature_map_linear": (lambda **kw: FeatureMapKernel(ScaledTanh(), **kw), None, 2),
@@ -224,6 +234,11 @@ class TestHierarchicalCNNContract(_FourColumns, unittest.TestCase):
     parameter_free = True
 
 
+class TestNNGPConvContract(_FourColumns, unittest.TestCase):
+    # a convolutional architecture on 1 x 2 x 2 images
+    name = "nngp_conv"
+
+
 class TestProductAxisContract(_FourColumns, unittest.TestCase):
     # a GridGP with 4 axes: its parameters live on the model, none on the kernel
     name = "product_axis"
@@ -293,6 +308,8 @@ _NO_LAST_DIM_IS_BATCH = {
     "dense_network",
     # a product over all of a grid's axes
     "product_axis",
+    # a convolutional architecture on images: a single column is not an image
+    "nngp_conv",
 }
 
 
