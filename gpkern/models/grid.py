@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import gpytorch
 import torch
 
+from gpkern.kernels.batch import expand_to_batch, indexed_batch_shape
 from gpkern.linalg.cg import pcg
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
 from gpkern.linalg.kronecker import (
@@ -514,17 +515,50 @@ class ProductAxisKernel(gpytorch.kernels.Kernel):
 
     :math:`k(x, x') = s \prod_i k_i(x_i, x_i')`, sharing the model's parameters: the dense twin
     used when data do not lie on a grid, and a way to reuse a fitted grid kernel elsewhere.
+
+    Parameters
+    ----------
+    model : GridGP
+        The model whose axis kernels and output scale are used (not copied).
+    **kwargs
+        Passed to :class:`gpytorch.kernels.Kernel` (``active_dims``, ``batch_shape``: a batch
+        of copies of the same kernel).
     """
 
-    def __init__(self, model: GridGP) -> None:
-        super().__init__()
+    def __init__(self, model: GridGP, **kwargs) -> None:
+        super().__init__(**kwargs)
         self._model = [model]  # a plain list: the parameters stay registered on the model only
+
+    # GPyTorch's batch indexing and expansion deep-copy the kernel, which would copy the model:
+    # the copies here share it, and only the batch shape changes.
+    def __getitem__(self, index) -> ProductAxisKernel:
+        if len(self.batch_shape) == 0:
+            return self
+        new = copy.copy(self)
+        new.batch_shape = indexed_batch_shape(self.batch_shape, index)
+        return new
+
+    def expand_batch(self, *sizes) -> ProductAxisKernel:
+        shape = torch.Size(sizes[0] if len(sizes) == 1 and not isinstance(sizes[0], int) else sizes)
+        new = copy.copy(self)
+        new.batch_shape = torch.broadcast_shapes(shape, self.batch_shape)
+        return new
 
     def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
         model = self._model[0]
+        if last_dim_is_batch:
+            raise ValueError(
+                "ProductAxisKernel does not support last_dim_is_batch=True: it is a product over "
+                "all of the grid's axes, and a single column is not a point."
+            )
+        if x1.shape[-1] != len(model.kernels):
+            raise ValueError(
+                f"ProductAxisKernel has {len(model.kernels)} axes but the inputs have "
+                f"{x1.shape[-1]} columns."
+            )
         out = None
         for i, kern in enumerate(model.kernels):
             Ki = kern(x1[..., i : i + 1], x2[..., i : i + 1], diag=diag)
             Ki = Ki.to_dense() if hasattr(Ki, "to_dense") else Ki
             out = Ki if out is None else out * Ki
-        return model.outputscale * out
+        return expand_to_batch(model.outputscale * out, self.batch_shape, diag)
