@@ -38,7 +38,7 @@ axes = [np.arange(128.0), np.arange(128.0)]  # pixel coordinates
 # -- fit: per-axis Matern-3/2 kernels, shared output scale, learned noise ---------------------
 kernel = gpytorch.kernels.MaternKernel(nu=1.5)
 kernel.lengthscale = 4.0  # pixels
-gp = GridGPRegressor(kernel=kernel, max_iter=10, num_probes=8, random_state=0)
+gp = GridGPRegressor(kernel=[kernel, kernel], max_iter=10, num_probes=8, random_state=0)
 t0 = time.perf_counter()
 gp.fit(grid=axes, y=observed)
 fit_time = time.perf_counter() - t0

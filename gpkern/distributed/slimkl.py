@@ -65,7 +65,14 @@ import torch.distributed as dist
 
 from gpkern.kernels.gsmp import GSMPKernel
 from gpkern.kernels.multiple import WeightedKernelSum
-from gpkern.models.multiple_kernel import _Blocks, sca_fit
+from gpkern.models.multiple_kernel import NOISE_FLOOR_HINT, _Blocks, sca_fit
+from gpkern.models.training import (
+    BOUND_RTOL,
+    BoundHit,
+    OptimizeResult,
+    warn_at_bounds,
+    warn_if_unconverged,
+)
 
 __all__ = [
     "AgentFailureError",
@@ -422,6 +429,12 @@ def fit(
     AgentFailureError
         Another agent died or hung.
 
+    Warns
+    -----
+    sklearn.exceptions.ConvergenceWarning
+        On rank 0, when ADMM stops at ``max_rounds`` before its residual tolerance, or a learned
+        noise ends at ``noise_lower_bound``.
+
     Examples
     --------
     >>> import numpy as np
@@ -582,6 +595,15 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
     local_f = blocks.objective(z)
     total_f = float(chan.all_gather(torch.tensor([local_f], dtype=torch.float64), "objective").sum())
     per_round = chan.bytes(rounds={0}) if k >= 0 else 0
+    if rank == 0:  # one warning for the run, not one per agent
+        floor = float(lower[A])
+        at_floor = learn_noise and float(z[A]) - floor <= BOUND_RTOL * floor
+        hits = [BoundHit("noise", None, float(z[A]), floor, "lower")] if at_floor else []
+        warn_if_unconverged(
+            OptimizeResult(total_f, k + 1, converged), "SLIM-KL", max_rounds,
+            optimizer="ADMM", budget="max_rounds",
+        )
+        warn_at_bounds(hits, "SLIM-KL", {"noise": NOISE_FLOOR_HINT})
     return SlimKLResult(
         weights=z[:A].numpy().copy(), noise=float(z[A]), kernel=kern, objective=total_f,
         n_rounds=k + 1, converged=converged, bytes_per_round=per_round, bytes_setup=setup_bytes,

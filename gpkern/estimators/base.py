@@ -24,7 +24,12 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from gpkern.exceptions import NotPSDError
 from gpkern.linalg.cholesky import robust_cholesky
 from gpkern.models.exact import gaussian_log_density
-from gpkern.models.training import minimize_with_restarts
+from gpkern.models.training import (
+    minimize_with_restarts,
+    parameters_at_bounds,
+    warn_at_bounds,
+    warn_if_unconverged,
+)
 
 __all__ = [
     "BaseGPRegressor",
@@ -272,7 +277,7 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
                 except (NotPSDError, FloatingPointError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            _, n_iter = minimize_with_restarts(
+            result = minimize_with_restarts(
                 loss,
                 model,
                 n_restarts=self.n_restarts,
@@ -282,6 +287,8 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
                 verbose=self.verbose,
                 desc=f"{type(self).__name__} fit",
             )
+            n_iter = result.n_iter
+            self._warn_optimisation(result, model)
 
         posterior = model.posterior(Xt, Yt, warn=True)
         # log p(y) in original units: the normalisation is a change of variables per column.
@@ -305,6 +312,22 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
             state.update(extras(model, posterior))
         self._store(state)
         return self
+
+    #: Advice ending a warning about a hyperparameter at a bound, by parameter name.
+    _bound_hints = {
+        "noise": (
+            "The noise is at its floor: the model interpolates the (normalised) targets. Noisy "
+            "targets then mean a kernel too flexible for the data (rescale the inputs or use a "
+            "simpler kernel); for noise-free targets, pass the noise you know as noise=..., "
+            "which is used exactly."
+        ),
+    }
+
+    def _warn_optimisation(self, result, model: torch.nn.Module) -> None:
+        """ConvergenceWarnings for a fit that stopped at its budget or ended at a bound."""
+        owner = type(self).__name__
+        warn_if_unconverged(result, owner, self.max_iter, optimizer=self.optimizer, stacklevel=4)
+        warn_at_bounds(parameters_at_bounds(model), owner, self._bound_hints, stacklevel=4)
 
     # -- the prediction surface shared by Gaussian-predictive regressors ----------------------
     def _latent(self, X, full_cov: bool) -> tuple[np.ndarray, np.ndarray]:

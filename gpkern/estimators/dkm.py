@@ -22,7 +22,13 @@ from gpkern.estimators.base import (
 from gpkern.exceptions import NotPSDError
 from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
 from gpkern.models.exact import gaussian_log_density
-from gpkern.models.training import minimize
+from gpkern.models.training import (
+    OptimizeResult,
+    optimize,
+    parameters_at_bounds,
+    warn_at_bounds,
+    warn_if_unconverged,
+)
 
 __all__ = [
     "DKMRegressor",
@@ -140,13 +146,15 @@ def _opts(est, n_steps: int, use_lbfgs: bool) -> dict:
     )
 
 
-def _nngp_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> None:
+def _nngp_stage(
+    model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool
+) -> OptimizeResult:
     """Stage 1: the hyperparameters (and q(f), inducing inputs) by the nu = infinity objective
     (NNGP marginal likelihood or ELBO); then the Grams restart at the NNGP's for them."""
     factors = {id(p) for p in model.factors}
     model.tied = True
     try:
-        minimize(
+        result = optimize(
             loss,
             [p for p in model.parameters() if id(p) not in factors],
             desc=desc + " (NNGP stage)",
@@ -156,9 +164,10 @@ def _nngp_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bo
         model.tied = False
     with torch.no_grad():
         model.reset_grams(points())
+    return result
 
 
-def _gram_stage(model, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> float:
+def _gram_stage(model, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> OptimizeResult:
     """Stage 2: the Grams (and q(f), inducing inputs) by the DKM objective.
 
     The noise stays at its stage-1 value; so do the kernel hyperparameters and output scale
@@ -168,7 +177,7 @@ def _gram_stage(model, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> f
     if not est.joint_hyperparameters:
         fixed = model.hyperparameters()
     fixed_ids = {id(p) for p in fixed}
-    return minimize(
+    return optimize(
         loss,
         [p for p in model.parameters() if id(p) not in fixed_ids],
         desc=desc + " (Gram stage)",
@@ -176,7 +185,9 @@ def _gram_stage(model, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> f
     )
 
 
-def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool) -> float:
+def _two_stage(
+    model, points, loss, est, desc: str, n_steps: int, use_lbfgs: bool
+) -> tuple[OptimizeResult, OptimizeResult]:
     """Fit hyperparameters with the Grams tied to the NNGP's, then learn the Grams.
 
     Stage 1 maximises the nu = infinity objective (the NNGP marginal likelihood or ELBO) over the
@@ -185,8 +196,19 @@ def _two_stage(model, points, loss, est, desc: str, n_steps: int, use_lbfgs: boo
     hyperparameters held at their stage-1 values (the noise always; the kernel
     hyperparameters and output scale unless ``est.joint_hyperparameters``).
     """
-    _nngp_stage(model, points, loss, est, desc, n_steps, use_lbfgs)
-    return _gram_stage(model, loss, est, desc, n_steps, use_lbfgs)
+    first = _nngp_stage(model, points, loss, est, desc, n_steps, use_lbfgs)
+    return first, _gram_stage(model, loss, est, desc, n_steps, use_lbfgs)
+
+
+def _warn_two_stage(est, model, stages: tuple[OptimizeResult, OptimizeResult], use_lbfgs: bool) -> None:
+    """ConvergenceWarnings for a two-stage fit that stopped at its budget or ended with a
+    hyperparameter at a bound (raised outside the fits' filter of GPyTorch's UserWarnings)."""
+    owner = type(est).__name__
+    for stage, result in zip(("NNGP stage", "Gram stage"), stages):
+        warn_if_unconverged(
+            result, f"{owner} ({stage})", est.max_iter, optimizer="lbfgs" if use_lbfgs else "adam"
+        )
+    warn_at_bounds(parameters_at_bounds(model), owner, BaseGPRegressor._bound_hints)
 
 
 def _full_loss(model: DKM, X: torch.Tensor, Y: torch.Tensor):
@@ -315,7 +337,8 @@ class DKMRegressor(BaseGPRegressor):
         integer uses the sparse DKM with that many inducing points, initialised at a random
         subset of the training inputs and learned.
     noise : float, optional
-        Gaussian noise variance in normalised units; ``None`` learns it (from 0.1).
+        Gaussian noise variance in normalised units; ``None`` learns it (from 0.1); a float is
+        used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
     max_iter : int, default=100
@@ -444,6 +467,12 @@ class DKMRegressor(BaseGPRegressor):
         ValueError
             Bad parameters or input, more than 3000 samples for the full DKM, or
             ``n_inducing`` larger than the number of samples.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When a stage's optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound (the noise at its floor).
         """
         device = self._check_params()
         state = self._validate_train(X, y)
@@ -466,10 +495,10 @@ class DKMRegressor(BaseGPRegressor):
             if self.n_inducing is None:
                 model = DKM(Xt, self.kernel, int(self.n_layers), nu, noise, learn_noise)
                 loss = _full_loss(model, Xt, Yt)
-                best = _two_stage(
+                stages = _two_stage(
                     model, lambda: Xt, loss, self, "DKMRegressor", self.max_iter, use_lbfgs=True
                 )
-                obj_norm = -best * scale
+                obj_norm = -stages[1].loss * scale
                 points = Xt
                 inducing = None
             else:
@@ -484,7 +513,7 @@ class DKMRegressor(BaseGPRegressor):
                     noise,
                     learn_noise,
                 ).to(device)
-                _two_stage(
+                stages = _two_stage(
                     model,
                     lambda: model.inducing.detach(),
                     _sparse_loss(model, Xt, Yt, self.batch_size, gen),
@@ -502,6 +531,7 @@ class DKMRegressor(BaseGPRegressor):
             raise NotPSDError(
                 "The DKM objective is not finite at any visited point; try a larger noise."
             )
+        _warn_two_stage(self, model, stages, self.n_inducing is None or self.batch_size is None)
         with torch.no_grad():
             grams = [G.cpu().numpy() for G in model.grams()]
             prior = [G.cpu().numpy() for G in model.prior_grams(points)[1:]]
@@ -658,6 +688,12 @@ class DKMClassifier(BaseGPClassifier):
         ValueError
             Bad parameters or input, a single class, more than 3000 samples for the full DKM,
             or ``n_inducing`` larger than the number of samples.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When a stage's optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound.
         """
         device = _check_common(self)
         BaseGPRegressor._check_positive_int("n_mc", self.n_mc, minimum=1)
@@ -685,7 +721,7 @@ class DKMClassifier(BaseGPClassifier):
             steps = self.max_iter * (
                 1 if self.batch_size is None else math.ceil(n / self.batch_size)
             )
-            _two_stage(
+            stages = _two_stage(
                 model,
                 lambda: model.inducing.detach(),
                 _sparse_loss(model, Xt, Yt, self.batch_size, gen),
@@ -694,6 +730,7 @@ class DKMClassifier(BaseGPClassifier):
                 steps,
                 use_lbfgs=self.batch_size is None,
             )
+        _warn_two_stage(self, model, stages, self.batch_size is None)
         with torch.no_grad():
             grams = [G.cpu().numpy() for G in model.grams()]
             prior = [G.cpu().numpy() for G in model.prior_grams(model.inducing)[1:]]

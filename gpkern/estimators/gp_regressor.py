@@ -63,7 +63,9 @@ class GPRegressor(BaseGPRegressor):
         deviation (see :func:`default_kernel`).
     noise : float, optional
         Gaussian noise variance, in the units the kernel sees (normalised targets when
-        ``normalize_y=True``). ``None`` learns it, starting from 0.1; a float fixes it.
+        ``normalize_y=True``). ``None`` learns it, starting from 0.1, above a floor of 1e-6; a
+        float fixes it and is used exactly, however small (jitter, if the factorisation needs
+        it, is added separately and reported in ``jitter_``).
     normalize_y : bool, default=True
         Standardise each target column before fitting; predictions are transformed back.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
@@ -107,8 +109,19 @@ class GPRegressor(BaseGPRegressor):
         Lanczos estimate is computed on first access, not in ``fit``.
     jitter_ : float
         Jitter added to the kernel matrix's diagonal to factorise it (0 when none).
+    n_iter_ : int
+        Optimiser iterations run, summed over starts (0 with ``optimizer=None``).
     n_features_in_ : int
         Number of features seen in ``fit``.
+
+    Warns
+    -----
+    sklearn.exceptions.ConvergenceWarning
+        When the optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+        hyperparameter ends at a bound (the noise at its floor; a length-scale at its
+        constraint), as scikit-learn's ``GaussianProcessRegressor`` warns.
+    gpkern.exceptions.NumericalWarning
+        When the kernel matrix needed jitter to factorise.
 
     Examples
     --------

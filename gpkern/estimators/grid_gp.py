@@ -16,7 +16,7 @@ from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.exceptions import NotPSDError
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
 from gpkern.models.exact import ExactPosterior
-from gpkern.models.grid import GridGP, ProductAxisKernel
+from gpkern.models.grid import AxisSplit, GridGP, ProductAxisKernel, split_axis_kernels
 from gpkern.models.training import minimize_with_restarts
 
 __all__ = ["GridGPRegressor", "detect_grid"]
@@ -78,11 +78,17 @@ class GridGPRegressor(GPRegressor):
     ----------
     kernel : gpytorch.kernels.Kernel or list of them, optional
         One stationary 1-D kernel per dimension (a list of length ``n_features``), or one kernel
-        copied to every dimension. ``None`` uses an RBF kernel per dimension with its
+        on all ``n_features`` dimensions that factorises exactly over them
+        (:func:`gpkern.models.grid.split_axis_kernels`): an ``RBFKernel`` (ARD length-scales
+        go to their axes), a ``ScaleKernel`` of one (its output scale becomes the shared
+        :math:`s`), or a ``ProductKernel`` of kernels that each see one axis
+        (``active_dims=[i]``). Any other kernel on several dimensions (a Matérn kernel, a sum)
+        is refused with a ``ValueError``, since the grid GP would be another model than the
+        dense GP with that kernel. ``None`` uses an RBF kernel per dimension with its
         length-scale started at the axis' standard deviation. Kernels are deep-copied.
     noise : float, optional
         Noise variance in the kernel's units (normalised targets when ``normalize_y``);
-        ``None`` learns it, starting from 0.1.
+        ``None`` learns it, starting from 0.1; a float is used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting; predictions are transformed back.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
@@ -124,8 +130,15 @@ class GridGPRegressor(GPRegressor):
         Observed points and targets.
     log_marginal_likelihood_value_ : float
         Log marginal likelihood in the units of ``y`` (a stochastic estimate on partial grids).
+    n_iter_ : int
+        Optimiser iterations run, summed over starts.
     n_features_in_ : int
         Number of features (grid dimensions).
+
+    Warns
+    -----
+    sklearn.exceptions.ConvergenceWarning
+        When the optimiser stops at ``max_iter`` or a learned hyperparameter ends at a bound.
 
     Examples
     --------
@@ -198,22 +211,28 @@ class GridGPRegressor(GPRegressor):
             raise ValueError(f"min_fill must be a float in [0, 1], got {self.min_fill!r}.")
         return resolve_device(self.device)
 
-    def _make_kernels(self, d: int, spreads: list[float]) -> list[gpytorch.kernels.Kernel]:
+    def _make_kernels(self, d: int, spreads: list[float]) -> AxisSplit:
         if self.kernel is None:
             kernels = []
             for s in spreads:
                 k = gpytorch.kernels.RBFKernel().double()
                 k.lengthscale = torch.tensor(s if s > 0 else 1.0, dtype=torch.float64)
                 kernels.append(k)
-            return kernels
+            return AxisSplit(kernels)
         if isinstance(self.kernel, gpytorch.kernels.Kernel):
-            return [copy.deepcopy(self.kernel) for _ in range(d)]
+            return split_axis_kernels(self.kernel, d)
         if len(self.kernel) != d:
             raise ValueError(
                 f"kernel is a list of {len(self.kernel)} kernels but the data have {d} dimensions; "
                 "pass one 1-D kernel per dimension."
             )
-        return [copy.deepcopy(k) for k in self.kernel]
+        for i, k in enumerate(self.kernel):
+            if getattr(k, "ard_num_dims", None) not in (None, 1):
+                raise ValueError(
+                    f"kernel[{i}] has ard_num_dims={k.ard_num_dims}, but each kernel of the list "
+                    "sees one axis; pass 1-D kernels."
+                )
+        return AxisSplit([copy.deepcopy(k) for k in self.kernel])
 
     # -- input handling -----------------------------------------------------------------------
     def _grid_input(self, grid, y) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
@@ -301,11 +320,15 @@ class GridGPRegressor(GPRegressor):
         d = state["n_features_in_"]
         Yn = state["Y_norm"]
         spreads = [float(np.std(state["X_train_"][:, i])) for i in range(d)]
-        kernels = self._make_kernels(d, spreads)
+        split = self._make_kernels(d, spreads)
         learn = self.noise is None and self.optimizer is not None
         model = GridGP(
-            kernels, noise=0.1 if self.noise is None else float(self.noise), learn_noise=learn
+            split.kernels,
+            outputscale=split.outputscale,
+            noise=0.1 if self.noise is None else float(self.noise),
+            learn_noise=learn,
         )
+        model.raw_outputscale.requires_grad_(split.learn_outputscale)
         model = model.to(dtype=torch.float64, device=device)
         gen = torch_generator(self.random_state)
         probe_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
@@ -347,7 +370,7 @@ class GridGPRegressor(GPRegressor):
                 except (NotPSDError, ValueError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            _, n_iter = minimize_with_restarts(
+            result = minimize_with_restarts(
                 loss,
                 model,
                 n_restarts=self.n_restarts,
@@ -357,6 +380,8 @@ class GridGPRegressor(GPRegressor):
                 verbose=self.verbose,
                 desc="GridGPRegressor fit",
             )
+            n_iter = result.n_iter
+            self._warn_optimisation(result, model)
 
         if backend == "dense":
             with torch.no_grad():

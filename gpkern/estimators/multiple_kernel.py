@@ -15,8 +15,16 @@ from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.kernels.gsmp import GSMPKernel
 from gpkern.kernels.multiple import LinearMultipleKernel, WeightedKernelSum
 from gpkern.models.exact import ExactGP
-from gpkern.models.multiple_kernel import sca_fit
-from gpkern.models.training import minimize
+from gpkern.models.multiple_kernel import NOISE_FLOOR_HINT, sca_fit
+from gpkern.models.training import (
+    BOUND_RTOL,
+    BoundHit,
+    OptimizeResult,
+    optimize,
+    parameters_at_bounds,
+    warn_at_bounds,
+    warn_if_unconverged,
+)
 
 __all__ = ["MultipleKernelRegressor"]
 
@@ -56,10 +64,14 @@ class MultipleKernelRegressor(GPRegressor):
         ``(0.001, 0.05)``: near-pure cosines for periodicities plus components with a smooth
         envelope (length-scale about three times the data range) for trends.
     noise : float, optional
-        Noise variance in normalised units; ``None`` learns it (starting at 0.1).
+        Noise variance in normalised units; ``None`` learns it (starting at 0.1). A given value
+        is used exactly, even below ``noise_lower_bound``.
     noise_lower_bound : float, default=1e-4
         Lower bound on the learned noise (normalised units). With a large dictionary the
-        likelihood can keep growing as the noise shrinks; the bound keeps the fit honest.
+        likelihood can keep growing as the noise shrinks; the bound keeps the fit honest. A
+        learned noise that ends at it raises a
+        :class:`~sklearn.exceptions.ConvergenceWarning`, as does a solver stopping at
+        ``max_iter``.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
     solver : {"sca", "lbfgs"}, default="sca"
@@ -177,6 +189,8 @@ class MultipleKernelRegressor(GPRegressor):
         return kernel.to(dtype=X.dtype, device=X.device)
 
     # -- fitting ------------------------------------------------------------------------------
+    _bound_hints = {"noise": NOISE_FLOOR_HINT}
+
     def fit(self, X, y):
         """Fit the weights (and noise) of the linear multiple kernel.
 
@@ -228,16 +242,23 @@ class MultipleKernelRegressor(GPRegressor):
             with torch.no_grad():
                 kernel.weights = res.weights
             noise, history, n_iter = res.noise, res.history, res.n_iter
+            floor = min(float(self.noise_lower_bound), noise0)
+            at_floor = learn_noise and noise - floor <= BOUND_RTOL * floor
+            result = OptimizeResult(res.objective, n_iter, res.converged)
+            hits = [BoundHit("noise", None, noise, floor, "lower")] if at_floor else []
             model = ExactGP(kernel, noise=noise, learn_noise=False,
                             noise_lower_bound=min(1e-6, noise / 2)).to(dtype=torch.float64, device=device)
         else:
             model = ExactGP(kernel, noise=noise0, learn_noise=learn_noise,
                             noise_lower_bound=float(self.noise_lower_bound)).to(dtype=torch.float64, device=device)
             scale = float(Yt.numel())
-            minimize(lambda: -model.log_marginal_likelihood(Xt, Yt) / scale, model.parameters(),
-                     max_iter=int(self.max_iter), verbose=self.verbose,
-                     desc="MultipleKernelRegressor (L-BFGS)")
-            n_iter = int(self.max_iter)
+            result = optimize(lambda: -model.log_marginal_likelihood(Xt, Yt) / scale,
+                              model.parameters(), max_iter=int(self.max_iter),
+                              verbose=self.verbose, desc="MultipleKernelRegressor (L-BFGS)")
+            n_iter, hits = result.n_iter, parameters_at_bounds(model)
+        owner = f"{type(self).__name__} (solver={self.solver!r})"
+        warn_if_unconverged(result, owner, int(self.max_iter), optimizer=self.solver)
+        warn_at_bounds(hits, owner, self._bound_hints)
         posterior = model.posterior(Xt, Yt, warn=True)
         lml = posterior.log_marginal_likelihood - n * float(np.log(state["_y_std"]).sum())
         state.update(

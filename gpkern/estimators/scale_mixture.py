@@ -24,7 +24,12 @@ from gpkern.estimators.base import (
 from gpkern.estimators.gp_regressor import default_kernel
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
-from gpkern.models.training import minimize
+from gpkern.models.training import (
+    optimize,
+    parameters_at_bounds,
+    warn_at_bounds,
+    warn_if_unconverged,
+)
 
 __all__ = ["StudentTProcessRegressor", "ScaleMixtureRegressor", "ScaleMixtureClassifier"]
 
@@ -153,7 +158,8 @@ class StudentTProcessRegressor(_ScaleMixtureRegressorBase):
         Degrees of freedom :math:`\nu = 2a` of the prior process; ``None`` learns it (starting
         from 4), a positive float fixes it.
     noise : float, optional
-        Noise :math:`\varepsilon` (normalised units); ``None`` learns it, starting from 0.1.
+        Noise :math:`\varepsilon` (normalised units); ``None`` learns it, starting from 0.1; a
+        float is used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
@@ -244,6 +250,12 @@ class StudentTProcessRegressor(_ScaleMixtureRegressorBase):
             Bad input or parameters.
         gpkern.exceptions.NotPSDError
             If the kernel matrix is not positive definite even with jitter.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When the optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound (the noise at its floor).
         """
 
         def make(Xt, gen):
@@ -413,6 +425,12 @@ class ScaleMixtureRegressor(_ScaleMixtureRegressorBase):
         -----
         gpkern.exceptions.LowESSWarning
             When the effective sample size is below ``min_ess``.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When the optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
+            hyperparameter ends at a bound (the noise at its floor).
         """
 
         def make(Xt, gen):
@@ -601,6 +619,12 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         ------
         ValueError
             Bad input or parameters, continuous targets, or a single class.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            When Adam's ELBO is still decreasing at ``max_iter`` (beyond its minibatch noise), or a
+            learned hyperparameter ends at a bound.
         """
         prior, device = self._check_params()
         X, y, fitted_meta = validate_training_data(self, X, y, dtype=np.float64)
@@ -623,7 +647,7 @@ class ScaleMixtureClassifier(BaseGPClassifier):
                 idx = torch.randperm(n, device="cpu")[:batch].to(device) if batch < n else slice(None)
                 return -model.elbo(Xt[idx], yt[idx], n=n, n_samples=self.n_samples)
 
-            best = minimize(
+            result = optimize(
                 loss,
                 model.parameters(),
                 optimizer="adam",
@@ -637,10 +661,14 @@ class ScaleMixtureClassifier(BaseGPClassifier):
                 normal_draws = torch.randn(
                     self.n_predict_samples, len(classes), dtype=torch.float64, device=device
                 )
+        best = result.loss
         if not math.isfinite(best):
             raise FloatingPointError(
                 "The ELBO was not finite at any step; lower lr or check the kernel's hyperparameters."
             )
+        owner = type(self).__name__
+        warn_if_unconverged(result, owner, self.max_iter, optimizer="adam")
+        warn_at_bounds(parameters_at_bounds(model), owner)
         commit_feature_attrs(self, fitted_meta)
         self.classes_ = classes
         self.kernel_ = model.kernel

@@ -23,6 +23,8 @@ import gpytorch
 import torch
 from linear_operator.operators import LowRankRootLinearOperator
 
+from gpkern.kernels.batch import indexed_batch_shape
+
 __all__ = ["FeatureMapKernel"]
 
 
@@ -122,7 +124,7 @@ class FeatureMapKernel(gpytorch.kernels.Kernel):
         new = copy.deepcopy(self)
         if self.base_kernel is not None:
             new.base_kernel = self.base_kernel[index]
-        new.batch_shape = torch.empty(self.batch_shape, device="meta")[index].shape
+        new.batch_shape = indexed_batch_shape(self.batch_shape, index)
         return new
 
     def _check_placement(self, x: torch.Tensor) -> None:

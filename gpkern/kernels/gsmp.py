@@ -203,13 +203,18 @@ class GSMPKernel(WeightedKernelSum):
         kwargs.setdefault("ard_num_dims", X.shape[1])
         return cls(means=means, bandwidths=bw, **kwargs).to(dtype=X.dtype, device=X.device)
 
-    def basis(self, x1, x2, diag: bool = False, **params):
+    def basis(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
         mu, sd = self.means, self.bandwidths  # (*b, A, P)
         d = x1.shape[-1]
         if mu.shape[-1] == 1 and d > 1:
             mu, sd = mu.expand(*mu.shape[:-1], d), sd.expand(*sd.shape[:-1], d)
         elif mu.shape[-1] != d:
             raise ValueError(f"GSMPKernel has {mu.shape[-1]} input dimensions but x has {d}.")
+        if last_dim_is_batch:
+            # Column p becomes batch member p, a one-dimensional kernel with frequencies mu[:, p].
+            x1, x2 = x1.mT.unsqueeze(-1), x2.mT.unsqueeze(-1)  # (..., P, n, 1)
+            mu, sd = mu.mT.unsqueeze(-1), sd.mT.unsqueeze(-1)  # (*b, P, A, 1)
+            d = 1
         if diag:
             shape = torch.broadcast_shapes(x1.shape[:-2], mu.shape[:-2])
             return torch.ones(*shape, mu.shape[-2], x1.shape[-2], dtype=x1.dtype, device=x1.device)

@@ -80,16 +80,24 @@ class WeightedKernelSum(gpytorch.kernels.Kernel):
         self.initialize(raw_weights=raw.expand_as(self.raw_weights).clone())
 
     def basis(
-        self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        diag: bool = False,
+        last_dim_is_batch: bool = False,
+        **params,
     ) -> torch.Tensor:  # (..., n, d), (..., m, d) -> (..., A, n, m) or (..., A, n)
-        """Unit-weight basis kernel matrices :math:`K_a` stacked on axis ``-3`` (``-2`` if diag)."""
+        """Unit-weight basis kernel matrices :math:`K_a` stacked on axis ``-3`` (``-2`` if diag).
+
+        With ``last_dim_is_batch`` each input column is a batch member: ``(..., d, A, n, m)``.
+        """
         raise NotImplementedError
 
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        B = self.basis(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)
+        w = self.weights  # (*batch, A)
         if last_dim_is_batch:
-            raise NotImplementedError("last_dim_is_batch is not supported by linear multiple kernels.")
-        B = self.basis(x1, x2, diag=diag, **params)  # (..., A, n, m) or (..., A, n)
-        w = self.weights
+            w = w.unsqueeze(-2)  # one weight vector for every column
         if diag:
             return (w.unsqueeze(-1) * B).sum(-2)
         return (w.unsqueeze(-1).unsqueeze(-1) * B).sum(-3)
@@ -150,7 +158,9 @@ class LinearMultipleKernel(WeightedKernelSum):
         super().__init__(len(kernels), weights=weights, **kwargs)
         self.kernels = torch.nn.ModuleList(kernels)
 
-    def basis(self, x1, x2, diag: bool = False, **params):
+    def basis(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if last_dim_is_batch:
+            params["last_dim_is_batch"] = True
         mats = []
         for k in self.kernels:
             K = k(x1, x2, diag=diag, **params)

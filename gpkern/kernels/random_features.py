@@ -239,9 +239,9 @@ class RandomFeatureKernel(gpytorch.kernels.Kernel):
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.lengthscale
 
-    def _phi(self, x: torch.Tensor) -> torch.Tensor:  # (..., n, d) -> (..., n, D)
+    def _phi(self, x: torch.Tensor, scaled: bool = False) -> torch.Tensor:  # (..., n, d) -> (..., n, D)
         dr = self.draws(x.shape[-1], x.dtype, x.device)
-        x = self._scaled(x)
+        x = x if scaled else self._scaled(x)
         if self.kind == "rbf":
             return fourier_features(x, dr["G"])
         if self.kind == "arccos0":
@@ -270,11 +270,16 @@ class RandomFeatureKernel(gpytorch.kernels.Kernel):
         return self._phi(x)
 
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        same = x2 is x1
+        x1 = self._scaled(x1)
+        x2 = x1 if same else self._scaled(x2)
         if last_dim_is_batch:
+            # Scaled first, so that column j keeps its own length-scale (ARD) and the kernel's
+            # batch dimensions stay in front of the column dimension.
             x1 = x1.mT.unsqueeze(-1)
-            x2 = x2.mT.unsqueeze(-1)
-        f1 = self._phi(x1)
-        f2 = f1 if x2 is x1 else self._phi(x2)
+            x2 = x1 if same else x2.mT.unsqueeze(-1)
+        f1 = self._phi(x1, scaled=True)
+        f2 = f1 if same else self._phi(x2, scaled=True)
         if self.kind == "urf":
             # Re(z1 z2^T) = re1 re2^T - im1 im2^T
             half = self.n_features

@@ -358,16 +358,19 @@ class _SpectralMixtureProductKernel(gpytorch.kernels.Kernel):
         x1: torch.Tensor,  # (*batch, n, D)
         x2: torch.Tensor,  # (*batch, m, D)
         diag: bool = False,
+        last_dim_is_batch: bool = False,
         **params,
-    ) -> torch.Tensor:  # (*batch, n, m) or (*batch, n)
-        if diag:
-            diff = x1 - x2  # (*batch, n, D)
-        else:
-            diff = x1.unsqueeze(-2) - x2.unsqueeze(-3)  # (*batch, n, m, D)
-        extra = diff.dim() - 1 - len(self.batch_shape)
-        # Parameters (*batch, dims, Q) -> (*batch, 1.., dims, Q) to broadcast against diff[..., None].
-        shape = (*self.batch_shape, *([1] * (extra)), self.weights.shape[-2], self.num_mixtures)
-        w, mu, ls = (p.reshape(shape) for p in (self.weights, self.frequencies, self.scales))
+    ) -> torch.Tensor:  # (*batch, n, m) or (*batch, n); (*batch, D, ...) if last_dim_is_batch
+        w, mu, ls = self.weights, self.frequencies, self.scales  # (*kernel_batch, dims, Q)
+        if last_dim_is_batch:
+            # Column j becomes batch member j, with mixture j (ARD) or the shared one.
+            x1, x2 = x1.mT.unsqueeze(-1), x2.mT.unsqueeze(-1)
+            w, mu, ls = (p.unsqueeze(-2) for p in (w, mu, ls))  # (*kernel_batch, dims, 1, Q)
+        diff = x1 - x2 if diag else x1.unsqueeze(-2) - x2.unsqueeze(-3)  # (..., n[, m], D)
+        # (*kernel_batch, dims, Q) -> (*kernel_batch, 1, [1,] dims, Q): the kernel's batch
+        # dimensions line up with the inputs' trailing batch dimensions, as in GPyTorch.
+        points = (1,) if diag else (1, 1)
+        w, mu, ls = (p.reshape(*p.shape[:-2], *points, *p.shape[-2:]) for p in (w, mu, ls))
         (k,) = spectral_mixture_1d(diff, w, mu, ls, envelope=self._envelope, orders=(0,))
         return k.prod(-1)
 

@@ -38,6 +38,7 @@ import torch
 
 from gpkern.kernels.nngp.duals import arccos_kernel
 from gpkern.linalg.cholesky import cholesky_logdet, gaussian_log_likelihood, robust_cholesky
+from gpkern.models.exact import GaussianNoise
 
 __all__ = [
     "relu_gram_map",
@@ -255,19 +256,35 @@ class NNGPGramKernel(gpytorch.kernels.Kernel):
 
     # -- the Gram recursion -------------------------------------------------------------------
     def input_gram(
-        self, x1: torch.Tensor, x2: torch.Tensor
+        self, x1: torch.Tensor, x2: torch.Tensor, last_dim_is_batch: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # (..., n, d), (..., m, d) -> G, g1, g2
-        r""":math:`G_0` between ``x1`` and ``x2`` and the two diagonals :math:`g_1, g_2`."""
+        r""":math:`G_0` between ``x1`` and ``x2`` and the two diagonals :math:`g_1, g_2`.
+
+        With ``last_dim_is_batch`` the inputs are ``(..., d, n, 1)``: column ``k`` on its own,
+        with its weight :math:`w_k`.
+        """
         d = x1.shape[-1]
-        w = self.input_weight / d
-        b = self.input_bias
+        w, b = self._input_params(last_dim_is_batch)
+        w = w / d
         G = (x1 * w) @ x2.transpose(-1, -2) + b
         g1 = (x1 * x1 * w).sum(-1) + b[..., 0]
         g2 = (x2 * x2 * w).sum(-1) + b[..., 0]
         return G, g1, g2
 
+    def _input_params(self, last_dim_is_batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = self.input_weight, self.input_bias  # (*batch, 1, d or 1), (*batch, 1, 1)
+        if last_dim_is_batch:
+            # a column dimension between the kernel's batch and the point dimensions
+            return w.mT.unsqueeze(-1), b.unsqueeze(-3)  # (*batch, d or 1, 1, 1), (*batch, 1, 1, 1)
+        return w, b
+
     def layer_map(
-        self, layer: int, G: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor
+        self,
+        layer: int,
+        G: torch.Tensor,
+        g1: torch.Tensor,
+        g2: torch.Tensor,
+        last_dim_is_batch: bool = False,
     ) -> torch.Tensor:
         r"""Apply :math:`K_l` (``layer`` = :math:`l`, from 1 to :math:`L + 1`) to a Gram block."""
         if self.kernel == "relu":
@@ -275,6 +292,8 @@ class NNGPGramKernel(gpytorch.kernels.Kernel):
         if layer == 1:
             return se_gram_map(G, g1, g2)
         ls = self.layer_lengthscale[..., layer - 2].unsqueeze(-1).unsqueeze(-1)
+        if last_dim_is_batch:
+            ls = ls.unsqueeze(-1)
         return se_gram_map(G, g1, g2, ls)
 
     def layer_map_diag(self, layer: int, g: torch.Tensor) -> torch.Tensor:
@@ -283,16 +302,17 @@ class NNGPGramKernel(gpytorch.kernels.Kernel):
 
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if last_dim_is_batch:
-            raise NotImplementedError("NNGPGramKernel does not support last_dim_is_batch.")
+            x1, x2 = x1.mT.unsqueeze(-1), x2.mT.unsqueeze(-1)  # every column an input of width 1
         if diag:
             d = x1.shape[-1]
-            g = (x1 * x2 * self.input_weight / d).sum(-1) + self.input_bias[..., 0]
+            w, b = self._input_params(last_dim_is_batch)
+            g = (x1 * x2 * w / d).sum(-1) + b[..., 0]
             for layer in range(1, self.n_layers + 2):
                 g = self.layer_map_diag(layer, g)
             return g
-        G, g1, g2 = self.input_gram(x1, x2)
+        G, g1, g2 = self.input_gram(x1, x2, last_dim_is_batch)
         for layer in range(1, self.n_layers + 2):
-            G = self.layer_map(layer, G, g1, g2)
+            G = self.layer_map(layer, G, g1, g2, last_dim_is_batch)
             g1, g2 = self.layer_map_diag(layer, g1), self.layer_map_diag(layer, g2)
         return G
 
@@ -309,7 +329,7 @@ def _nus(widths_ratio: float | Sequence[float], n_layers: int) -> list[float]:
     return nus
 
 
-class _DKMBase(torch.nn.Module):
+class _DKMBase(GaussianNoise, torch.nn.Module):
     """Hyperparameters common to the full and sparse DKM: the Gram kernel, output scale, noise."""
 
     def __init__(
@@ -339,11 +359,8 @@ class _DKMBase(torch.nn.Module):
         # marginal likelihood can have several optima (two on a MASS Boston split, 0.6 nats
         # apart), and a different start can end in a different one.
         self.raw_outputscale = torch.nn.Parameter(torch.zeros(()))
-        self.noise_constraint = gpytorch.constraints.GreaterThan(1e-6)
-
         if noise is not None:
-            init = self.noise_constraint.inverse_transform(torch.tensor(max(noise, 1.0001e-6)))
-            self.raw_noise = torch.nn.Parameter(init, requires_grad=learn_noise)
+            self._init_noise(noise, learn_noise, 1e-6)
         else:
             self.raw_noise = None
 
@@ -353,9 +370,9 @@ class _DKMBase(torch.nn.Module):
 
     @property
     def noise(self) -> torch.Tensor:
-        if self.raw_noise is None:
+        if self.raw_noise is None and not hasattr(self, "fixed_noise"):
             raise AttributeError("This DKM has no Gaussian noise (classification likelihood).")
-        return self.noise_constraint.transform(self.raw_noise)
+        return GaussianNoise.noise.fget(self)
 
     def hyperparameters(self) -> list[torch.nn.Parameter]:
         """Kernel, output-scale and noise parameters (everything but the Grams and q(f))."""

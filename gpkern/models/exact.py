@@ -20,7 +20,7 @@ from gpkern.linalg.cholesky import (
     robust_cholesky,
 )
 
-__all__ = ["ExactGP", "ExactPosterior", "gaussian_log_density"]
+__all__ = ["ExactGP", "ExactPosterior", "GaussianNoise", "gaussian_log_density"]
 
 
 def gaussian_log_density(
@@ -32,7 +32,32 @@ def gaussian_log_density(
     return -0.5 * ((y - mean) ** 2 / var + var.log() + math.log(2 * math.pi))
 
 
-class ExactGP(torch.nn.Module):
+class GaussianNoise:
+    """The Gaussian noise variance of a GP module: learned above a floor, or fixed exactly.
+
+    Mixed into a :class:`torch.nn.Module`, which calls :meth:`_init_noise` in ``__init__``.
+    """
+
+    def _init_noise(self, noise: float, learn: bool, lower: float) -> None:
+        self.noise_constraint = gpytorch.constraints.GreaterThan(lower)
+        if learn:
+            raw = self.noise_constraint.inverse_transform(torch.tensor(max(noise, lower * 1.0001)))
+            self.raw_noise = torch.nn.Parameter(raw.to(torch.get_default_dtype()))
+        else:
+            # A buffer, not a constrained parameter: the transform would round the value and
+            # the constraint floor it.
+            self.raw_noise = None
+            self.register_buffer("fixed_noise", torch.tensor(float(noise), dtype=torch.float64))
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """Noise variance :math:`\\sigma^2` (scalar tensor)."""
+        if self.raw_noise is None:
+            return self.fixed_noise
+        return self.noise_constraint.transform(self.raw_noise)
+
+
+class ExactGP(GaussianNoise, torch.nn.Module):
     r"""Zero-mean GP prior with Gaussian observation noise.
 
     .. math::
@@ -47,11 +72,12 @@ class ExactGP(torch.nn.Module):
     kernel : gpytorch.kernels.Kernel
         Covariance function :math:`k`.
     noise : float, default=0.1
-        Initial (or fixed) noise variance :math:`\sigma^2`.
+        Initial (or fixed) noise variance :math:`\sigma^2`. A fixed noise is used exactly as
+        given, whatever ``noise_lower_bound``.
     learn_noise : bool, default=True
         Whether :math:`\sigma^2` is a trainable parameter.
     noise_lower_bound : float, default=1e-6
-        Lower bound of the noise constraint (a GPyTorch ``GreaterThan`` on the raw value).
+        Lower bound of a learned noise (a GPyTorch ``GreaterThan`` on the raw value).
 
     Examples
     --------
@@ -78,16 +104,6 @@ class ExactGP(torch.nn.Module):
             raise ValueError(f"noise must be > 0, got {noise!r}.")
         self.kernel = kernel
         self._init_noise(noise, learn_noise, noise_lower_bound)
-
-    def _init_noise(self, noise: float, learn: bool, lower: float) -> None:
-        self.noise_constraint = gpytorch.constraints.GreaterThan(lower)
-        raw = self.noise_constraint.inverse_transform(torch.tensor(max(noise, lower * 1.0001)))
-        self.raw_noise = torch.nn.Parameter(raw.to(torch.get_default_dtype()), requires_grad=learn)
-
-    @property
-    def noise(self) -> torch.Tensor:
-        """Noise variance :math:`\\sigma^2` (scalar tensor)."""
-        return self.noise_constraint.transform(self.raw_noise)
 
     def covariance(self, X: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, n)
         """:math:`K_{XX} + \\sigma^2 I` as a dense matrix."""

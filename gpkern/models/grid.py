@@ -17,12 +17,15 @@ Tensors only: validation and numpy live in :mod:`gpkern.estimators.grid_gp`.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import gpytorch
 import torch
 
+from gpkern.kernels.batch import expand_to_batch, indexed_batch_shape
 from gpkern.linalg.cg import pcg
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
 from gpkern.linalg.kronecker import (
@@ -36,13 +39,149 @@ from gpkern.linalg.kronecker import (
     rowwise_kron_columns,
     rowwise_kron_matmul,
 )
+from gpkern.models.exact import GaussianNoise
 
-__all__ = ["GridGP", "GridPosterior", "ProductAxisKernel"]
+__all__ = [
+    "AxisSplit",
+    "GridGP",
+    "GridPosterior",
+    "ProductAxisKernel",
+    "split_axis_kernels",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class GridGP(torch.nn.Module):
+#: Kernels :math:`k(x, x') = \prod_j k^{(1)}((x_j - x'_j) / \ell_j)` over their input
+#: dimensions (ARD or one shared length-scale): they split exactly into 1-D factors. Exact
+#: classes only, since a subclass may change ``forward``. Matérn and rational quadratic kernels
+#: are functions of the whole distance and do not factorise.
+_SEPARABLE_ACROSS_DIMS = (gpytorch.kernels.RBFKernel,)
+
+_SPLIT_HELP = (
+    "pass a list of one 1-D kernel per axis (kernel=[k_1, ..., k_d]), an RBFKernel (ARD or "
+    "not), a ScaleKernel of one, or a ProductKernel of kernels that each see one axis "
+    "(active_dims=[i])"
+)
+
+
+@dataclass
+class AxisSplit:
+    r"""A kernel written as :math:`s \prod_i k_i(x_i, x_i')` (see :func:`split_axis_kernels`).
+
+    Attributes
+    ----------
+    kernels : list of gpytorch.kernels.Kernel
+        One kernel per axis, each evaluated on inputs of shape ``(n_i, 1)``; one module may
+        appear on several axes (a length-scale shared by the dimensions stays shared).
+    outputscale : float
+        The product of the output scales taken out of ``ScaleKernel`` s (1 without one).
+    learn_outputscale : bool
+        Whether any of them was trainable (always True without one).
+    """
+
+    kernels: list
+    outputscale: float = 1.0
+    learn_outputscale: bool = True
+
+
+def _dims(kernel: gpytorch.kernels.Kernel, d: int) -> list[int]:
+    active = getattr(kernel, "active_dims", None)
+    dims = list(range(d)) if active is None else [int(i) for i in active.tolist()]
+    if any(not 0 <= i < d for i in dims):
+        raise ValueError(f"{type(kernel).__name__} has active_dims={dims}, outside the {d} axes.")
+    return dims
+
+
+def _factors(kernel: gpytorch.kernels.Kernel, d: int) -> tuple[dict, list]:
+    """Per-axis factors ``{axis: [1-D kernels]}`` and the output scales taken out."""
+    if isinstance(kernel, gpytorch.kernels.ScaleKernel):
+        if getattr(kernel, "active_dims", None) is not None:
+            raise ValueError(f"Put active_dims on the ScaleKernel's base kernel; {_SPLIT_HELP}.")
+        factors, scales = _factors(kernel.base_kernel, d)
+        return factors, [*scales, kernel]
+    if isinstance(kernel, gpytorch.kernels.ProductKernel):
+        factors, scales = {}, []
+        for sub in kernel.kernels:
+            f, s = _factors(sub, d)
+            for axis, ks in f.items():
+                factors.setdefault(axis, []).extend(ks)
+            scales.extend(s)
+        return factors, scales
+    dims = _dims(kernel, d)
+    if len(dims) == 1:
+        one = copy.deepcopy(kernel)
+        one.active_dims = None
+        return {dims[0]: [one]}, []
+    if type(kernel) not in _SEPARABLE_ACROSS_DIMS:
+        raise ValueError(
+            f"GridGPRegressor cannot split {type(kernel).__name__} on {len(dims)} dimensions into "
+            f"per-axis factors (it is not a product over dimensions); {_SPLIT_HELP}."
+        )
+    ard = kernel.raw_lengthscale.shape[-1]
+    if ard == 1:  # one length-scale for all dimensions: one module shared by the axes
+        one = copy.deepcopy(kernel)
+        one.active_dims = None
+        return {i: [one] for i in dims}, []
+    if ard != len(dims):
+        raise ValueError(
+            f"{type(kernel).__name__} has {ard} length-scales but sees {len(dims)} dimensions."
+        )
+    factors = {}
+    for j, axis in enumerate(dims):
+        one = copy.deepcopy(kernel)
+        one.active_dims = None
+        one.ard_num_dims = 1
+        raw = kernel.raw_lengthscale[..., j : j + 1].detach().clone()
+        one.raw_lengthscale = torch.nn.Parameter(
+            raw, requires_grad=kernel.raw_lengthscale.requires_grad
+        )
+        factors[axis] = [one]
+    return factors, []
+
+
+def split_axis_kernels(kernel: gpytorch.kernels.Kernel, d: int) -> AxisSplit:
+    r"""Write ``kernel`` on :math:`d`-dimensional inputs exactly as :math:`s \prod_i k_i(x_i, x_i')`.
+
+    What splits: an ``RBFKernel`` (one 1-D RBF per dimension, ARD length-scales distributed by
+    axis, a shared length-scale kept shared); a ``ScaleKernel`` (its output scale becomes
+    :math:`s`); a ``ProductKernel`` of such kernels or of kernels restricted to one axis by
+    ``active_dims`` (factors on the same axis are multiplied); any kernel on one dimension.
+    The input kernel is not modified; the factors are copies.
+
+    Raises
+    ------
+    ValueError
+        For a kernel that does not factorise over the axes (e.g. a Matérn kernel on several
+        dimensions, a sum of kernels) or that ignores an axis; the message says what to pass.
+
+    Examples
+    --------
+    >>> import gpytorch, torch
+    >>> from gpkern.models.grid import split_axis_kernels
+    >>> k = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=2))
+    >>> k.base_kernel.lengthscale = torch.tensor([[0.3, 0.2]])
+    >>> split = split_axis_kernels(k, 2)
+    >>> [round(float(f.lengthscale), 3) for f in split.kernels]
+    [0.3, 0.2]
+    """
+    factors, scales = _factors(kernel, d)
+    missing = [i for i in range(d) if i not in factors]
+    if missing:
+        raise ValueError(
+            f"The kernel does not depend on axis {missing}: a grid over it is degenerate. Drop "
+            f"those features, or {_SPLIT_HELP}."
+        )
+    kernels = []
+    for i in range(d):
+        fs = factors[i]
+        kernels.append(fs[0] if len(fs) == 1 else gpytorch.kernels.ProductKernel(*fs))
+    outputscale = math.prod(float(k.outputscale.detach()) for k in scales)
+    learn = not scales or any(k.raw_outputscale.requires_grad for k in scales)
+    return AxisSplit(kernels, outputscale, learn)
+
+
+class GridGP(GaussianNoise, torch.nn.Module):
     r"""Product-kernel GP with Gaussian noise, computed through Kronecker structure on a grid.
 
     .. math::
@@ -57,11 +196,11 @@ class GridGP(torch.nn.Module):
     outputscale : float, default=1.0
         Initial shared output scale :math:`s`.
     noise : float, default=0.1
-        Initial (or fixed) noise variance :math:`\sigma^2`.
+        Initial (or fixed) noise variance :math:`\sigma^2`; a fixed one is used exactly.
     learn_noise : bool, default=True
         Whether :math:`\sigma^2` is trainable.
     noise_lower_bound : float, default=1e-6
-        Lower bound of the noise constraint.
+        Lower bound of a learned noise.
 
     Examples
     --------
@@ -86,20 +225,12 @@ class GridGP(torch.nn.Module):
         if not noise > 0 or not outputscale > 0:
             raise ValueError(f"noise and outputscale must be > 0, got {noise!r}, {outputscale!r}.")
         self.kernels = torch.nn.ModuleList(kernels)
-        dtype = torch.get_default_dtype()
         self.outputscale_constraint = gpytorch.constraints.Positive()
-        raw = self.outputscale_constraint.inverse_transform(torch.tensor(float(outputscale)))
-        self.raw_outputscale = torch.nn.Parameter(raw.to(dtype))
-        self.noise_constraint = gpytorch.constraints.GreaterThan(noise_lower_bound)
-        raw = self.noise_constraint.inverse_transform(
-            torch.tensor(max(noise, noise_lower_bound * 1.0001))
+        raw = self.outputscale_constraint.inverse_transform(
+            torch.tensor(float(outputscale), dtype=torch.float64)
         )
-        self.raw_noise = torch.nn.Parameter(raw.to(dtype), requires_grad=learn_noise)
-
-    @property
-    def noise(self) -> torch.Tensor:
-        """Noise variance :math:`\\sigma^2` (scalar tensor)."""
-        return self.noise_constraint.transform(self.raw_noise)
+        self.raw_outputscale = torch.nn.Parameter(raw)  # float64: the value is not rounded
+        self._init_noise(noise, learn_noise, noise_lower_bound)
 
     @property
     def outputscale(self) -> torch.Tensor:
@@ -384,17 +515,50 @@ class ProductAxisKernel(gpytorch.kernels.Kernel):
 
     :math:`k(x, x') = s \prod_i k_i(x_i, x_i')`, sharing the model's parameters: the dense twin
     used when data do not lie on a grid, and a way to reuse a fitted grid kernel elsewhere.
+
+    Parameters
+    ----------
+    model : GridGP
+        The model whose axis kernels and output scale are used (not copied).
+    **kwargs
+        Passed to :class:`gpytorch.kernels.Kernel` (``active_dims``, ``batch_shape``: a batch
+        of copies of the same kernel).
     """
 
-    def __init__(self, model: GridGP) -> None:
-        super().__init__()
+    def __init__(self, model: GridGP, **kwargs) -> None:
+        super().__init__(**kwargs)
         self._model = [model]  # a plain list: the parameters stay registered on the model only
+
+    # GPyTorch's batch indexing and expansion deep-copy the kernel, which would copy the model:
+    # the copies here share it, and only the batch shape changes.
+    def __getitem__(self, index) -> ProductAxisKernel:
+        if len(self.batch_shape) == 0:
+            return self
+        new = copy.copy(self)
+        new.batch_shape = indexed_batch_shape(self.batch_shape, index)
+        return new
+
+    def expand_batch(self, *sizes) -> ProductAxisKernel:
+        shape = torch.Size(sizes[0] if len(sizes) == 1 and not isinstance(sizes[0], int) else sizes)
+        new = copy.copy(self)
+        new.batch_shape = torch.broadcast_shapes(shape, self.batch_shape)
+        return new
 
     def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
         model = self._model[0]
+        if last_dim_is_batch:
+            raise ValueError(
+                "ProductAxisKernel does not support last_dim_is_batch=True: it is a product over "
+                "all of the grid's axes, and a single column is not a point."
+            )
+        if x1.shape[-1] != len(model.kernels):
+            raise ValueError(
+                f"ProductAxisKernel has {len(model.kernels)} axes but the inputs have "
+                f"{x1.shape[-1]} columns."
+            )
         out = None
         for i, kern in enumerate(model.kernels):
             Ki = kern(x1[..., i : i + 1], x2[..., i : i + 1], diag=diag)
             Ki = Ki.to_dense() if hasattr(Ki, "to_dense") else Ki
             out = Ki if out is None else out * Ki
-        return model.outputscale * out
+        return expand_to_batch(model.outputscale * out, self.batch_shape, diag)

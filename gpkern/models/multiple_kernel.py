@@ -72,7 +72,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["SCAResult", "lmk_objective", "sca_fit", "surrogate_minimize"]
+__all__ = ["NOISE_FLOOR_HINT", "SCAResult", "lmk_objective", "sca_fit", "surrogate_minimize"]
+
+#: Advice when a learned noise ends at ``noise_lower_bound`` (ends a ConvergenceWarning).
+NOISE_FLOOR_HINT = (
+    "The noise is at noise_lower_bound: the kernel interpolates the (normalised) targets, which "
+    "on small or noisy data overfits. Raise noise_lower_bound, use fewer components, or pass "
+    "the noise you know as noise=..."
+)
 
 
 @dataclass

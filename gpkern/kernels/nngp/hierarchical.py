@@ -31,6 +31,7 @@ import numbers
 import gpytorch
 import torch
 
+from gpkern.kernels.batch import expand_to_batch, indexed_batch_shape
 from gpkern.kernels.nngp.architecture import Serial, serial
 from gpkern.kernels.nngp.conv import Conv, Flatten
 from gpkern.kernels.nngp.duals import arccos_correlation
@@ -190,9 +191,18 @@ class HierarchicalCNNKernel(gpytorch.kernels.Kernel):
         super().__init__(**kwargs)
         self.kind, self.n_channels = kind, int(n_channels)
 
+    def __getitem__(self, index) -> HierarchicalCNNKernel:
+        new = super().__getitem__(index)
+        if new is not self:  # no parameters: nothing tells GPyTorch the new batch shape
+            new.batch_shape = indexed_batch_shape(self.batch_shape, index)
+        return new
+
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if last_dim_is_batch:
-            raise ValueError("HierarchicalCNNKernel does not support last_dim_is_batch=True.")
+            raise ValueError(
+                "HierarchicalCNNKernel does not support last_dim_is_batch=True: it is defined on "
+                "signals of length prod(filter_sizes), and a single column is not one."
+            )
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
         a = x1.expand(*batch, *x1.shape[-2:]).reshape(-1, *x1.shape[-2:])
         b = x2.expand(*batch, *x2.shape[-2:]).reshape(-1, *x2.shape[-2:])
@@ -204,4 +214,4 @@ class HierarchicalCNNKernel(gpytorch.kernels.Kernel):
             for i in range(a.shape[0])
         ]
         out = torch.stack(outs)
-        return out.reshape(*batch, *out.shape[1:])
+        return expand_to_batch(out.reshape(*batch, *out.shape[1:]), self.batch_shape, diag)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import gpytorch
 import torch
 
+from gpkern.kernels.batch import expand_to_batch, indexed_batch_shape
 from gpkern.kernels.nngp.duals import (
     arccos_correlation,
     erf_dual,
@@ -261,10 +262,17 @@ class InfiniteDepthKernel(gpytorch.kernels.Kernel):
         super().__init__(**kwargs)
         self.dual, self.depth, self.kind, self.normalize = dual, int(depth), kind, normalize
 
+    def __getitem__(self, index) -> InfiniteDepthKernel:
+        new = super().__getitem__(index)
+        if new is not self:  # no parameters: nothing tells GPyTorch the new batch shape
+            new.batch_shape = indexed_batch_shape(self.batch_shape, index)
+        return new
+
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
         if last_dim_is_batch:
-            raise ValueError("InfiniteDepthKernel does not support last_dim_is_batch=True.")
+            x1, x2 = x1.mT.unsqueeze(-1), x2.mT.unsqueeze(-1)  # every column an input of width 1
         n1 = torch.nn.functional.normalize(x1, dim=-1)
         n2 = torch.nn.functional.normalize(x2, dim=-1)
         rho = (n1 * n2).sum(-1) if diag else n1 @ n2.transpose(-2, -1)
-        return depth_kernel(rho, self.dual, self.depth, self.kind, self.normalize)
+        out = depth_kernel(rho, self.dual, self.depth, self.kind, self.normalize)
+        return expand_to_batch(out, self.batch_shape, diag, last_dim_is_batch)

@@ -9,6 +9,7 @@ import gpytorch
 import torch
 from gpytorch.constraints import Positive
 
+from gpkern.kernels.batch import indexed_batch_shape
 from gpkern.kernels.nngp.architecture import DEFAULT_MAX_MEMORY, Serial, serial
 from gpkern.kernels.nngp.layers import Layer
 
@@ -165,15 +166,29 @@ class NNGPKernel(gpytorch.kernels.Kernel):
             )
         return x.reshape(x.shape[0], *self.input_shape)
 
+    def __getitem__(self, index) -> NNGPKernel:
+        new = super().__getitem__(index)
+        if new is not self:  # fixed variances: no parameter tells GPyTorch the new batch shape
+            new.batch_shape = indexed_batch_shape(self.batch_shape, index)
+        return new
+
     def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
-        # (..., n1, d), (..., n2, d) -> (..., n1, n2) or (..., n1)
+        # (..., n1, d), (..., n2, d) -> (..., n1, n2) or (..., n1); (..., d, n1[, n2]) if
+        # last_dim_is_batch
+        param_batch = self.batch_shape
         if last_dim_is_batch:
-            raise ValueError("NNGPKernel does not support last_dim_is_batch=True.")
-        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], self.batch_shape)
+            if self.input_shape is not None:
+                raise ValueError(
+                    "NNGPKernel with an input_shape (a convolutional architecture on images) does "
+                    "not support last_dim_is_batch=True: a single column is not an image."
+                )
+            # Every column is an input of width 1; the kernel's batch stays in front of it.
+            x1, x2 = x1.mT.unsqueeze(-1), x2.mT.unsqueeze(-1)
+            param_batch = torch.Size([*param_batch, 1])
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], param_batch)
         n1, n2 = x1.shape[-2], x2.shape[-2]
         x1b = x1.expand(*batch, *x1.shape[-2:]).reshape(-1, *x1.shape[-2:])
         x2b = x2.expand(*batch, *x2.shape[-2:]).reshape(-1, *x2.shape[-2:])
-        param_batch = self.batch_shape
         outs = []
         for b in range(x1b.shape[0]):
             index = None
