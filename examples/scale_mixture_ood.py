@@ -17,6 +17,8 @@ one torch thread; far longer on an oversubscribed machine), so the documentation
 without executing it.
 """
 
+# sphinx_gallery_thumbnail_path = "_static/thumbnail_scale_mixture_ood.png"
+
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import load_digits

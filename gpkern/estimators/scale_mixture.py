@@ -425,9 +425,6 @@ class ScaleMixtureRegressor(_ScaleMixtureRegressorBase):
         -----
         gpkern.exceptions.LowESSWarning
             When the effective sample size is below ``min_ess``.
-
-        Warns
-        -----
         sklearn.exceptions.ConvergenceWarning
             When the optimiser stops at ``max_iter`` before meeting its tolerance, or a learned
             hyperparameter ends at a bound (the noise at its floor).
