@@ -3,7 +3,8 @@
 Usage: ``python scripts/check_docs.py [BUILD_DIR]`` after ``make docs`` (default
 ``docs/_build/html``); exits 1 and lists the problems if any check fails:
 
-- every estimator's API page documents ``fit`` and ``predict`` (inherited ones included);
+- every public name of gpkern is documented on its API page, and every estimator's page
+  documents ``fit`` and ``predict`` (inherited ones included);
 - no page shows an unexpanded placeholder (an ALL_CAPS_NAME that is not a documented gpkern
   constant, ``{{ ... }}``, TODO) or unrendered math (``\\[``, ``\\(``, ``$$`` or ``:math:``
   outside math markup), and math is typeset by a MathJax served with the site;
@@ -143,9 +144,16 @@ def check_text(build: Path, pages: dict[Path, Page]) -> list[str]:
 
 def check_api(build: Path, pages: dict[Path, Page]) -> list[str]:
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    import api_pages
+
     import gpkern.estimators
 
     problems = []
+    for name in api_pages.collect()[1]:
+        page = build / "api" / "generated" / f"{name}.html"
+        if page not in pages or name not in pages[page].ids:
+            problems.append(f"public name {name} is not documented on its API page")
     for name in gpkern.estimators.__all__:
         page = build / "api" / "generated" / f"gpkern.estimators.{name}.html"
         if page not in pages:
