@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -32,10 +33,12 @@ extensions = [
     "numpydoc",
     "sphinx_gallery.gen_gallery",
     "matplotlib.sphinxext.plot_directive",
-    "myst_parser",
     "api_pages",
     "benchmark_pages",
 ]
+# MyST renders the benchmark reports (Markdown); without it they are shown as plain text.
+if importlib.util.find_spec("myst_parser"):
+    extensions.append("myst_parser")
 
 # The API pages are written by docs/_ext/api_pages.py; autosummary only renders their tables.
 autosummary_generate = False

@@ -27,10 +27,13 @@ def generate(app) -> None:
         page = out / f"{name}.rst"
         wanted.add(page)
         source = f"../../../benchmarks/results/{name}.md"
-        write_if_changed(
-            page,
-            f".. include:: {source}\n   :parser: myst_parser.sphinx_\n",
-        )
+        if "myst_parser" in app.extensions:
+            text = f".. include:: {source}\n   :parser: myst_parser.sphinx_\n"
+        else:  # the docs extra's myst-parser is missing: show the Markdown as it is
+            title = name.replace("_", " ").capitalize() + " benchmark"
+            text = f"{title}\n{'=' * len(title)}\n\n.. literalinclude:: {source}\n"
+            text += "   :language: markdown\n"
+        write_if_changed(page, text)
     for path in out.iterdir():
         if path not in wanted:
             path.unlink()
