@@ -185,15 +185,39 @@ def check_thumbnails(build: Path) -> list[str]:
     if not executed:
         return []  # a build without executing the gallery has placeholder thumbnails
     index = parse(gallery / "index.html")
-    thumbs = [link for link in index.links if "/thumb/" in link]
+    thumbs = [link for link in index.links if "_thumb." in link]
     by_digest = defaultdict(list)
     for link in thumbs:
         by_digest[hashlib.sha256((gallery / link).read_bytes()).hexdigest()].append(link)
-    return [
-        f"auto_examples: {len(links)} examples share one thumbnail (a placeholder?): {links}"
+    stock = stock_thumbnails()
+    problems = [
+        f"auto_examples: {len(links)} examples share one thumbnail: {links}"
         for links in by_digest.values()
         if len(links) > 1
     ]
+    problems += [
+        f"auto_examples: {link} is sphinx-gallery's {stock[digest]} thumbnail"
+        for digest, links in by_digest.items()
+        if digest in stock
+        for link in links
+    ]
+    return problems
+
+
+def stock_thumbnails() -> dict[str, str]:
+    """Digests of the thumbnails sphinx-gallery makes for examples without (or failing) a figure."""
+    import tempfile
+
+    from sphinx_gallery.gen_rst import glr_path_static
+    from sphinx_gallery.utils import scale_image
+
+    digests = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("no_image.png", "broken_example.png"):
+            out = Path(tmp) / name
+            scale_image(Path(glr_path_static()) / name, out, 400, 280)
+            digests[hashlib.sha256(out.read_bytes()).hexdigest()] = name.removesuffix(".png")
+    return digests
 
 
 def main(argv: list[str]) -> int:
