@@ -122,3 +122,30 @@ def check_docs_estimators() -> list[str]:
 )
 def test_built_docs_pass_the_checks():
     assert check_docs.main(["check_docs", str(ROOT / "docs" / "_build" / "html")]) == 0
+
+
+def test_stock_and_shared_gallery_thumbnails_are_flagged(tmp_path):
+    import shutil
+
+    from sphinx_gallery.gen_rst import glr_path_static
+    from sphinx_gallery.utils import scale_image
+
+    build = write_site(
+        tmp_path,
+        {
+            "auto_examples/plot_a.html": '<img class="sphx-glr-single-img" src="x.png">',
+            "auto_examples/index.html": "".join(
+                f'<img src="../_images/sphx_glr_{n}_thumb.png">' for n in ("a", "b", "c", "d")
+            ),
+        },
+    )
+    images = build / "_images"
+    images.mkdir()
+    scale_image(Path(glr_path_static()) / "no_image.png", images / "sphx_glr_a_thumb.png", 400, 280)
+    (images / "sphx_glr_b_thumb.png").write_bytes(b"figure b")
+    (images / "sphx_glr_c_thumb.png").write_bytes(b"figure c")
+    shutil.copy(images / "sphx_glr_c_thumb.png", images / "sphx_glr_d_thumb.png")
+    found = check_docs.check_thumbnails(build.resolve())
+    assert len(found) == 2
+    assert any("sphx_glr_a_thumb" in p and "no_image" in p for p in found)
+    assert any("2 examples share one thumbnail" in p and "sphx_glr_d_thumb" in p for p in found)
