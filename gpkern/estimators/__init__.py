@@ -4,6 +4,7 @@ from gpkern.estimators.dkm import DKMClassifier, DKMRegressor
 from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.estimators.grid_gp import GridGPRegressor
 from gpkern.estimators.kernel_classifier import KernelClassifier
+from gpkern.estimators.least_squares import WeightedLeastSquaresRegressor
 from gpkern.estimators.multiple_kernel import MultipleKernelRegressor
 from gpkern.estimators.scale_mixture import (
     ScaleMixtureClassifier,
@@ -21,4 +22,5 @@ __all__ = [
     "ScaleMixtureClassifier",
     "ScaleMixtureRegressor",
     "StudentTProcessRegressor",
+    "WeightedLeastSquaresRegressor",
 ]
