@@ -66,16 +66,16 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_components_, n_features)
+    components_ : ndarray of shape (m, n_features)
         The landmarks :math:`Z`.
-    component_indices_ : ndarray of shape (n_components_,) or None
+    component_indices_ : ndarray of shape (m,) or None
         Their rows in the training data (``None`` for ``"kmeans"``).
-    normalization_ : ndarray of shape (n_components_, n_components_)
+    normalization_ : ndarray of shape (m, m)
         :math:`U \Lambda^{-1/2}`.
     kernel_ : gpytorch.kernels.Kernel
         The kernel used.
     n_components_ : int
-        Number of landmarks used.
+        Number of landmarks used, :math:`m`.
     n_features_in_ : int
         Number of features seen in ``fit``.
 
@@ -149,7 +149,7 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Returns
         -------
-        Phi : ndarray of shape (n_samples, n_components_)
+        Phi : ndarray of shape (n_samples, m)
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)

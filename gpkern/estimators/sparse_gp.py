@@ -72,12 +72,12 @@ class SparseGPRegressor(BaseGPRegressor):
 
     Attributes
     ----------
-    inducing_points_ : ndarray of shape (n_inducing_, n_features)
+    inducing_points_ : ndarray of shape (m, n_features)
         The inducing inputs :math:`Z`.
-    inducing_indices_ : ndarray of shape (n_inducing_,) or None
+    inducing_indices_ : ndarray of shape (m,) or None
         Their rows in ``X_train_`` (``None`` for ``inducing="kmeans"``).
     n_inducing_ : int
-        Number of inducing points used.
+        Number of inducing points used, :math:`m` (fewer than ``n_inducing`` when clipped).
     elbo_ : float
         The collapsed bound at the fitted hyperparameters, in the units of ``y``.
     log_marginal_likelihood_value_ : float
