@@ -16,6 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import gpkern.sampling.inducing as inducing_module
 from gpkern.estimators import DKMClassifier, DKMRegressor, NystroemFeatures, ScaleMixtureClassifier
+from gpkern.linalg.rpcholesky import rp_cholesky
 from gpkern.sampling import INDUCING_METHODS, select_inducing
 
 
@@ -71,6 +72,17 @@ def test_greedy_variance_matches_botorch_initialiser(X2):
     assert ref.shape[0] == m  # no early stop: the comparison covers all m pivots
     Z, _ = select_inducing(X, _rbf(0.7, 1.3), m, "greedy_variance")
     torch.testing.assert_close(Z, ref, rtol=0, atol=0)
+
+
+def test_greedy_pivoting_factor_is_the_nystrom_factor(X2):
+    K = torch.as_tensor(_np_rbf(X2, X2, 0.7, 1.3))
+    F, piv = rp_cholesky(lambda i: K[:, i], K.diagonal(), 12, pivoting="greedy")
+    S = piv.tolist()
+    Knm = K[:, S].numpy()
+    ref = Knm @ np.linalg.solve(K[np.ix_(S, S)].numpy(), Knm.T)
+    np.testing.assert_allclose((F @ F.T).numpy(), ref, atol=1e-10)
+    with pytest.raises(ValueError, match="pivoting"):
+        rp_cholesky(lambda i: K[:, i], K.diagonal(), 5, pivoting="max")
 
 
 # -- RPCholesky --------------------------------------------------------------------------------
