@@ -170,7 +170,8 @@ def test_reselect_rounds_rechoose_points():
     opts = dict(kernel=_rbf(3.0, 0.5), n_inducing=15, inducing="greedy_variance", max_iter=15)
     one_round = SparseGPRegressor(**opts).fit(X, y)
     two_rounds = SparseGPRegressor(reselect=1, **opts).fit(X, y)
-    assert two_rounds.n_iter_ == 2 * 15
+    # n_iter_ counts the iterations run in both rounds (each at most max_iter)
+    assert one_round.n_iter_ < two_rounds.n_iter_ <= 2 * 15
     # greedy selection is deterministic, so round 2's points are greedy's at round 1's kernel
     after_round_1 = select_inducing(X, one_round.kernel_, 15, "greedy_variance").indices.numpy()
     np.testing.assert_array_equal(two_rounds.inducing_indices_, after_round_1)
