@@ -19,8 +19,9 @@ __all__ = ["DenseNetworkKernel"]
 class DenseNetworkKernel(gpytorch.kernels.Kernel):
     r"""NNGP or NTK of a fully connected network, as a GPyTorch kernel (fixed architecture).
 
-    The kernel is the closed-form infinite-width limit of :func:`~gpkern.linalg.keops.network.dense_network`; wrap it in a
-    ``ScaleKernel`` to learn an output scale.  Its KeOps formula makes NNGP regression on
+    The kernel is the closed-form infinite-width limit of
+    :func:`~gpkern.linalg.keops.network.dense_network`; wrap it in a ``ScaleKernel`` to learn an
+    output scale.  Its KeOps formula makes NNGP regression on
     hundreds of thousands of points possible with :class:`gpkern.estimators.GPRegressor`
     (``backend="keops"``).
 
@@ -69,7 +70,6 @@ class DenseNetworkKernel(gpytorch.kernels.Kernel):
         return dense_network(
             x1.unsqueeze(-2), x2.unsqueeze(-3), self.layers, self.n_features, ntk=self.ntk
         )
-
 
 
 register_formula(DenseNetworkKernel, lambda kernel, d: DenseNetworkFormula(kernel))
