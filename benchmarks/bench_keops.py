@@ -225,7 +225,7 @@ def _nngp_subset_hyperparameters(X, y):
     import numpy as np
 
     from gpkern.estimators import GPRegressor
-    from gpkern.linalg.keops import DenseNetworkKernel
+    from gpkern.kernels.nngp import DenseNetworkKernel
 
     idx = np.random.default_rng(0).choice(len(X), min(len(X), SUBSET), replace=False)
     kernel = gpytorch.kernels.ScaleKernel(DenseNetworkKernel(NNGP_LAYERS, D))

@@ -4,7 +4,7 @@ A single timed product on a shared machine can be off by several percent, so thi
 alternates the two libraries ``repeats`` times on the same inputs (after one untimed warm-up
 each, which also compiles the formulas) and reports the medians of the process CPU time of
 ``K @ V`` with 16 right-hand sides, for the kernels and inputs of ``bench_keops.py``'s matvec
-rows (gpkern: :class:`gpkern.linalg.keops.KernelOperator`; GPyTorch: ``kernel(X) @ V``).
+rows (gpkern: :class:`gpkern.linalg.keops.operator.KernelOperator`; GPyTorch: ``kernel(X) @ V``).
 
 Run: ``python benchmarks/bench_keops_ab.py --n 10000 --repeats 9 --kernels rbf matern52 periodic``.
 Prints one line per kernel; it writes nothing (quote the line in the results file it supports).

@@ -4,7 +4,8 @@ Usage: ``python scripts/check_docs.py [BUILD_DIR]`` after ``make docs`` (default
 ``docs/_build/html``); exits 1 and lists the problems if any check fails:
 
 - every public name of gpkern is documented on its API page, and every estimator's page
-  documents ``fit`` and ``predict`` (inherited ones included);
+  documents ``fit`` and ``predict`` (``transform`` for transformers) and its other public
+  scikit-learn methods, inherited ones included;
 - no page shows an unexpanded placeholder (an ALL_CAPS_NAME that is not a documented gpkern
   constant, ``{{ ... }}``, TODO) or unrendered math (``\\[``, ``\\(``, ``$$`` or ``:math:``
   outside math markup), and math is typeset by a MathJax served with the site;
@@ -29,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MATH_CLASSES = {"math"}
 SKIPPED_TEXT_TAGS = {"script", "style", "pre", "code", "kbd", "samp"}
 PLACEHOLDER = re.compile(r"\b[A-Z]{2,}(?:_[A-Z0-9]{2,})+\b|\{\{.*?\}\}|\bTODO\b|\bFIXME\b")
+# Documented on an estimator's page when it has them (fit and predict always; transformers
+# have transform instead of predict).
+ESTIMATOR_METHODS = ("fit", "predict", "predict_proba", "transform", "score")
 RAW_MATH = re.compile(r"\\\[|\\\(|\$\$|:math:`")
 
 
@@ -159,7 +163,12 @@ def check_api(build: Path, pages: dict[Path, Page]) -> list[str]:
         if page not in pages:
             problems.append(f"no API page for gpkern.estimators.{name}")
             continue
-        for method in ("fit", "predict"):
+        estimator = getattr(gpkern.estimators, name)
+        for method in ESTIMATOR_METHODS:
+            if method not in ("fit", "predict") and not hasattr(estimator, method):
+                continue
+            if method == "predict" and hasattr(estimator, "transform"):
+                continue  # a transformer
             if f"gpkern.estimators.{name}.{method}" not in pages[page].ids:
                 problems.append(f"{page.relative_to(build)}: {method} is not documented")
     return problems

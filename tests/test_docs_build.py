@@ -96,14 +96,15 @@ def test_empty_guide_navigation_is_flagged(tmp_path):
 
 def test_estimator_page_without_predict_is_flagged(tmp_path):
     pages = {
-        f"api/generated/gpkern.estimators.{name}.html": (
-            f'<dt id="gpkern.estimators.{name}.fit"></dt>'
-            f'<dt id="gpkern.estimators.{name}.predict"></dt>'
+        f"api/generated/gpkern.estimators.{name}.html": "".join(
+            f'<dt id="gpkern.estimators.{name}.{method}"></dt>'
+            for method in check_docs.ESTIMATOR_METHODS
         )
         for name in check_docs_estimators()
     }
     pages["api/generated/gpkern.estimators.GPRegressor.html"] = (
         '<dt id="gpkern.estimators.GPRegressor.fit"></dt>'
+        '<dt id="gpkern.estimators.GPRegressor.score"></dt>'
     )
     build = write_site(tmp_path, pages)
     found = problems(build, check_docs.check_api)

@@ -354,10 +354,8 @@ def test_gp_regressor_trains_a_deep_kernel_on_the_iterative_backend(rng, monkeyp
     """backend='keops' (here on its chunked torch twin, no compile): same posterior as dense at
     fixed hyperparameters, and marginal-likelihood training moves the network's weights."""
     import gpkern.linalg.dispatch as dispatch
-    import gpkern.linalg.keops as keops
 
     monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (False, "simulated"))
-    monkeypatch.setitem(keops.FALLBACK, "active", False)
     X = rng.uniform(-2, 2, size=(150, 2))
     y = np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] + 0.05 * rng.standard_normal(150)
     Xt = rng.uniform(-2, 2, size=(40, 2))

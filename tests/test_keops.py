@@ -23,7 +23,12 @@ import gpkern.linalg.dispatch as dispatch
 import gpkern.linalg.keops as keops
 from conftest import keops_compiles
 from gpkern.estimators import GPRegressor
-from gpkern.linalg.dispatch import DENSE_MAX_N, KeOpsFallbackWarning, choose_backend
+from gpkern.linalg.dispatch import (
+    DENSE_MAX_N,
+    KeOpsFallbackWarning,
+    NoKeOpsFormulaWarning,
+    choose_backend,
+)
 from gpkern.linalg.keops import (
     DenseNetworkKernel,
     KernelOperator,
@@ -252,13 +257,15 @@ def test_unsupported_kernels_are_rejected_clearly():
 
 def test_dispatch_rule(monkeypatch):
     rbf = gpytorch.kernels.RBFKernel()
-    monkeypatch.setitem(keops.FALLBACK, "active", False)  # restored afterwards
     monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (True, ""))
     assert choose_backend(DENSE_MAX_N, rbf) == "dense"
     assert choose_backend(DENSE_MAX_N + 1, rbf) == "keops"
     assert choose_backend(10, rbf, "keops") == "keops"
     assert choose_backend(10**6, rbf, "dense") == "dense"
-    assert choose_backend(10**6, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
+    # No formula: dense, and above DENSE_MAX_N not silently.
+    assert choose_backend(DENSE_MAX_N, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
+    with pytest.warns(NoKeOpsFormulaWarning, match="PolynomialKernel has no KeOps formula"):
+        assert choose_backend(10**6, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
     with pytest.raises(ValueError, match="KeOps formula"):
         choose_backend(10, gpytorch.kernels.PolynomialKernel(power=2), "keops")
     with pytest.raises(ValueError, match="backend must be"):
@@ -268,7 +275,6 @@ def test_dispatch_rule(monkeypatch):
     )
     with pytest.warns(KeOpsFallbackWarning, match="no compiler"):
         assert choose_backend(DENSE_MAX_N + 1, rbf) == "torch"
-    assert keops.FALLBACK["active"]
 
 
 def test_estimator_rejects_bad_backend_arguments():
@@ -283,6 +289,12 @@ def test_estimator_rejects_bad_backend_arguments():
         GPRegressor(kernel=gpytorch.kernels.PolynomialKernel(power=2), backend="keops").fit(X, y)
 
 
+def _chunked_torch_only(monkeypatch):
+    """pykeops reported unavailable: backend="keops" fits run on the chunked torch twin (no
+    compile), after a fallback warning (ignored by the tests that call this)."""
+    monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (False, "simulated"))
+
+
 def _toy(n, seed=0, d=2):
     rng = np.random.default_rng(seed)
     X = rng.uniform(-3, 3, (n, d))
@@ -294,9 +306,8 @@ def test_compile_failure_warns_and_falls_back_to_chunked_torch(monkeypatch):
     def broken():
         raise keops.KeOpsCompileError("simulated: g++ not found")
 
-    monkeypatch.setattr(keops, "_lazy_tensor_class", broken)
+    monkeypatch.setattr(keops.runtime, "lazy_tensor_class", broken)
     monkeypatch.setattr(dispatch, "_STATUS", {})
-    monkeypatch.setitem(keops.FALLBACK, "active", False)
     X, y, Xt = _toy(150)
     kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5))
     with pytest.warns(KeOpsFallbackWarning, match="simulated: g\\+\\+ not found"):
@@ -306,10 +317,11 @@ def test_compile_failure_warns_and_falls_back_to_chunked_torch(monkeypatch):
     md, sd = dense.predict(Xt, return_std=True)
     np.testing.assert_allclose(m, md, atol=1e-5)
     np.testing.assert_allclose(s, sd, atol=2e-2)
-    # An operator built after the failure goes straight to torch, without another warning.
+    # The model was built on the chunked torch operator: predicting warns no more.
+    assert gp._model.backend == "torch"
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeOpsFallbackWarning)
-        kernel_operator(kernel, torch.as_tensor(X))._matmul(torch.ones(150, 1, dtype=torch.float64))
+        gp.predict(Xt)
 
 
 def test_iterative_posterior_matches_scipy_reference_at_fixed_hyperparameters():
@@ -463,8 +475,7 @@ def test_spectral_mixture_sum_formula_matches_numpy():
     )
 
 
-# Kernels of other issues (gpkern.kernels.spectral / gsmp / nngp): these tests run once those
-# modules are merged; the formulas are matched by class name so keops.py never imports them.
+# gpkern's own kernels: each module registers its formula (gpkern.linalg.keops.registry).
 def _peer_kernels():
     out = []
     try:
@@ -540,6 +551,7 @@ def test_tour_section_fits_diamonds_with_keops():
     assert row["metric"] == "RMSE" and 0 < row["value"] < 0.3  # log-price sd is about 1.0
 
 
+@pytest.mark.filterwarnings("ignore::gpkern.linalg.keops.runtime.KeOpsFallbackWarning")
 def test_fixed_hyperparameter_fit_defers_the_log_marginal_likelihood(monkeypatch):
     """optimizer=None: no stochastic Lanczos work in fit; the value appears on first access."""
     X, y, Xt = _toy(150, seed=5)
@@ -551,7 +563,7 @@ def test_fixed_hyperparameter_fit_defers_the_log_marginal_likelihood(monkeypatch
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(IterativeGP, "log_marginal_likelihood", counting)
-    monkeypatch.setitem(keops.FALLBACK, "active", True)  # chunked torch: no compile needed
+    _chunked_torch_only(monkeypatch)
     kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel()).double()
     gp = GPRegressor(kernel=kernel, noise=0.05, optimizer=None, backend="keops").fit(X, y)
     assert isinstance(gp._model, IterativeGP) and calls == []
@@ -620,11 +632,12 @@ def test_network_point_terms_are_the_layer_variances():
     assert keops.n_point_terms(layers) == terms.shape[1] == 4
 
 
+@pytest.mark.filterwarnings("ignore::gpkern.linalg.keops.runtime.KeOpsFallbackWarning")
 def test_nngp_recipe_subset_hyperparameters_then_keops_conditioning(monkeypatch):
     """The documented CPU recipe for large n (docs/user_guide/scaling.rst): learn the NNGP's
     scale and noise on a subset with the dense backend, refit with ``optimizer=None`` and
     ``backend="keops"`` on all points; it equals the dense GP with the same hyperparameters."""
-    monkeypatch.setitem(keops.FALLBACK, "active", True)  # chunked torch: no compile needed
+    _chunked_torch_only(monkeypatch)
     rng = np.random.default_rng(8)
     X, Xt = rng.uniform(-2, 2, (200, 3)), rng.uniform(-2, 2, (50, 3))
     y = X @ [0.8, -0.5, 0.3] + 0.5 * np.abs(X[:, 0]) + 0.1 * rng.standard_normal(200)

@@ -261,29 +261,9 @@ class TestInfiniteDepthContract(_Contract, unittest.TestCase):
     parameter_free = True
 
 
-_DENSE_NETWORK_BATCH = pytest.mark.xfail(
-    strict=True,
-    reason="DenseNetworkKernel (gpkern.linalg.keops) keeps its batch shape under kernel[i] and "
-    "ignores it in forward: it needs the __getitem__ of gpkern.kernels.batch.indexed_batch_shape "
-    "and forward's result passed through expand_to_batch, as InfiniteDepthKernel does",
-)
-
-
 class TestDenseNetworkContract(_Contract, unittest.TestCase):
     name = "dense_network"
     parameter_free = True
-
-    @_DENSE_NETWORK_BATCH
-    def test_kernel_getitem_single_batch(self):
-        super().test_kernel_getitem_single_batch()
-
-    @_DENSE_NETWORK_BATCH
-    def test_kernel_getitem_double_batch(self):
-        super().test_kernel_getitem_double_batch()
-
-    @_DENSE_NETWORK_BATCH
-    def test_kernel_getitem_broadcast(self):
-        super().test_kernel_getitem_broadcast()
 
 
 class TestNNGPGramContract(_Contract, unittest.TestCase):

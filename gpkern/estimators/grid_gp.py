@@ -15,6 +15,7 @@ from gpkern.estimators.base import resolve_device, torch_generator
 from gpkern.estimators.gp_regressor import GPRegressor
 from gpkern.exceptions import NotPSDError
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
+from gpkern.linalg.dispatch import choose_grid_backend
 from gpkern.models.exact import ExactPosterior
 from gpkern.models.grid import AxisSplit, GridGP, ProductAxisKernel, split_axis_kernels
 from gpkern.models.training import minimize_with_restarts
@@ -71,7 +72,8 @@ class GridGPRegressor(GPRegressor):
     points, ``fit(X, y)``: every distinct value of feature ``i`` becomes a coordinate of grid
     axis ``i``, and cells without a point are missing. When the points are far from a grid
     (more than ``max_grid_size`` cells, fewer than ``min_fill`` of them observed, or repeated
-    points) the same model is computed by a dense Cholesky instead (``backend_ == "dense"``):
+    points; the rule is :func:`gpkern.linalg.dispatch.choose_grid_backend`) the same model is
+    computed by a dense Cholesky instead (``backend_ == "dense"``):
     predictions are those of the same GP, only the algorithm differs.
 
     Parameters
@@ -304,6 +306,7 @@ class GridGPRegressor(GPRegressor):
                 raise ValueError("Pass either X (points) or grid (axes), not both.")
             X_obs, y_obs, axes, observed = self._grid_input(grid, y)
             state = self._validate_train(X_obs, y_obs)
+            backend = choose_grid_backend(int(observed.sum()), observed.shape[0])
         else:
             state = self._validate_train(X, y)
             X_obs = state["X_train_"]
@@ -311,7 +314,10 @@ class GridGPRegressor(GPRegressor):
             N = math.prod(a.shape[0] for a in axes)
             n = X_obs.shape[0]
             distinct = np.unique(index).shape[0] == n and index[0] >= 0
-            if distinct and N <= self.max_grid_size and n >= self.min_fill * N:
+            backend = choose_grid_backend(
+                n, N, distinct=distinct, max_cells=self.max_grid_size, min_fill=self.min_fill
+            )
+            if backend != "dense":
                 observed = np.zeros(N, dtype=bool)
                 observed[index] = True
                 state["_order"] = index
@@ -333,8 +339,7 @@ class GridGPRegressor(GPRegressor):
         gen = torch_generator(self.random_state)
         probe_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
-        if axes is not None:
-            backend = "kronecker" if bool(observed.all()) else "kronecker-partial"
+        if backend != "dense":
             grid_t = [self._tensor(a, device) for a in axes]
             obs_t = torch.as_tensor(observed, device=device)
             Yg = torch.zeros(observed.shape[0], Yn.shape[1], dtype=torch.float64, device=device)
@@ -351,7 +356,6 @@ class GridGPRegressor(GPRegressor):
                     grid_t, Yg, obs_arg, num_probes=self.num_probes, generator=g
                 )
         else:
-            backend = "dense"
             Xt = self._tensor(state["X_train_"], device)
             Yt = self._tensor(Yn, device)
 

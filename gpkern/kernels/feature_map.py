@@ -24,6 +24,7 @@ import torch
 from linear_operator.operators import LowRankRootLinearOperator
 
 from gpkern.kernels.batch import indexed_batch_shape
+from gpkern.linalg.keops.registry import register_input_map
 
 __all__ = ["FeatureMapKernel"]
 
@@ -187,3 +188,7 @@ class FeatureMapKernel(gpytorch.kernels.Kernel):
                 return LowRankRootLinearOperator(z1)
             return z1 @ z2.mT
         return self.base_kernel(z1, z2, diag=diag, **params)
+
+
+# KeOps: the network runs in torch, the reduction on its features with the base kernel's formula.
+register_input_map(FeatureMapKernel, lambda kernel: (kernel.features, kernel.base_kernel))

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 
 from gpkern.kernels.multiple import WeightedKernelSum
+from gpkern.linalg.keops.formula import SpectralSumFormula
+from gpkern.linalg.keops.registry import register_formula
 
 __all__ = ["GSMPKernel", "gsmp_grid"]
 
@@ -225,3 +227,6 @@ class GSMPKernel(WeightedKernelSum):
             freq = mu[..., p].unsqueeze(-2).unsqueeze(-2)  # (*b, 1, 1, A)
             out = out * torch.cos(2.0 * math.pi * tau[..., p].unsqueeze(-1) * freq)
         return out.movedim(-1, -3)  # (..., A, n, m)
+
+
+register_formula(GSMPKernel, lambda kernel, d: SpectralSumFormula(kernel))

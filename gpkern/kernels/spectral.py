@@ -29,6 +29,9 @@ import gpytorch
 import torch
 from gpytorch.constraints import Positive
 
+from gpkern.linalg.keops.formula import SpectralProductFormula
+from gpkern.linalg.keops.registry import register_formula
+
 __all__ = [
     "ENVELOPES",
     "spectral_mixture_1d",
@@ -463,3 +466,11 @@ class StudentTSpectralMixtureKernel(_SpectralMixtureProductKernel):
     """
 
     _envelope = "matern52"
+
+
+register_formula(
+    GaussianSpectralMixtureKernel, lambda kernel, d: SpectralProductFormula(kernel, "gaussian")
+)
+register_formula(
+    StudentTSpectralMixtureKernel, lambda kernel, d: SpectralProductFormula(kernel, "matern52")
+)

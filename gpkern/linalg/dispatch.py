@@ -1,9 +1,11 @@
 r"""Which linear-algebra backend solves a GP: one rule, overridable by the caller.
 
-``backend="auto"`` picks
+For scattered points, :func:`choose_backend` resolves ``backend="auto"`` to
 
 * ``"dense"`` (Cholesky of the :math:`n \times n` matrix, :mod:`gpkern.models.exact`) when
-  :math:`n \le` :data:`DENSE_MAX_N` or when the kernel has no KeOps formula;
+  :math:`n \le` :data:`DENSE_MAX_N`, or when the kernel has no KeOps formula (above
+  :data:`DENSE_MAX_N` with a :class:`NoKeOpsFormulaWarning`: register one with
+  :func:`gpkern.linalg.keops.registry.register_formula`);
 * ``"keops"`` (preconditioned CG and stochastic Lanczos on a KeOps kernel operator,
   :mod:`gpkern.models.iterative`) above it, when pykeops imports and compiles;
 * ``"torch"`` (the same iterative solver on a row-blocked torch operator, also linear in memory)
@@ -11,6 +13,10 @@ r"""Which linear-algebra backend solves a GP: one rule, overridable by the calle
 
 ``backend="dense"`` and ``backend="keops"`` force a choice (``"keops"`` still falls back to
 ``"torch"`` with a warning when pykeops fails).
+
+For points on (part of) a Cartesian grid with a product kernel, :func:`choose_grid_backend`
+picks ``"kronecker"`` (every cell observed), ``"kronecker-partial"`` (a large enough fraction
+of a small enough grid) or ``"dense"``; the grid itself is detected by the estimator.
 
 Why :data:`DENSE_MAX_N` = 5000: the dense path stores several :math:`n \times n` float64
 matrices during a gradient step (kernel, Cholesky factor, their gradients: about
@@ -26,10 +32,21 @@ import warnings
 import gpytorch
 import torch
 
+from gpkern.linalg.keops import (
+    KeOpsCompileError,
+    KeOpsFallbackWarning,
+    keops_matmul,
+    kernel_formula,
+    operator_formula,
+    warn_fallback,
+)
+
 __all__ = [
     "DENSE_MAX_N",
     "KeOpsFallbackWarning",
+    "NoKeOpsFormulaWarning",
     "choose_backend",
+    "choose_grid_backend",
     "keops_available",
     "warn_fallback",
 ]
@@ -40,23 +57,16 @@ DENSE_MAX_N = 5000
 _STATUS: dict[str, object] = {}
 
 
-class KeOpsFallbackWarning(RuntimeWarning):
-    """pykeops could not compile or run; a chunked torch operator is used instead."""
-
-
-def warn_fallback(exc: BaseException) -> None:
-    """Warn once per call site that KeOps failed and the chunked torch operator takes over."""
-    warnings.warn(
-        f"KeOps is unavailable ({exc}); falling back to the chunked torch kernel operator "
-        "(same results and linear memory, several times slower). Check that a C++ compiler (g++) "
-        "is installed and that KEOPS_CACHE_FOLDER is writable, or pass backend='dense'.",
-        KeOpsFallbackWarning,
-        stacklevel=3,
-    )
+class NoKeOpsFormulaWarning(RuntimeWarning):
+    """A large problem is solved densely because its kernel has no KeOps formula."""
 
 
 def keops_available(dtype: torch.dtype = torch.float64) -> tuple[bool, str]:
     """Whether pykeops imports, compiles and runs a small reduction (cached per dtype).
+
+    This probes the installation (compiler, cache folder), which is the same for the whole
+    process; whether a given operator has fallen back is its own
+    :class:`~gpkern.linalg.keops.runtime.KeOpsRuntime`.
 
     Returns
     -------
@@ -66,8 +76,6 @@ def keops_available(dtype: torch.dtype = torch.float64) -> tuple[bool, str]:
     """
     key = str(dtype)
     if key not in _STATUS:
-        from gpkern.linalg.keops import KeOpsCompileError, keops_matmul, kernel_formula
-
         x = torch.zeros(2, 1, dtype=dtype)
         formula = kernel_formula(gpytorch.kernels.RBFKernel())
         try:
@@ -81,8 +89,6 @@ def keops_available(dtype: torch.dtype = torch.float64) -> tuple[bool, str]:
 
 
 def _has_formula(kernel: gpytorch.kernels.Kernel) -> tuple[bool, str]:
-    from gpkern.linalg.keops import operator_formula
-
     try:
         operator_formula(kernel)
     except TypeError as exc:
@@ -118,6 +124,14 @@ def choose_backend(
     ValueError
         For an unknown ``backend``, or ``backend="keops"`` with a kernel that has no KeOps formula.
 
+    Warns
+    -----
+    NoKeOpsFormulaWarning
+        ``backend="auto"``, ``n > DENSE_MAX_N`` and a kernel without a KeOps formula: the dense
+        path is used (:math:`O(n^2)` memory).
+    KeOpsFallbackWarning
+        pykeops cannot compile here: the chunked torch operator is used.
+
     Examples
     --------
     >>> import gpytorch
@@ -133,14 +147,64 @@ def choose_backend(
     if not ok:
         if backend == "keops":
             raise ValueError(f"backend='keops' needs a kernel with a KeOps formula: {reason}")
+        if n > DENSE_MAX_N:
+            warnings.warn(
+                f"{n} training points exceed DENSE_MAX_N = {DENSE_MAX_N}, but the kernel has no "
+                f"KeOps formula ({reason}); solving densely, with O(n^2) memory and O(n^3) time. "
+                "Register a formula with gpkern.linalg.keops.register_formula, or pass "
+                "backend='dense' to choose this explicitly.",
+                NoKeOpsFormulaWarning,
+                stacklevel=2,
+            )
         return "dense"
     if backend == "auto" and n <= DENSE_MAX_N:
         return "dense"
     available, why = keops_available(dtype)
     if not available:
-        from gpkern.linalg.keops import FALLBACK
-
         warn_fallback(RuntimeError(why))
-        FALLBACK["active"] = True  # later KeOps operators go straight to torch, silently
         return "torch"
     return "keops"
+
+
+def choose_grid_backend(
+    n_observed: int,
+    n_cells: int | None,
+    *,
+    distinct: bool = True,
+    max_cells: int | None = None,
+    min_fill: float = 0.0,
+) -> str:
+    """Resolve the backend of a product-kernel GP whose points may lie on a Cartesian grid.
+
+    Parameters
+    ----------
+    n_observed : int
+        Number of observed grid cells (training points).
+    n_cells : int or None
+        Number of cells :math:`N = \\prod_i n_i` of the smallest grid holding the points, or None
+        when there is no grid.
+    distinct : bool, default=True
+        Whether every point falls in its own cell (repeated points need the dense path).
+    max_cells : int, optional
+        Largest grid the Kronecker backend builds (no limit when None).
+    min_fill : float, default=0.0
+        Smallest fraction of observed cells for the Kronecker backend.
+
+    Returns
+    -------
+    str
+        ``"kronecker"`` (every cell observed: exact eigendecomposition solves),
+        ``"kronecker-partial"`` (missing cells: CG with Kronecker products) or ``"dense"``.
+
+    Examples
+    --------
+    >>> choose_grid_backend(12, 12), choose_grid_backend(10, 12), choose_grid_backend(2, 1000, min_fill=0.1)
+    ('kronecker', 'kronecker-partial', 'dense')
+    """
+    if n_cells is None or not distinct or n_observed > n_cells:
+        return "dense"
+    if max_cells is not None and n_cells > max_cells:
+        return "dense"
+    if n_observed < min_fill * n_cells:
+        return "dense"
+    return "kronecker" if n_observed == n_cells else "kronecker-partial"

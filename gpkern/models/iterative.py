@@ -1,6 +1,6 @@
 r"""Exact GP regression by iterative linear algebra on a lazy kernel operator.
 
-The kernel matrix is a :class:`gpkern.linalg.keops.KernelOperator` (KeOps reductions, or
+The kernel matrix is a :class:`gpkern.linalg.keops.operator.KernelOperator` (KeOps reductions, or
 row-blocked torch), never stored.  Training maximises the log marginal likelihood estimated with
 GPyTorch's machinery on :math:`A = K + \sigma^2 I`:
 
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from gpkern.linalg.cg import pcg
 from gpkern.linalg.heap import trim_heap
-from gpkern.linalg.keops import KernelOperator, kernel_operator
+from gpkern.linalg.keops import KeOpsRuntime, KernelOperator, kernel_operator
 from gpkern.linalg.rpcholesky import factor_gram, factor_matmul, factor_t_matmul, rp_cholesky
 from gpkern.models.exact import ExactGP
 
@@ -69,7 +69,7 @@ class IterativeSettings:
         Rank of the pivoted-Cholesky preconditioner while training
         (``settings.max_preconditioner_size``; ``settings.min_preconditioning_size`` is set to 0
         so it is always used). The factor is a randomly pivoted Cholesky
-        (:meth:`gpkern.linalg.keops.KernelOperator.pivoted_cholesky`), cheap at high rank; at
+        (:meth:`gpkern.linalg.keops.operator.KernelOperator.pivoted_cholesky`), cheap at high rank; at
         rank 32 a marginal-likelihood evaluation on 10,000 points took 80 sixteen-column
         reductions, at rank 256 it takes 13 (GPyTorch's CG runs at least 10 iterations).
     eval_cg_tol : float, default=1e-6
@@ -169,7 +169,7 @@ class IterativeGP(ExactGP):
     Parameters
     ----------
     kernel : gpytorch.kernels.Kernel
-        A kernel :func:`gpkern.linalg.keops.kernel_formula` supports.
+        A kernel :func:`gpkern.linalg.keops.registry.kernel_formula` supports.
     noise : float, default=0.1
     learn_noise : bool, default=True
     noise_lower_bound : float, default=1e-6
@@ -211,13 +211,15 @@ class IterativeGP(ExactGP):
         self.settings = settings if settings is not None else IterativeSettings()
         self.backend = backend
         self.verbose = verbose
+        # One fallback state for every operator of this model: a failed compile is tried once.
+        self.keops_runtime = KeOpsRuntime()
         self._lml_cache: list[tuple[torch.Tensor, float]] = []
 
     def operator(
         self, X: torch.Tensor, X2: torch.Tensor | None = None
     ) -> KernelOperator:  # (n, d) -> (n, m)
         """The lazy kernel matrix :math:`K(X, X_2)`."""
-        return kernel_operator(self.kernel, X, X2, backend=self.backend)
+        return kernel_operator(self.kernel, X, X2, backend=self.backend, runtime=self.keops_runtime)
 
     def _fingerprint(self) -> torch.Tensor:
         return torch.cat(
@@ -290,12 +292,15 @@ class IterativePosterior:
         cfg = model.settings
         self.kernel, self.X, self.settings = model.kernel, X, cfg
         self.backend, self.verbose = model.backend, model.verbose
+        self.keops_runtime = model.keops_runtime
         self.noise = float(model.noise.detach())
         self.jitter = 0.0
         self._lml = lml
         # Held for the deferred estimate: the model at the conditioning hyperparameters.
         self._lml_inputs = None if lml is not None else (copy.deepcopy(model), X, Y)
-        self.op = kernel_operator(self.kernel, X, backend=self.backend).detach()
+        self.op = kernel_operator(
+            self.kernel, X, backend=self.backend, runtime=self.keops_runtime
+        ).detach()
         n = X.shape[0]
         rank = min(max(cfg.eval_preconditioner_rank or 1024, cfg.variance_rank), n)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -374,10 +379,14 @@ class IterativePosterior:
         return (V - factor_matmul(self.L, inner)) / self.noise
 
     def _cross(self, Xs: torch.Tensor) -> KernelOperator:  # (m, n)
-        return kernel_operator(self.kernel, Xs, self.X, backend=self.backend).detach()
+        return kernel_operator(
+            self.kernel, Xs, self.X, backend=self.backend, runtime=self.keops_runtime
+        ).detach()
 
     def _prior_var(self, Xs: torch.Tensor) -> torch.Tensor:  # (m,)
-        return kernel_operator(self.kernel, Xs, Xs, backend=self.backend).detach()._diagonal()
+        return kernel_operator(
+            self.kernel, Xs, Xs, backend=self.backend, runtime=self.keops_runtime
+        ).detach()._diagonal()
 
     def _solve_columns(self, V: torch.Tensor) -> torch.Tensor:  # (n, b) -> (n, b)
         return pcg(

@@ -6,6 +6,7 @@
 
 from gpkern.kernels.nngp.architecture import FanInSum, FanOut, parallel, serial
 from gpkern.kernels.nngp.conv import AvgPool, Conv, Flatten, GlobalAvgPool
+from gpkern.kernels.nngp.dense_network import DenseNetworkKernel
 from gpkern.kernels.nngp.layers import (
     ABRelu,
     Dense,
@@ -34,4 +35,5 @@ __all__ = [
     "Gelu",
     "Elementwise",
     "LayerNorm",
+    "DenseNetworkKernel",
 ]

@@ -11,7 +11,9 @@ from gpytorch.constraints import Positive
 
 from gpkern.kernels.batch import indexed_batch_shape
 from gpkern.kernels.nngp.architecture import DEFAULT_MAX_MEMORY, Serial, serial
-from gpkern.kernels.nngp.layers import Layer
+from gpkern.kernels.nngp.layers import ABRelu, Dense, Erf, Layer
+from gpkern.linalg.keops.network import NNGPFormula
+from gpkern.linalg.keops.registry import register_formula, register_layer
 
 __all__ = ["NNGPKernel"]
 
@@ -219,3 +221,14 @@ def _strides(shape: torch.Size) -> list[int]:
         strides.append(acc)
         acc *= s
     return list(reversed(strides))
+
+
+register_formula(NNGPKernel, lambda kernel, d: NNGPFormula(kernel))
+# Layers of the dense architectures whose KeOps formula is the layer recursion of
+# gpkern.linalg.keops.network.dense_network (Relu and LeakyRelu are ABRelu subclasses).
+register_layer(
+    Dense,
+    lambda layer, sd: ("dense", sd.get("W_std", layer.W_std), sd.get("b_std", layer.b_std)),
+)
+register_layer(ABRelu, lambda layer, sd: ("abrelu", float(layer.a), float(layer.b)))
+register_layer(Erf, lambda layer, sd: ("erf", float(layer.a), float(layer.b), float(layer.c)))

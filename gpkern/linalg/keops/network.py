@@ -1,0 +1,393 @@
+r"""The NNGP / NTK layer recursion of dense networks as a KeOps (or torch) formula.
+
+The kernel of a fully connected network is a function of :math:`x \cdot x'`, :math:`|x|^2` and
+:math:`|x'|^2` through the layer recursion (:func:`dense_network`); the per-point variances are
+computed once per point (:func:`network_point_terms`) so a reduction only evaluates the pair part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gpytorch
+import torch
+
+from gpkern.linalg.keops.formula import KernelFormula
+from gpkern.linalg.keops.operands import (
+    _clamp,
+    _elem,
+    _inner_dim,
+    _is_lazy,
+    _slice,
+    _split,
+    _sqrt,
+    _whole,
+)
+from gpkern.linalg.keops.registry import layer_translation, registered_layers
+
+__all__ = [
+    "ACTIVATIONS",
+    "DenseNetworkFormula",
+    "NNGPFormula",
+    "dense_network",
+    "layers_from_architecture",
+    "network_point_terms",
+    "n_point_terms",
+]
+
+
+#: Activation layer names of :func:`dense_network`.
+ACTIVATIONS = ("relu", "abrelu", "leaky_relu", "erf")
+
+
+def _share(expr, sub):
+    """``expr`` with its repeated subformula ``sub`` evaluated once (KeOps ``Factorize``).
+
+    A LazyTensor formula is a tree: a layer's correlation appears several times in the next
+    layer's expression and would be recomputed (with all earlier layers) at every occurrence,
+    which grows exponentially with depth. Torch tensors are already shared.
+    """
+    return expr.factorize(sub) if _is_lazy(expr) and _is_lazy(sub) else expr
+
+
+def _one_minus_square(c):
+    # (1 - c)(1 + c) is accurate near |c| = 1, where 1 - c * c cancels.
+    return (1.0 - c) * (c + 1.0)
+
+
+def _sin_arccos(c):
+    r""":math:`(\sin\vartheta, \vartheta)` for :math:`\vartheta = \arccos c`, :math:`|c| < 1`.
+
+    :math:`\sin\vartheta = \sqrt{(1 - c)(1 + c)}` (accurate near :math:`|c| = 1`). ``c`` must
+    already lie in :math:`(-1, 1)` (no clamp; see :func:`network_point_terms`).
+    """
+    return _sqrt(_one_minus_square(c)), c.acos()
+
+
+def _arcsin(z):
+    r""":math:`\arcsin z = \arctan(z / \sqrt{1 - z^2})` for :math:`|z| < 1` (see :func:`_sin_arccos`)."""
+    return (z * _one_minus_square(z).rsqrt()).atan()
+
+
+def _arccos_terms(k12, k11, k22, eps: float):
+    norm = _sqrt(k11 * k22)
+    cos = _clamp(k12 / norm, -1.0 + eps, 1.0 - eps)
+    theta = cos.acos()
+    return norm, cos, theta
+
+
+def _layer_params(layer: tuple) -> tuple:
+    kind = layer[0]
+    if kind == "relu":
+        return 0.0, 1.0
+    if kind == "leaky_relu":
+        return float(layer[1]), 1.0
+    if kind == "abrelu":
+        return float(layer[1]), float(layer[2])
+    if kind == "erf":
+        return tuple(float(v) for v in layer[1:4]) if len(layer) == 4 else (1.0, 1.0, 0.0)
+    raise ValueError(f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, ACTIVATIONS))}.")
+
+
+def _squared(v):
+    return float(v) ** 2 if isinstance(v, (int, float)) else v * v
+
+
+def n_point_terms(layers: Sequence[tuple]) -> int:
+    """Number of per-point columns :func:`network_point_terms` returns: two per activation."""
+    return 2 * sum(layer[0] in ACTIVATIONS for layer in layers)
+
+
+def network_point_terms(
+    x: torch.Tensor, layers: Sequence[tuple], n_features: int | None = None, eps: float = 1e-12
+) -> torch.Tensor:  # (..., d) -> (..., 2 * n_activations)
+    r"""Per-point quantities of the layer recursion of :func:`dense_network`.
+
+    Before each activation the pre-activation variance :math:`\Sigma_{11}(x)` depends on
+    :math:`x` alone. For an (ab)ReLU the columns are :math:`\sqrt{\Sigma_{11}}` and
+    :math:`\sqrt{1 - \epsilon} / \sqrt{\Sigma_{11}}`; for ``erf`` they are :math:`1/\sqrt{D}`
+    and :math:`D` with :math:`D = 1 + 2b^2\Sigma_{11}`.
+
+    The factor :math:`\sqrt{1 - \epsilon}` keeps :math:`\cos\vartheta = \Sigma_{12} r r'` inside
+    :math:`(-1, 1)` despite rounding without a per-pair clamp (a clamp costs as much as the rest
+    of a layer in KeOps). Because :math:`\tfrac{d}{dc}\big(\sqrt{1-c^2} + (\pi - \arccos c)c\big)
+    = \pi - \arccos c \le \pi`, the NNGP value moves by at most :math:`\epsilon/2` relative to
+    :math:`\sqrt{\Sigma_{11}\Sigma_{22}}`.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (..., d)
+    layers : sequence of tuples
+        As :func:`dense_network` (dense standard deviations may be tensors).
+    n_features : int, optional
+        Input dimension (default ``x.shape[-1]``).
+    eps : float, default=1e-12
+        Shrinkage of :math:`\cos\vartheta`; at least 16 machine epsilons of ``x.dtype``.
+
+    Returns
+    -------
+    terms : torch.Tensor of shape (..., 2 * n_activations)
+    """
+    n_features = x.shape[-1] if n_features is None else n_features
+    tiny = torch.finfo(x.dtype).tiny
+    shrink = math.sqrt(1.0 - max(eps, 16 * torch.finfo(x.dtype).eps))
+    k11 = (x * x).sum(-1) * (1.0 / n_features)
+    cols = []
+    for layer in layers:
+        kind = layer[0]
+        if kind == "dense":
+            k11 = k11 * _squared(layer[1]) + _squared(layer[2])
+        elif kind == "erf":
+            ea, eb, ec = _layer_params(layer)
+            b2 = eb * eb
+            d11 = k11 * (2.0 * b2) + 1.0
+            cols += [d11.rsqrt(), d11]
+            k11 = ((k11 * (2.0 * b2)) / d11).asin() * (ea * ea * (2.0 / math.pi)) + ec * ec
+        else:
+            a, b = _layer_params(layer)
+            s = k11.clamp_min(tiny).sqrt()
+            cols += [s, shrink / s]
+            k11 = k11 * (0.5 * (a * a + b * b))
+    if not cols:
+        return x[..., :0]
+    return torch.stack([c.expand(x.shape[:-1]) for c in cols], -1)
+
+
+def dense_network(
+    xi,
+    xj,
+    layers: Sequence[tuple],
+    n_features: int | None = None,
+    ntk: bool = False,
+    eps: float = 1e-12,
+    point_terms: tuple | None = None,
+):
+    r"""NNGP (or NTK) of a fully connected network through the layer recursion.
+
+    The state is the covariance of pre-activations at :math:`x`, :math:`x'`:
+    :math:`\Sigma_{12}` (a pair quantity) and :math:`\Sigma_{11}, \Sigma_{22}` (per point), starting
+    from :math:`\Sigma_{12} = x \cdot x' / d`, :math:`\Sigma_{11} = |x|^2/d`,
+    :math:`\Sigma_{22} = |x'|^2/d`.  A dense layer maps
+    :math:`\Sigma \mapsto \sigma_w^2 \Sigma + \sigma_b^2` and
+    :math:`\Theta \mapsto \sigma_w^2 \Theta + \Sigma_{\text{new}}`; an activation :math:`\phi`
+    maps :math:`\Sigma \mapsto E[\phi(u)\phi(v)]`,
+    :math:`\Theta \mapsto \Theta\, E[\phi'(u)\phi'(v)]` for
+    :math:`(u, v) \sim \mathcal N(0, [[\Sigma_{11}, \Sigma_{12}], [\Sigma_{12}, \Sigma_{22}]])`.
+    With :math:`\cos\vartheta = \Sigma_{12}/\sqrt{\Sigma_{11}\Sigma_{22}}` and
+    :math:`\phi(z) = b\max(z, 0) + a\min(z, 0)` (ReLU: :math:`a=0, b=1`; leaky ReLU: :math:`b=1`):
+
+    .. math::
+
+        E[\phi\phi] = (a^2 + b^2) \tfrac{\sqrt{\Sigma_{11}\Sigma_{22}}}{2\pi}
+            \big(\sin\vartheta + (\pi - \vartheta)\cos\vartheta\big)
+            - 2ab \tfrac{\sqrt{\Sigma_{11}\Sigma_{22}}}{2\pi}(\sin\vartheta - \vartheta\cos\vartheta),
+        \quad E[\phi'\phi'] = \frac{(a^2 + b^2)(\pi - \vartheta) + 2ab\,\vartheta}{2\pi}
+
+    and for :math:`\phi = a \operatorname{erf}(b z) + c`, with :math:`D_i = 1 + 2b^2\Sigma_{ii}`:
+
+    .. math::
+
+        E[\phi\phi] = a^2 \tfrac{2}{\pi}\arcsin\frac{2b^2\Sigma_{12}}{\sqrt{D_1 D_2}} + c^2,
+        \quad E[\phi'\phi'] = \frac{4 a^2 b^2}{\pi\sqrt{D_1 D_2 - 4b^4\Sigma_{12}^2}}.
+
+    Parameters
+    ----------
+    xi, xj : LazyTensor or torch.Tensor
+        Operands, see :func:`sq_dist`.
+    layers : sequence of tuples
+        ``("dense", weight_std, bias_std)``, ``("relu",)``, ``("abrelu", a, b)``,
+        ``("leaky_relu", slope)``, ``("erf",)`` or ``("erf", a, b, c)``, applied in order
+        (neural-tangents conventions). Dense standard deviations may be floats or
+        hyperparameter slices (tensors, LazyTensors).
+    n_features : int, optional
+        Input dimension :math:`d` (default: the operands' feature count).
+    ntk : bool, default=False
+        Return the NTK instead of the NNGP kernel.
+    eps : float, default=1e-12
+        :math:`\cos\vartheta` is clamped to :math:`[-1 + \epsilon, 1 - \epsilon]` so that
+        :math:`\arccos` stays differentiable on the diagonal.
+    point_terms : pair of LazyTensor or torch.Tensor, optional
+        ``(p_i, p_j)`` from :func:`network_point_terms` at ``xi`` and ``xj`` (same layers). The
+        variances :math:`\Sigma_{11}, \Sigma_{22}` depend on one point each; given here, they are
+        computed once per point (:math:`O(nL)`) instead of once per pair, and the per-pair work is
+        only the :math:`\Sigma_{12}` recursion (the KeOps path uses this).
+
+    Returns
+    -------
+    k : LazyTensor or torch.Tensor of shape ``(n, m)`` (or ``(n,)`` when paired)
+    """
+    xi, xj = _whole(xi), _whole(xj)
+    n_features = _inner_dim(xi) if n_features is None else n_features
+    k12 = (xi * xj).sum(-1) * (1.0 / n_features)
+    if point_terms is None:
+        k11 = (xi * xi).sum(-1) * (1.0 / n_features)
+        k22 = (xj * xj).sum(-1) * (1.0 / n_features)
+    else:
+        pi, pj = point_terms
+        col = 0
+    theta_ntk = None
+    for layer in layers:
+        kind = layer[0]
+        if kind == "dense":
+            w2, b2 = _squared(layer[1]), _squared(layer[2])
+            k12 = k12 * w2 + b2
+            if point_terms is None:
+                k11, k22 = k11 * w2 + b2, k22 * w2 + b2
+            if ntk:
+                theta_ntk = k12 if theta_ntk is None else theta_ntk * w2 + k12
+        elif kind in ("relu", "abrelu", "leaky_relu"):
+            a, b = _layer_params(layer)
+            if point_terms is None:
+                norm, cos, theta = _arccos_terms(k12, k11, k22, eps)
+                sin = _sqrt(1.0 - cos * cos)
+            else:
+                # sqrt(S11 S22) and cos = (1 - eps) S12 / sqrt(S11 S22) from per-point columns:
+                # no per-pair square root, division or clamp (see network_point_terms).
+                norm = _elem(pi, col) * _elem(pj, col)
+                cos = k12 * _elem(pi, col + 1) * _elem(pj, col + 1)
+                col += 2
+                sin, theta = _sin_arccos(cos)
+            pos = (sin + (math.pi - theta) * cos) * norm * ((a * a + b * b) / (2 * math.pi))
+            new12 = pos
+            if a * b != 0.0:
+                new12 = new12 - (sin - theta * cos) * norm * ((2 * a * b) / (2 * math.pi))
+            if ntk and theta_ntk is not None:
+                dot = ((math.pi - theta) * (a * a + b * b) + theta * (2 * a * b)) * (
+                    1.0 / (2 * math.pi)
+                )
+                theta_ntk = theta_ntk * dot
+            k12 = _share(new12, cos)
+            if ntk and theta_ntk is not None:
+                theta_ntk = _share(theta_ntk, cos)
+            if point_terms is None:
+                scale = 0.5 * (a * a + b * b)
+                k11, k22 = k11 * scale, k22 * scale
+        elif kind == "erf":
+            ea, eb, ec = _layer_params(layer)
+            b2, a2 = eb * eb, ea * ea * (2.0 / math.pi)
+            if point_terms is None:
+                d11, d22 = k11 * (2.0 * b2) + 1.0, k22 * (2.0 * b2) + 1.0
+                arg = k12 * (2.0 * b2) / _sqrt(d11 * d22)
+                new12 = _clamp(arg, -1.0 + eps, 1.0 - eps).asin() * a2 + ec * ec
+            else:
+                d11, d22 = _elem(pi, col + 1), _elem(pj, col + 1)
+                arg = _clamp(
+                    k12 * _elem(pi, col) * _elem(pj, col) * (2.0 * b2), -1.0 + eps, 1.0 - eps
+                )
+                col += 2
+                new12 = _arcsin(arg) * a2 + ec * ec
+            if ntk and theta_ntk is not None:
+                det = d11 * d22 - k12 * k12 * (4.0 * b2 * b2)
+                inv = det.rsqrt() if _is_lazy(det) else det.clamp_min(1e-30).rsqrt()
+                theta_ntk = theta_ntk * inv * (ea * ea * b2 * 4.0 / math.pi)
+            if point_terms is None:
+                k11 = ((k11 * (2.0 * b2)) / d11).asin() * a2 + ec * ec
+                k22 = ((k22 * (2.0 * b2)) / d22).asin() * a2 + ec * ec
+            k12 = _share(new12, arg)
+            if ntk and theta_ntk is not None:
+                theta_ntk = _share(theta_ntk, arg)
+        else:
+            raise ValueError(
+                f"Unknown layer {layer!r}: use 'dense', {', '.join(map(repr, ACTIVATIONS))}."
+            )
+    if ntk:
+        return k12 if theta_ntk is None else theta_ntk
+    return k12
+
+
+
+# -----------------------------------------------------------------------------------------------
+# Formula nodes of network kernels.
+# -----------------------------------------------------------------------------------------------
+class DenseNetworkFormula(KernelFormula):
+    """Formula of :class:`gpkern.kernels.nngp.dense_network.DenseNetworkKernel` (no theta)."""
+
+    def __init__(self, kernel: gpytorch.kernels.Kernel) -> None:
+        self.kernel = kernel
+        self.size = 0
+        self.n_extra = n_point_terms(kernel.layers)
+
+    def theta_parts(self):
+        return []
+
+    def extras(self, x, theta, start=0):
+        return network_point_terms(x, self.kernel.layers, self.kernel.n_features)
+
+    def extra_widths(self):
+        return [1] * self.n_extra
+
+    def evaluate(self, xi, xj, theta, start=0):
+        k = self.kernel
+        (xi, pi), (xj, pj) = _split(xi, self.n_extra), _split(xj, self.n_extra)
+        return dense_network(xi, xj, k.layers, k.n_features, ntk=k.ntk, point_terms=(pi, pj))
+
+
+def layers_from_architecture(arch, stds: Sequence[dict] | None = None) -> list[tuple]:
+    r"""Layer tuples for :func:`dense_network` from a ``gpkern.kernels.nngp`` architecture.
+
+    Accepts ``serial(...)`` of layers whose class registered a translation with
+    :func:`~gpkern.linalg.keops.registry.register_layer` (``Dense``, ``Relu``, ``LeakyRelu``,
+    ``ABRelu`` and ``Erf``: the dense architectures whose kernels are functions of
+    :math:`x\cdot x'`, :math:`|x|^2`, :math:`|x'|^2`); ``stds`` (one ``{"W_std", "b_std"}`` per
+    Dense layer) overrides the floats.
+
+    Raises
+    ------
+    TypeError
+        For any other layer (convolutions, pooling, LayerNorm, ...): use ``backend="dense"``.
+    """
+    out, dense_index = [], 0
+    for layer in getattr(arch, "layers", (arch,)):
+        translate = layer_translation(layer)
+        if translate is None:
+            raise TypeError(
+                f"NNGP layer {type(layer).__name__} has no KeOps formula (supported: "
+                f"{', '.join(registered_layers())}); use backend='dense'."
+            )
+        sd = stds[dense_index] if stds is not None and dense_index < len(stds) else {}
+        out.append(translate(layer, sd))
+        dense_index += out[-1][0] == "dense"
+    return out
+
+
+class NNGPFormula(KernelFormula):
+    """``gpkern.kernels.nngp.NNGPKernel`` of a dense architecture; theta = (W_std, b_std) per Dense."""
+
+    def __init__(self, kernel: gpytorch.kernels.Kernel) -> None:
+        if getattr(kernel, "input_shape", None) is not None:
+            raise TypeError(
+                "NNGPKernel with image inputs has no KeOps formula; use backend='dense'."
+            )
+        layers = layers_from_architecture(kernel.arch)  # raises TypeError for unsupported layers
+        self.kernel = kernel
+        self.n_dense = sum(layer[0] == "dense" for layer in layers)
+        self.size = 2 * self.n_dense
+        self.n_extra = n_point_terms(layers)
+
+    def theta_parts(self):
+        parts = []
+        for sd in self.kernel.stds():
+            parts += [
+                torch.as_tensor(sd["W_std"]).reshape(1),
+                torch.as_tensor(sd["b_std"]).reshape(1),
+            ]
+        return parts
+
+    def _layers(self, theta, start):
+        stds = [
+            {"W_std": _slice(theta, start + 2 * i, 1), "b_std": _slice(theta, start + 2 * i + 1, 1)}
+            for i in range(self.n_dense)
+        ]
+        return layers_from_architecture(self.kernel.arch, stds)
+
+    def extras(self, x, theta, start=0):
+        return network_point_terms(x, self._layers(theta, start))
+
+    def extra_widths(self):
+        return [1] * self.n_extra
+
+    def evaluate(self, xi, xj, theta, start=0):
+        (xi, pi), (xj, pj) = _split(xi, self.n_extra), _split(xj, self.n_extra)
+        layers = self._layers(theta, start)
+        return dense_network(xi, xj, layers, ntk=self.kernel.kind == "ntk", point_terms=(pi, pj))
