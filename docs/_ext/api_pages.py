@@ -112,28 +112,25 @@ def class_members(cls) -> list[str]:
 def collect() -> tuple[list[str], dict[str, Entry]]:
     """Public modules and the entries keyed by canonical name."""
     modules = public_modules()
-    origin: dict[tuple[str, str], list[str]] = {}  # (defining module, name) -> exporters
-    values = {}
+    rows = []  # (module, exported name, value, whether the module's source defines the name)
     for modname in modules:
         module = importlib.import_module(modname)
         own = defined_names(module)
-        for name in exported_names(module):
-            value = getattr(module, name)
-            if inspect.isclass(value) or inspect.isfunction(value):
-                key = (value.__module__, value.__qualname__)
-            elif name in own:
-                key = (modname, name)
-            else:
-                key = next(
-                    (
-                        k
-                        for k, v in values.items()
-                        if k[1] == name and v is value and k[0] != modname
-                    ),
-                    (modname, name),
-                )
-            origin.setdefault(key, []).append(modname)
-            values[key] = value
+        rows += [(modname, n, getattr(module, n), n in own) for n in exported_names(module)]
+    definers = {(m, n): v for m, n, v, defines in rows if defines}
+    origin: dict[tuple[str, str], list[str]] = {}  # (defining module, name) -> exporters
+    values = {}
+    for modname, name, value, defines in rows:
+        if inspect.isclass(value) or inspect.isfunction(value):
+            key = (value.__module__, value.__qualname__)
+        elif defines:
+            key = (modname, name)
+        else:  # a re-exported constant: found by identity among the modules defining it
+            key = next(
+                (k for k, v in definers.items() if k[1] == name and v is value), (modname, name)
+            )
+        origin.setdefault(key, []).append(modname)
+        values[key] = value
     entries = {}
     for (defined_in, qualname), exporters in origin.items():
         value = values[(defined_in, qualname)]
