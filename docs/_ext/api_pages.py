@@ -196,9 +196,7 @@ def module_page(page: str, modules: list[str], entries: dict[str, Entry]) -> str
             (e for e in entries.values() if e.home == modname),
             key=lambda e: (e.kind not in ("class", "exception"), e.name.rsplit(".", 1)[1]),
         )
-        if modname != page:
-            if not listed:
-                continue
+        if modname != page:  # every public module gets a section, for :mod: references
             lines.append(heading(f"``{modname}``", "-"))
             lines.append(f".. automodule:: {modname}\n   :no-members:\n")
         if listed:

@@ -40,7 +40,6 @@ class DenseNetworkKernel(gpytorch.kernels.Kernel):
     --------
     >>> import torch
 
-from gpkern.kernels.batch import expand_to_batch, indexed_batch_shape
     >>> from gpkern.kernels.nngp.dense_network import DenseNetworkKernel
     >>> k = DenseNetworkKernel([("dense", 1.0, 0.0), ("relu",), ("dense", 1.0, 0.0)], n_features=2)
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
