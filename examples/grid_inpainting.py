@@ -13,6 +13,8 @@ This example is rendered, not executed, by the docs build (it takes a few minute
 cores); the figure is written to ``grid_inpainting.png``.
 """
 
+# sphinx_gallery_thumbnail_path = "_static/thumbnail_grid_inpainting.png"
+
 import time
 
 import gpytorch
