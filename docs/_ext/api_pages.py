@@ -237,6 +237,37 @@ def public_bases(app, name, obj, options, bases):
             index += 1
 
 
+BACKLINK = re.compile(r'href="([^"#]*api/generated/([^"#/]+)\.html)#([^"]+)"')
+
+
+def fix_source_backlinks(app, exception) -> None:
+    """Point the "[docs]" links of the highlighted source pages at the right anchors.
+
+    viewcode builds every backlink of a source file as ``<module>.<name>`` with one module per
+    file (the first one documented), so an object documented under another path (a function
+    of ``gpkern.kernels.random_features`` next to ``gpkern.kernels.RandomFeatureKernel``) gets
+    an anchor its page does not have. Each API page is named after its object, which fixes the
+    anchor: ``<page name>`` plus the member path.
+    """
+    if exception is not None or app.builder.format != "html":
+        return
+
+    def repair(match: re.Match) -> str:
+        href, page, fragment = match.groups()
+        obj = page.rsplit(".", 1)[-1]
+        parts = fragment.split(".")
+        if obj not in parts:
+            return match.group(0)
+        member = parts[parts.index(obj) + 1 :]
+        return f'href="{href}#{".".join([page, *member])}"'
+
+    for path in (Path(app.outdir) / "_modules").rglob("*.html"):
+        text = path.read_text(encoding="utf-8")
+        fixed = BACKLINK.sub(repair, text)
+        if fixed != text:
+            path.write_text(fixed, encoding="utf-8")
+
+
 def write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -280,4 +311,5 @@ def setup(app):
     app.connect("builder-inited", generate, priority=400)
     app.connect("missing-reference", resolve_alias)
     app.connect("autodoc-process-bases", public_bases)
+    app.connect("build-finished", fix_source_backlinks)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
