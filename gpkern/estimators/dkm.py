@@ -318,6 +318,13 @@ class DKMRegressor(BaseGPRegressor):
         Gaussian noise variance in normalised units; ``None`` learns it (from 0.1).
     normalize_y : bool, default=True
         Standardise each target column before fitting.
+    normalize_X : bool or "auto", default=True
+        Standardise each feature (``X_mean_``, ``X_scale_``) before the input layer
+        :math:`G_0` sees it. The DKM's kernels are not shift-invariant (:math:`G_0` is an inner
+        product), so centring matters as well as the scale: without it, features in
+        thousandths give a nearly constant :math:`G_0` and features shifted by thousands a
+        kernel dominated by the offset. ``"auto"`` means ``True`` (the DKM always builds its
+        own kernel).
     max_iter : int, default=100
         L-BFGS iterations (full batch), or Adam epochs when ``batch_size`` is set, per stage.
         Fitting has two stages: the hyperparameters are first fitted with the Grams tied to
@@ -357,7 +364,9 @@ class DKMRegressor(BaseGPRegressor):
         The NNGP Grams :math:`K^l(G_0)`, :math:`l = 1, \dots, L`, at the same points and the
         fitted hyperparameters.
     inducing_points_ : ndarray of shape (n_inducing, n_features) or None
-        Learned inducing inputs (sparse DKM).
+        Learned inducing inputs (sparse DKM), in the units of ``X``.
+    X_mean_, X_scale_ : ndarray of shape (n_features,)
+        The model sees ``(X - X_mean_) / X_scale_``.
     noise_ : float
         Fitted noise variance (normalised units).
     objective_ : float
@@ -394,6 +403,7 @@ class DKMRegressor(BaseGPRegressor):
         n_inducing=None,
         noise=None,
         normalize_y=True,
+        normalize_X=True,
         max_iter=100,
         joint_hyperparameters=False,
         batch_size=None,
@@ -408,6 +418,7 @@ class DKMRegressor(BaseGPRegressor):
         self.n_inducing = n_inducing
         self.noise = noise
         self.normalize_y = normalize_y
+        self.normalize_X = normalize_X
         self.max_iter = max_iter
         self.joint_hyperparameters = joint_hyperparameters
         self.batch_size = batch_size
@@ -415,6 +426,9 @@ class DKMRegressor(BaseGPRegressor):
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
+
+    def _builds_own_kernel(self) -> bool:
+        return True
 
     def _check_params(self) -> torch.device:
         if self.noise is not None and (
@@ -449,7 +463,7 @@ class DKMRegressor(BaseGPRegressor):
         state = self._validate_train(X, y)
         n = state["X_train_"].shape[0]
         _check_size(self, n)
-        Xt = self._tensor(state["X_train_"], device)
+        Xt = self._tensor(state["X_norm"], device)
         Yt = self._tensor(state["Y_norm"], device)
         gen = torch_generator(self.random_state)
         noise = 0.1 if self.noise is None else float(self.noise)
@@ -497,7 +511,7 @@ class DKMRegressor(BaseGPRegressor):
                 with torch.no_grad():
                     obj_norm = float(model.elbo(Xt, Yt, n_total=n))
                 points = model.inducing.detach()
-                inducing = points.cpu().numpy().copy()
+                inducing = points.cpu().numpy() * state["X_scale_"] + state["X_mean_"]
         if not math.isfinite(obj_norm):
             raise NotPSDError(
                 "The DKM objective is not finite at any visited point; try a larger noise."
@@ -564,6 +578,8 @@ class DKMClassifier(BaseGPClassifier):
         Gram-level kernel.
     n_inducing : int, optional
         ``None``: full DKM; an integer: sparse DKM with that many inducing points.
+    normalize_X : bool or "auto", default=True
+        Standardise each feature before the input layer sees it (see :class:`DKMRegressor`).
     max_iter : int, default=100
         L-BFGS iterations (full batch, with fixed Monte Carlo draws) or Adam epochs (with
         ``batch_size``), per stage: hyperparameters with the Grams tied to the NNGP's first,
@@ -618,6 +634,7 @@ class DKMClassifier(BaseGPClassifier):
         widths_ratio=1.0,
         kernel="relu",
         n_inducing=None,
+        normalize_X=True,
         max_iter=100,
         joint_hyperparameters=False,
         batch_size=None,
@@ -631,6 +648,7 @@ class DKMClassifier(BaseGPClassifier):
         self.widths_ratio = widths_ratio
         self.kernel = kernel
         self.n_inducing = n_inducing
+        self.normalize_X = normalize_X
         self.max_iter = max_iter
         self.joint_hyperparameters = joint_hyperparameters
         self.batch_size = batch_size
@@ -639,6 +657,9 @@ class DKMClassifier(BaseGPClassifier):
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
+
+    def _builds_own_kernel(self) -> bool:
+        return True
 
     def fit(self, X, y):
         """Fit the DKM classifier.
@@ -665,7 +686,8 @@ class DKMClassifier(BaseGPClassifier):
         classes, codes = encode_class_labels(self, y)
         n = X.shape[0]
         _check_size(self, n)
-        Xt = torch.tensor(X, dtype=torch.float64, device=device)
+        scaling = self._input_scaling(X)
+        Xt = torch.tensor(self._apply_scaling(X, scaling), dtype=torch.float64, device=device)
         Yt = torch.tensor(codes, dtype=torch.float64, device=device)[:, None]
         gen = torch_generator(self.random_state)
         full = self.n_inducing is None
@@ -698,6 +720,7 @@ class DKMClassifier(BaseGPClassifier):
             grams = [G.cpu().numpy() for G in model.grams()]
             prior = [G.cpu().numpy() for G in model.prior_grams(model.inducing)[1:]]
         commit_feature_attrs(self, new)
+        self.X_mean_, self.X_scale_ = scaling["X_mean_"], scaling["X_scale_"]
         self.classes_ = classes
         self.model_ = model
         self.grams_ = grams
@@ -719,7 +742,7 @@ class DKMClassifier(BaseGPClassifier):
         proba : ndarray of shape (n_queries, n_classes)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = self._scaled(validate_data(self, X, dtype=np.float64, reset=False))
         Xs = torch.tensor(X, dtype=torch.float64, device=self._device)
         mean, var = self.model_.predict(Xs)
         gen = torch.Generator(device=self._device).manual_seed(self._seed)
