@@ -290,6 +290,10 @@ if __name__ == "__main__":
             part_mkr()
         elif part == "tp":
             part_tp()
+        elif part == "cls-small":  # 2-core budget: wine and iris, every classifier at once
+            _CLASSIFIERS.update(_classifier_factories())
+            part_classifiers(["DKMClassifier nu=1", "ScaleMixtureClassifier()",
+                              "KernelClassifier()"], datasets=("wine", "iris"))
         elif part in ("clf", "dkmc"):
             _CLASSIFIERS.update(_classifier_factories())
             part_classifiers(["DKMClassifier"] if part == "dkmc" else
