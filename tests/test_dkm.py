@@ -468,7 +468,8 @@ def _nngp_reference(kind: str, d: int, max_iter: int):
     from gpkern.estimators import GPRegressor
 
     sk = gpytorch.kernels.ScaleKernel(NNGPGramKernel(kind, 2, ard_num_dims=d))
-    return GPRegressor(kernel=sk, max_iter=max_iter, random_state=0)
+    # normalize_X=True: the same standardised inputs the DKM's layers see
+    return GPRegressor(kernel=sk, max_iter=max_iter, random_state=0, normalize_X=True)
 
 
 @pytest.mark.parametrize("kind", ["relu", "se"])
@@ -528,7 +529,8 @@ def test_joint_hyperparameters_relearns_them_in_the_gram_stage():
     rng = np.random.default_rng(7)
     X = rng.uniform(-2, 2, (40, 2))
     y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 1] + 0.1 * rng.standard_normal(40)
-    kw = dict(kernel="se", widths_ratio=3.0, max_iter=40, random_state=0)
+    # raw inputs: on these the layer length-scales' stage-2 gradient is far from zero
+    kw = dict(kernel="se", widths_ratio=3.0, max_iter=40, random_state=0, normalize_X=False)
     held = DKMRegressor(**kw).fit(X, y).model_
     joint = DKMRegressor(joint_hyperparameters=True, **kw).fit(X, y).model_
     assert float(joint.noise) == pytest.approx(float(held.noise), rel=1e-12)  # always held
@@ -561,7 +563,7 @@ def test_converged_objective_is_monotone_in_nu():
 def GPRegressorFixed(kernel, noise):
     from gpkern.estimators import GPRegressor
 
-    return GPRegressor(kernel=kernel, noise=noise, optimizer=None)
+    return GPRegressor(kernel=kernel, noise=noise, optimizer=None, normalize_X=True)
 
 
 # ------------------------------------------------------------------------------------------------
