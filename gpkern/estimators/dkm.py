@@ -578,9 +578,11 @@ class DKMClassifier(BaseGPClassifier):
     n_layers : int, default=2
         Number of learned Gram layers (>= 1).
     widths_ratio : float or sequence of float, default=1000.0
-        Width ratios :math:`\nu_l` (> 0); small values overfit the Grams to the training labels
-        (see :class:`DKMRegressor` and ``benchmarks/results/defaults.md``); the paper's
-        :math:`\nu = 1` is ``widths_ratio=1.0``.
+        Width ratios :math:`\nu_l` (> 0). On wine and iris :math:`\nu` from 1 to 1000 changes
+        the held-out log loss by less than 0.01 nats; the default follows
+        :class:`DKMRegressor`, where small values overfit the Grams
+        (``benchmarks/results/defaults.md``). The paper's :math:`\nu = 1` is
+        ``widths_ratio=1.0``.
     kernel : {"relu", "se"}, default="relu"
         Gram-level kernel.
     n_inducing : int, optional
