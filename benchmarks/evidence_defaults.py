@@ -157,8 +157,22 @@ def part_mkr(n_splits: int = 3):
               f" | {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-#: (name, factory) pairs of MultipleKernelRegressor settings under trial (filled while testing).
-_MKR_CANDIDATES: list = []
+def _mkr(**kw):
+    from gpkern.estimators import MultipleKernelRegressor
+
+    return lambda: MultipleKernelRegressor(random_state=0, **kw)
+
+
+#: (name, factory) pairs of MultipleKernelRegressor settings under trial besides n_components.
+_MKR_CANDIDATES: list = [
+    ("MKR n_components=50 noise_lower_bound=1e-2", _mkr(n_components=50, noise_lower_bound=1e-2)),
+    ("MKR noise_lower_bound=1e-2", _mkr(noise_lower_bound=1e-2)),
+    ("MKR bandwidths=(0.001, 0.05, 0.5)", _mkr(bandwidths=(0.001, 0.05, 0.5))),
+    ("MKR n_components=20 bandwidths=(0.001, 0.05, 0.5)",
+     _mkr(n_components=20, bandwidths=(0.001, 0.05, 0.5))),
+    ("MKR bandwidths=(0.05, 0.5)", _mkr(bandwidths=(0.05, 0.5))),
+    ("MKR n_components=20 bandwidths=(0.5,)", _mkr(n_components=20, bandwidths=(0.5,))),
+]
 
 
 def part_tp(n_splits: int = 3, datasets=()):
