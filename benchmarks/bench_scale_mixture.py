@@ -80,7 +80,9 @@ def models(kernel: str, max_iter: int):
     k = (lambda: nngp_kernel()) if kernel == "NNGP" else (lambda: None)
     return {
         "GP": lambda: GPRegressor(kernel=k(), max_iter=max_iter, random_state=0),
-        "STP": lambda: StudentTProcessRegressor(kernel=k(), max_iter=max_iter, random_state=0),
+        "STP": lambda: StudentTProcessRegressor(
+            kernel=k(), df=None, max_iter=max_iter, random_state=0
+        ),
         # The paper's default IG(2, b) prior (df = 2a = 4) kept instead of learned: marginal
         # likelihood sends df to infinity on syn-t, a point-mass prior on the scale.
         "STP df 4": lambda: StudentTProcessRegressor(

@@ -156,13 +156,14 @@ def _feature_map_section(quick: bool) -> list[dict]:
     rf = RandomFeatureKernel("rbf", n_features=256, ard_num_dims=X.shape[1], random_state=0)
     rf.lengthscale = plain.kernel_.base_kernel.lengthscale.detach()
     scale = float(plain.kernel_.outputscale.detach()) ** 0.5
+    Xk = (X - plain.X_mean_) / plain.X_scale_  # the inputs the fitted kernel saw
     with torch.no_grad():
         post = LowRankPosterior(
-            rf.features(torch.tensor(X[tr])) * scale,
+            rf.features(torch.tensor(Xk[tr])) * scale,
             torch.tensor((y[tr] - plain._y_mean) / plain._y_std)[:, None],
             plain.noise_,
         )
-        mean = post.predict(rf.features(torch.tensor(X[te])) * scale)[0][:, 0].numpy()
+        mean = post.predict(rf.features(torch.tensor(Xk[te])) * scale)[0][:, 0].numpy()
     rows.append(
         dict(
             task="concrete regression",

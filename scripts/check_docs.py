@@ -6,8 +6,8 @@ Usage: ``python scripts/check_docs.py [BUILD_DIR]`` after ``make docs`` (default
 - every public name of gpkern is documented on its API page, and every estimator's page
   documents ``fit`` and ``predict`` (``transform`` for transformers) and its other public
   scikit-learn methods, inherited ones included;
-- no page shows an unexpanded placeholder (an ALL_CAPS_NAME that is not a documented gpkern
-  constant, ``{{ ... }}``, TODO) or unrendered math (``\\[``, ``\\(``, ``$$`` or ``:math:``
+- no page shows a merge-conflict marker, an unexpanded placeholder (an ALL_CAPS_NAME that is
+  not a documented gpkern constant, ``{{ ... }}``, TODO) or unrendered math (``\\[``, ``\\(``, ``$$`` or ``:math:``
   outside math markup), and math is typeset by a MathJax served with the site;
 - the "Section Navigation" sidebar of every user-guide page lists pages;
 - every relative link and image resolves to a file of the build, and every ``#anchor`` to an
@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 MATH_CLASSES = {"math"}
 SKIPPED_TEXT_TAGS = {"script", "style", "pre", "code", "kbd", "samp"}
-PLACEHOLDER = re.compile(r"\b[A-Z]{2,}(?:_[A-Z0-9]{2,})+\b|\{\{.*?\}\}|\bTODO\b|\bFIXME\b")
+PLACEHOLDER = re.compile(r"<{7}|>{7}|\b[A-Z]{2,}(?:_[A-Z0-9]{2,})+\b|\{\{.*?\}\}|\bTODO\b|\bFIXME\b")
 # Documented on an estimator's page when it has them (fit and predict always; transformers
 # have transform instead of predict).
 ESTIMATOR_METHODS = ("fit", "predict", "predict_proba", "transform", "score")

@@ -468,7 +468,8 @@ def _nngp_reference(kind: str, d: int, max_iter: int):
     from gpkern.estimators import GPRegressor
 
     sk = gpytorch.kernels.ScaleKernel(NNGPGramKernel(kind, 2, ard_num_dims=d))
-    return GPRegressor(kernel=sk, max_iter=max_iter, random_state=0)
+    # normalize_X=True: the same standardised inputs the DKM's layers see
+    return GPRegressor(kernel=sk, max_iter=max_iter, random_state=0, normalize_X=True)
 
 
 @pytest.mark.parametrize("kind", ["relu", "se"])
@@ -528,7 +529,8 @@ def test_joint_hyperparameters_relearns_them_in_the_gram_stage():
     rng = np.random.default_rng(7)
     X = rng.uniform(-2, 2, (40, 2))
     y = np.sin(2 * X[:, 0]) + 0.3 * X[:, 1] + 0.1 * rng.standard_normal(40)
-    kw = dict(kernel="se", widths_ratio=3.0, max_iter=40, random_state=0)
+    # raw inputs: on these the layer length-scales' stage-2 gradient is far from zero
+    kw = dict(kernel="se", widths_ratio=3.0, max_iter=40, random_state=0, normalize_X=False)
     held = DKMRegressor(**kw).fit(X, y).model_
     joint = DKMRegressor(joint_hyperparameters=True, **kw).fit(X, y).model_
     assert float(joint.noise) == pytest.approx(float(held.noise), rel=1e-12)  # always held
@@ -561,7 +563,7 @@ def test_converged_objective_is_monotone_in_nu():
 def GPRegressorFixed(kernel, noise):
     from gpkern.estimators import GPRegressor
 
-    return GPRegressor(kernel=kernel, noise=noise, optimizer=None)
+    return GPRegressor(kernel=kernel, noise=noise, optimizer=None, normalize_X=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -645,6 +647,7 @@ def test_auto_widths_ratio_scores_are_cross_validated_log_densities():
     y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(32)
     auto = DKMRegressor(widths_ratio="auto", max_iter=10, random_state=3).fit(X, y)
     Yn = (y - y.mean()) / y.std()
+    Xn = (X - X.mean(0)) / X.std(0)  # the folds see inputs standardised on all training points
     # The folds: the estimator's own seeding of random_state=3, one permutation cut in 5.
     perm = torch.randperm(32, generator=torch_generator(3)).numpy()
     folds = np.array_split(perm, AUTO_N_FOLDS)
@@ -654,8 +657,10 @@ def test_auto_widths_ratio_scores_are_cross_validated_log_densities():
         total = 0.0
         for val in folds:
             tr = np.setdiff1d(np.arange(32), val)  # sorted: the estimator keeps the order
-            ref = DKMRegressor(widths_ratio=nu, max_iter=10, normalize_y=False).fit(X[tr], Yn[tr])
-            total += ref.log_predictive_density(X[val], Yn[val]).sum()
+            ref = DKMRegressor(
+                widths_ratio=nu, max_iter=10, normalize_y=False, normalize_X=False
+            ).fit(Xn[tr], Yn[tr])
+            total += ref.log_predictive_density(Xn[val], Yn[val]).sum()
         np.testing.assert_allclose(auto.widths_ratio_scores_[nu], total / 32, rtol=1e-7, atol=1e-9)
     best = max(auto.widths_ratio_scores_.values())
     assert auto.widths_ratio_scores_[auto.widths_ratio_] == best

@@ -42,7 +42,7 @@ def test_placeholder_and_raw_math_are_flagged_but_not_inside_math_or_code(tmp_pa
     build = write_site(
         tmp_path,
         {
-            "bad.html": "<p>Results: BENCHMARK_SUMMARY and \\[ x^2 \\]</p>",
+            "bad.html": "<p>Results: BENCHMARK_SUMMARY and \\[ x^2 \\]</p><p>&lt;&lt;&lt;&lt;&lt;&lt;&lt; HEAD</p>",
             "good.html": (
                 '<p>Constant MAX_FULL_SAMPLES, <span class="math">\\(x\\)</span>, '
                 "<code>OMP_NUM_THREADS=1</code></p>"
@@ -53,6 +53,7 @@ def test_placeholder_and_raw_math_are_flagged_but_not_inside_math_or_code(tmp_pa
     found = problems(build, check_docs.check_text)
     assert any("bad.html" in p and "BENCHMARK_SUMMARY" in p for p in found)
     assert any("bad.html" in p and "unrendered math" in p for p in found)
+    assert any("bad.html" in p and "<<<<<<<" in p for p in found)
     assert not [p for p in found if "good.html" in p]
 
 

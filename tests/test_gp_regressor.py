@@ -83,7 +83,8 @@ def test_learning_recovers_lengthscales():
     K = np.exp(-0.5 * (((X[:, None, :] - X[None, :, :]) / true) ** 2).sum(-1))
     y = np.linalg.cholesky(K + 1e-8 * np.eye(300)) @ rng.standard_normal(300) + 0.05 * rng.standard_normal(300)
     gp = GPRegressor(normalize_y=False, random_state=0).fit(X, y)
-    ell = gp.kernel_.base_kernel.lengthscale.detach().numpy().ravel()
+    # the default kernel sees standardised inputs: its length-scales count in units of X_scale_
+    ell = gp.kernel_.base_kernel.lengthscale.detach().numpy().ravel() * gp.X_scale_
     np.testing.assert_allclose(ell, true, rtol=0.25)
     assert 0.05**2 / 3 < gp.noise_ < 0.05**2 * 3
 

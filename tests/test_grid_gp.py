@@ -156,7 +156,7 @@ def test_partial_grid_fit_learns_close_to_dense():
     # the fitted hyperparameters' exact (dense) log marginal likelihood is near the optimum
     model = grid_gp._model
     with torch.no_grad():
-        Xt = torch.as_tensor(mesh[obs])
+        Xt = torch.as_tensor((mesh[obs] - grid_gp.X_mean_) / grid_gp.X_scale_)
         Yt = torch.as_tensor((y[obs] - grid_gp._y_mean) / grid_gp._y_std)[:, None]
         exact = (
             float(model.dense_log_marginal_likelihood(Xt, Yt))

@@ -132,10 +132,11 @@ def test_regressor_predicts_like_dense_gp_with_learned_kernel():
     assert np.all(np.diff(reg.objective_history_) <= 0)
     Xs = np.linspace(-5, 70, 17)[:, None]
     k = reg.kernel_
+    Xn, Xsn = (X - reg.X_mean_) / reg.X_scale_, (Xs - reg.X_mean_) / reg.X_scale_  # what k sees
     with torch.no_grad():
-        K = k(torch.tensor(X)).to_dense().numpy()
-        Ks = k(torch.tensor(Xs), torch.tensor(X)).to_dense().numpy()
-        Kss = k(torch.tensor(Xs)).to_dense().numpy()
+        K = k(torch.tensor(Xn)).to_dense().numpy()
+        Ks = k(torch.tensor(Xsn), torch.tensor(Xn)).to_dense().numpy()
+        Kss = k(torch.tensor(Xsn)).to_dense().numpy()
     yn = (y - y.mean()) / y.std()
     mean, var, lml = dense_gp_reference(K, Ks, Kss, yn, reg.noise_)
     m, sd = reg.predict(Xs, return_std=True)

@@ -39,6 +39,8 @@ __all__ = [
     "validate_training_data",
     "commit_feature_attrs",
     "encode_class_labels",
+    "InputStandardization",
+    "input_scaling",
 ]
 
 _RESET_ATTRS = ("n_features_in_", "feature_names_in_")
@@ -129,6 +131,77 @@ def encode_class_labels(est: BaseEstimator, y: np.ndarray) -> tuple[np.ndarray, 
     return classes, codes
 
 
+# -- input standardisation ------------------------------------------------------------------
+def input_scaling(X: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    r"""Per-feature ``(mean, scale)`` such that :math:`(X - \text{mean}) / \text{scale}` has zero
+    mean and unit variance; the identity ``(0, 1)`` when ``standardize`` is false.
+
+    A constant feature (spread below :math:`10\,\epsilon` relative to its magnitude, i.e.
+    rounding) keeps scale 1, as scikit-learn's ``StandardScaler`` does, so it maps to zeros
+    instead of blowing up.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    standardize : bool
+
+    Returns
+    -------
+    mean, scale : ndarray of shape (n_features,)
+    """
+    d = X.shape[1]
+    if not standardize:
+        return np.zeros(d), np.ones(d)
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    rounding = 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))
+    return mean, np.where(scale > rounding, scale, 1.0)
+
+
+class InputStandardization:
+    r"""The ``normalize_X`` parameter shared by every gpkern estimator.
+
+    Kernels built by the estimator itself see standardised inputs
+    :math:`(X - \bar X) / s_X`, so fits and predictions do not depend on the units of the
+    features: the default length-scales, input weights and inducing points start at the same
+    place whatever the units, and kernels that are not shift-invariant (NNGP, deep kernel
+    machines) see centred inputs. A kernel passed by the user keeps the user's units
+    (``normalize_X="auto"``), so its hyperparameters mean what the user set, exactly as in
+    scikit-learn and GPyTorch; ``normalize_X=True`` standardises for it too.
+
+    Subclasses store ``normalize_X`` and may override :meth:`_builds_own_kernel`.
+    """
+
+    def _builds_own_kernel(self) -> bool:
+        """Whether the estimator builds its kernel itself (no kernel object from the user)."""
+        return getattr(self, "kernel", None) is None
+
+    def _standardizes_inputs(self) -> bool:
+        flag = self.normalize_X
+        if isinstance(flag, str) and flag == "auto":
+            return self._builds_own_kernel()
+        if isinstance(flag, (bool, np.bool_)):
+            return bool(flag)
+        raise ValueError(f"normalize_X must be True, False or 'auto', got {flag!r}.")
+
+    def _input_scaling(self, X: np.ndarray) -> dict:
+        """The fitted ``X_mean_`` / ``X_scale_`` of training inputs ``X`` (nothing is stored)."""
+        mean, scale = input_scaling(X, self._standardizes_inputs())
+        return {"X_mean_": mean, "X_scale_": scale}
+
+    @staticmethod
+    def _apply_scaling(X: np.ndarray, scaling: dict) -> np.ndarray:
+        return (X - scaling["X_mean_"]) / scaling["X_scale_"]
+
+    def _scaled(self, X: np.ndarray) -> np.ndarray:
+        """Inputs in the units the fitted kernel sees."""
+        return (X - self.X_mean_) / self.X_scale_
+
+    def _unscaled(self, Z: np.ndarray) -> np.ndarray:
+        """Points the kernel sees (e.g. inducing points) back in the units of ``X``."""
+        return Z * self.X_scale_ + self.X_mean_
+
+
 class _LazyLogMarginalLikelihood:
     """The log marginal likelihood of a posterior that computes it on demand, in ``y``'s units.
 
@@ -143,7 +216,7 @@ class _LazyLogMarginalLikelihood:
         return float(self.posterior.log_marginal_likelihood) - self.offset
 
 
-class BaseGPRegressor(RegressorMixin, BaseEstimator):
+class BaseGPRegressor(InputStandardization, RegressorMixin, BaseEstimator):
     """Validation and shape handling shared by gpkern's regressors.
 
     Subclasses call :meth:`_validate_train` in ``fit`` and :meth:`_validate_test` in the
@@ -152,7 +225,8 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
 
     Fitted attributes set by :meth:`_validate_train` (returned, to be stored by ``fit`` only
     once fitting succeeded, so that a failed ``fit`` leaves a fitted estimator unchanged):
-    ``n_features_in_``, ``X_train_``, ``y_train_``, ``_y_mean``, ``_y_std``, ``_y_1d``.
+    ``n_features_in_``, ``X_train_``, ``X_mean_``, ``X_scale_``, ``y_train_``, ``_y_mean``,
+    ``_y_std``, ``_y_1d``; ``X_norm`` holds the training inputs as the kernel sees them.
     """
 
     #: below this many samples a model is refused (a GP needs at least two points).
@@ -204,8 +278,11 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
         else:
             mean = np.zeros(Y.shape[1])
             std = np.ones(Y.shape[1])
+        scaling = self._input_scaling(X)
         return {
             **new,
+            **scaling,
+            "X_norm": self._apply_scaling(X, scaling),
             "X_train_": X,
             "y_train_": y,
             "_y_mean": mean,
@@ -215,14 +292,15 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
         }
 
     def _validate_test(self, X) -> np.ndarray:
+        """Validated test inputs in the units the fitted kernel sees (see ``normalize_X``)."""
         check_is_fitted(self)
-        return validate_data(self, X, dtype=np.float64, reset=False)
+        return self._scaled(validate_data(self, X, dtype=np.float64, reset=False))
 
     def _store(self, state: dict) -> None:
         """Commit a fit's state to the estimator's attributes, all at once."""
         commit_feature_attrs(self, {k: v for k, v in state.items() if k in _RESET_ATTRS})
         for key, value in state.items():
-            if key != "Y_norm" and key not in _RESET_ATTRS:
+            if key not in ("X_norm", "Y_norm") and key not in _RESET_ATTRS:
                 setattr(self, key, value)
 
     # -- the marginal-likelihood fit shared by GP-style regressors ----------------------------
@@ -264,7 +342,7 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
         """
         device = self._check_params()
         state = self._validate_train(X, y)
-        Xt = self._tensor(state["X_train_"], device)
+        Xt = self._tensor(state["X_norm"], device)
         Yt = self._tensor(state["Y_norm"], device)
         gen = torch_generator(self.random_state)
         model = make_model(Xt, gen).to(dtype=torch.float64, device=device)
@@ -480,7 +558,7 @@ def _sample_factor(cov: torch.Tensor) -> torch.Tensor:  # (m, m) -> (m, m)
         return robust_cholesky(cov, initial_jitter=1e-10, max_tries=10)[0]
 
 
-class BaseGPClassifier(ClassifierMixin, BaseEstimator):
+class BaseGPClassifier(InputStandardization, ClassifierMixin, BaseEstimator):
     """The prediction surface shared by gpkern's probabilistic classifiers.
 
     Subclasses implement ``predict_proba`` (which checks fitted-ness) and set ``classes_``.

@@ -68,6 +68,14 @@ class GPRegressor(BaseGPRegressor):
         it, is added separately and reported in ``jitter_``).
     normalize_y : bool, default=True
         Standardise each target column before fitting; predictions are transformed back.
+    normalize_X : bool or "auto", default="auto"
+        Standardise each feature (``X_mean_``, ``X_scale_``; constant features keep scale 1)
+        before the kernel sees it, so the fit does not depend on the units of the inputs.
+        ``"auto"`` does it for the default kernel only: a kernel passed by the user works in
+        the units of ``X``, so that its hyperparameters mean what they were set to (as in
+        scikit-learn and GPyTorch). With standardisation ``kernel_``'s hyperparameters are
+        in standardised units (a length-scale :math:`\ell` is :math:`\ell` times
+        ``X_scale_`` in the units of ``X``).
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
         Optimiser of the log marginal likelihood. ``None`` keeps the kernel's hyperparameters
         and the noise as given (as scikit-learn does).
@@ -100,7 +108,9 @@ class GPRegressor(BaseGPRegressor):
     noise_ : float
         The fitted noise variance (normalised units).
     X_train_ : ndarray of shape (n_samples, n_features)
-        Training inputs.
+        Training inputs (in the units of ``X``).
+    X_mean_, X_scale_ : ndarray of shape (n_features,)
+        The kernel sees ``(X - X_mean_) / X_scale_`` (zeros and ones without standardisation).
     y_train_ : ndarray of shape (n_samples,) or (n_samples, n_targets)
         Training targets.
     log_marginal_likelihood_value_ : float
@@ -141,6 +151,7 @@ class GPRegressor(BaseGPRegressor):
         kernel=None,
         noise=None,
         normalize_y=True,
+        normalize_X="auto",
         optimizer="lbfgs",
         max_iter=100,
         n_restarts=0,
@@ -153,6 +164,7 @@ class GPRegressor(BaseGPRegressor):
         self.kernel = kernel
         self.noise = noise
         self.normalize_y = normalize_y
+        self.normalize_X = normalize_X
         self.optimizer = optimizer
         self.max_iter = max_iter
         self.n_restarts = n_restarts

@@ -93,6 +93,10 @@ class GridGPRegressor(GPRegressor):
         ``None`` learns it, starting from 0.1; a float is used exactly.
     normalize_y : bool, default=True
         Standardise each target column before fitting; predictions are transformed back.
+    normalize_X : bool or "auto", default="auto"
+        Standardise each axis (``X_mean_``, ``X_scale_``) before the kernels see it, as in
+        :class:`GPRegressor` (``"auto"``: for the default kernels only). Grid axes stay grids;
+        ``grid_`` is kept in the units of ``X``.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
         Optimiser of the log marginal likelihood; ``None`` keeps the hyperparameters.
     max_iter : int, default=100
@@ -159,6 +163,7 @@ class GridGPRegressor(GPRegressor):
         kernel=None,
         noise=None,
         normalize_y=True,
+        normalize_X="auto",
         optimizer="lbfgs",
         max_iter=100,
         n_restarts=0,
@@ -173,6 +178,7 @@ class GridGPRegressor(GPRegressor):
             kernel=kernel,
             noise=noise,
             normalize_y=normalize_y,
+            normalize_X=normalize_X,
             optimizer=optimizer,
             max_iter=max_iter,
             n_restarts=n_restarts,
@@ -325,7 +331,10 @@ class GridGPRegressor(GPRegressor):
                 axes, observed = None, None
         d = state["n_features_in_"]
         Yn = state["Y_norm"]
-        spreads = [float(np.std(state["X_train_"][:, i])) for i in range(d)]
+        raw_axes = axes
+        if axes is not None:  # per-axis affine maps keep the grid a grid
+            axes = [(a - state["X_mean_"][i]) / state["X_scale_"][i] for i, a in enumerate(axes)]
+        spreads = [float(np.std(state["X_norm"][:, i])) for i in range(d)]
         split = self._make_kernels(d, spreads)
         learn = self.noise is None and self.optimizer is not None
         model = GridGP(
@@ -356,7 +365,7 @@ class GridGPRegressor(GPRegressor):
                     grid_t, Yg, obs_arg, num_probes=self.num_probes, generator=g
                 )
         else:
-            Xt = self._tensor(state["X_train_"], device)
+            Xt = self._tensor(state["X_norm"], device)
             Yt = self._tensor(Yn, device)
 
             def lml_fn() -> torch.Tensor:
@@ -413,7 +422,7 @@ class GridGPRegressor(GPRegressor):
             outputscale_=float(model.outputscale.detach()),
             noise_=float(model.noise.detach()),
             jitter_=jitter,
-            grid_=None if axes is None else [np.asarray(a) for a in axes],
+            grid_=None if axes is None else [np.asarray(a) for a in raw_axes],
             observed_=None if axes is None else observed.reshape(sizes),
             backend_=backend,
             log_marginal_likelihood_value_=lml,
@@ -474,7 +483,10 @@ class GridGPRegressor(GPRegressor):
             mean, std = out
             return mean.reshape(shape + mean.shape[1:]), std.reshape(shape + std.shape[1:])
         gen = torch_generator(random_state, self._device)
-        grid_t = [self._tensor(a, self._device) for a in axes]
+        grid_t = [
+            self._tensor((a - self.X_mean_[i]) / self.X_scale_[i], self._device)
+            for i, a in enumerate(axes)
+        ]
         mean, var = self._posterior.predict_grid(grid_t, generator=gen)
         mean = self._as_output(mean.cpu().numpy() * self._y_std + self._y_mean)
         mean = mean.reshape(shape + mean.shape[1:])

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gpkern.estimators.base import (
+    InputStandardization,
     commit_feature_attrs,
     encode_class_labels,
     resolve_device,
@@ -30,7 +31,7 @@ def _default_kernel() -> gpytorch.kernels.Kernel:
     return NNGPKernel(serial(Dense(1.0, 0.1), Relu(), Dense(1.0, 0.1), Relu(), Dense(1.0, 0.0)), kind="ntk")
 
 
-class KernelClassifier(ClassifierMixin, BaseEstimator):
+class KernelClassifier(InputStandardization, ClassifierMixin, BaseEstimator):
     r"""Classify by kernel (ridge-less) regression on one-hot labels.
 
     With one-hot targets :math:`Y \in \{0, 1\}^{n \times C}`,
@@ -54,12 +55,20 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
     ridge : float, default=0.0
         :math:`\lambda`; 0 interpolates (jitter is added only if the Cholesky factorisation
         fails, with a :class:`~gpkern.exceptions.NumericalWarning`).
+    normalize_X : bool or "auto", default="auto"
+        Standardise each feature (``X_mean_``, ``X_scale_``) before the kernel sees it;
+        ``"auto"`` does it for the default kernel only (the NTK is not shift-invariant, and
+        its bias terms are set for inputs of unit spread), a kernel given by the user works in
+        the units of ``X``.
     device : str or torch.device, optional
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
     X_train_ : ndarray of shape (n_samples, n_features)
+        In the units of ``X``.
+    X_mean_, X_scale_ : ndarray of shape (n_features,)
+        The kernel sees ``(X - X_mean_) / X_scale_``.
     dual_coef_ : ndarray of shape (n_samples, n_classes)
         :math:`(K + \lambda I)^{-1} Y`.
     jitter_ : float
@@ -75,9 +84,10 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
     1.0
     """
 
-    def __init__(self, kernel=None, ridge=0.0, device=None):
+    def __init__(self, kernel=None, ridge=0.0, normalize_X="auto", device=None):
         self.kernel = kernel
         self.ridge = ridge
+        self.normalize_X = normalize_X
         self.device = device
 
     def _check_params(self):
@@ -113,9 +123,11 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
         device = self._check_params()
         X, y, new = validate_training_data(self, X, y, dtype=np.float64, y_numeric=False)
         classes, codes = encode_class_labels(self, y)
+        scaling = self._input_scaling(X)
         kernel = _default_kernel() if self.kernel is None else copy.deepcopy(self.kernel)
         kernel = kernel.to(dtype=torch.float64, device=device)
-        K = self._gram(kernel, X, X, device)
+        Xs = self._apply_scaling(X, scaling)
+        K = self._gram(kernel, Xs, Xs, device)
         K = K + self.ridge * torch.eye(K.shape[0], dtype=K.dtype, device=device)
         L, jitter = robust_cholesky(K, initial_jitter=None)
         Y = torch.zeros(len(y), len(classes), dtype=torch.float64, device=device)
@@ -124,6 +136,7 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
         self.kernel_ = kernel
         self.classes_ = classes
         self.X_train_ = X
+        self.X_mean_, self.X_scale_ = scaling["X_mean_"], scaling["X_scale_"]
         self.dual_coef_ = A.cpu().numpy()
         self.jitter_ = float(jitter)
         commit_feature_attrs(self, new)
@@ -133,8 +146,8 @@ class KernelClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """Regression outputs: (n,) ``F_1 - F_0`` for two classes, else (n, n_classes) ``F``."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        Ks = self._gram(self.kernel_, X, self.X_train_, self._device)
+        X = self._scaled(validate_data(self, X, dtype=np.float64, reset=False))
+        Ks = self._gram(self.kernel_, X, self._scaled(self.X_train_), self._device)
         F = (Ks @ torch.as_tensor(self.dual_coef_, device=self._device)).cpu().numpy()
         return F[:, 1] - F[:, 0] if len(self.classes_) == 2 else F
 

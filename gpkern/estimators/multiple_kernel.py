@@ -74,6 +74,10 @@ class MultipleKernelRegressor(GPRegressor):
         ``max_iter``.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
+    normalize_X : bool or "auto", default="auto"
+        Standardise each feature before the kernel sees it (see :class:`GPRegressor`);
+        ``"auto"`` does it for ``kernel="gsmp"``, whose grid is placed from the data, and
+        keeps the units of ``X`` for a basis given by the user.
     solver : {"sca", "lbfgs"}, default="sca"
         ``"sca"``: successive convex approximation with exact zeros. ``"lbfgs"``: maximise the
         log marginal likelihood over all kernel parameters with L-BFGS
@@ -124,6 +128,7 @@ class MultipleKernelRegressor(GPRegressor):
         noise=None,
         noise_lower_bound=1e-4,
         normalize_y=True,
+        normalize_X="auto",
         solver="sca",
         max_iter=100,
         tol=1e-6,
@@ -137,6 +142,7 @@ class MultipleKernelRegressor(GPRegressor):
         self.noise = noise
         self.noise_lower_bound = noise_lower_bound
         self.normalize_y = normalize_y
+        self.normalize_X = normalize_X
         self.solver = solver
         self.max_iter = max_iter
         self.tol = tol
@@ -178,6 +184,9 @@ class MultipleKernelRegressor(GPRegressor):
             raise ValueError(f"tol must be a non-negative float, got {self.tol!r}.")
         return resolve_device(self.device)
 
+    def _builds_own_kernel(self) -> bool:
+        return isinstance(self.kernel, str)
+
     def _make_kernel(self, X: torch.Tensor, gen: torch.Generator) -> WeightedKernelSum:
         if isinstance(self.kernel, str):
             bw = (0.001, 0.05) if self.bandwidths is None else self.bandwidths
@@ -216,7 +225,7 @@ class MultipleKernelRegressor(GPRegressor):
         """
         device = self._check_params()
         state = self._validate_train(X, y)
-        Xt = self._tensor(state["X_train_"], device)
+        Xt = self._tensor(state["X_norm"], device)
         Yt = self._tensor(state["Y_norm"], device)
         gen = torch_generator(self.random_state)
         kernel = self._make_kernel(Xt, gen)
