@@ -6,11 +6,13 @@ from gpkern.estimators.grid_gp import GridGPRegressor
 from gpkern.estimators.kernel_classifier import KernelClassifier
 from gpkern.estimators.least_squares import WeightedLeastSquaresRegressor
 from gpkern.estimators.multiple_kernel import MultipleKernelRegressor
+from gpkern.estimators.nystroem import NystroemFeatures
 from gpkern.estimators.scale_mixture import (
     ScaleMixtureClassifier,
     ScaleMixtureRegressor,
     StudentTProcessRegressor,
 )
+from gpkern.estimators.sparse_gp import SparseGPRegressor
 
 __all__ = [
     "DKMClassifier",
@@ -19,8 +21,10 @@ __all__ = [
     "GridGPRegressor",
     "KernelClassifier",
     "MultipleKernelRegressor",
+    "NystroemFeatures",
     "ScaleMixtureClassifier",
     "ScaleMixtureRegressor",
+    "SparseGPRegressor",
     "StudentTProcessRegressor",
     "WeightedLeastSquaresRegressor",
 ]

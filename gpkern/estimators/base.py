@@ -243,9 +243,15 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
         y,
         make_model: Callable[[torch.Tensor, torch.Generator], torch.nn.Module],
         extras: Callable[[torch.nn.Module, object], dict] | None = None,
+        between_rounds: Callable[[torch.nn.Module, torch.Tensor, torch.Generator], None]
+        | None = None,
+        n_rounds: int = 1,
     ):
         """Validate, build ``make_model(X, generator)``, maximise its log marginal likelihood
         (with restarts), condition, and commit everything at once.
+
+        With ``n_rounds > 1`` the optimiser runs ``n_rounds`` times (restarts in the first only)
+        and ``between_rounds(model, X, generator)`` updates the model in between.
 
         The model must offer ``log_marginal_likelihood(X, Y)``, ``posterior(X, Y, warn)`` (with
         ``log_marginal_likelihood`` and ``jitter``), ``kernel`` and ``noise``; ``extras(model,
@@ -272,16 +278,20 @@ class BaseGPRegressor(RegressorMixin, BaseEstimator):
                 except (NotPSDError, FloatingPointError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            _, n_iter = minimize_with_restarts(
-                loss,
-                model,
-                n_restarts=self.n_restarts,
-                generator=gen,
-                optimizer=self.optimizer,
-                max_iter=self.max_iter,
-                verbose=self.verbose,
-                desc=f"{type(self).__name__} fit",
-            )
+            for r in range(n_rounds):
+                if r:
+                    between_rounds(model, Xt, gen)
+                _, it = minimize_with_restarts(
+                    loss,
+                    model,
+                    n_restarts=self.n_restarts if r == 0 else 0,
+                    generator=gen,
+                    optimizer=self.optimizer,
+                    max_iter=self.max_iter,
+                    verbose=self.verbose,
+                    desc=f"{type(self).__name__} fit",
+                )
+                n_iter += it
 
         posterior = model.posterior(Xt, Yt, warn=True)
         # log p(y) in original units: the normalisation is a change of variables per column.

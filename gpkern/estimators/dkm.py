@@ -20,9 +20,10 @@ from gpkern.estimators.base import (
     validate_training_data,
 )
 from gpkern.exceptions import NotPSDError
-from gpkern.models.dkm import DKM, GRAM_KERNELS, SparseDKM
+from gpkern.models.dkm import DKM, GRAM_KERNELS, NNGPGramKernel, SparseDKM
 from gpkern.models.exact import gaussian_log_density
 from gpkern.models.training import minimize
+from gpkern.sampling.inducing import INDUCING_METHODS, select_inducing
 
 __all__ = [
     "DKMRegressor",
@@ -86,6 +87,8 @@ def _check_common(est) -> torch.device:
         raise ValueError(f"kernel must be one of {GRAM_KERNELS}, got {est.kernel!r}.")
     if est.n_inducing is not None:
         BaseGPRegressor._check_positive_int("n_inducing", est.n_inducing, minimum=1)
+    if not isinstance(est.inducing, str) or est.inducing not in INDUCING_METHODS:
+        raise ValueError(f"inducing must be one of {INDUCING_METHODS}, got {est.inducing!r}.")
     if est.batch_size is not None:
         BaseGPRegressor._check_positive_int("batch_size", est.batch_size, minimum=1)
         if est.n_inducing is None:
@@ -106,6 +109,13 @@ def _check_common(est) -> torch.device:
 def _nu(est) -> float | list[float]:
     values = np.atleast_1d(np.asarray(est.widths_ratio, dtype=np.float64))
     return float(values[0]) if values.size == 1 else [float(v) for v in values]
+
+
+def _initial_inducing(est, X: torch.Tensor, gen: torch.Generator) -> torch.Tensor:  # (M, d)
+    """The sparse DKM's starting inducing inputs, chosen by ``est.inducing``; the kernel-based
+    rules look at the NNGP kernel the DKM starts from."""
+    kernel = NNGPGramKernel(est.kernel, int(est.n_layers), ard_num_dims=X.shape[1]).to(X)
+    return select_inducing(X, kernel, int(est.n_inducing), est.inducing, gen).points
 
 
 def _check_size(est, n: int) -> None:
@@ -312,8 +322,12 @@ class DKMRegressor(BaseGPRegressor):
         Gram-level kernel.
     n_inducing : int, optional
         ``None`` uses the full DKM (at most :data:`MAX_FULL_SAMPLES` = 3000 samples); an
-        integer uses the sparse DKM with that many inducing points, initialised at a random
-        subset of the training inputs and learned.
+        integer uses the sparse DKM with that many inducing points, initialised by
+        ``inducing`` and learned.
+    inducing : {"uniform", "kmeans", "greedy_variance", "rpcholesky", "kdpp"}, default="uniform"
+        How the sparse DKM's inducing inputs start (:func:`gpkern.sampling.select_inducing`;
+        the kernel-based rules use the NNGP kernel at its starting hyperparameters). Ignored by
+        the full DKM.
     noise : float, optional
         Gaussian noise variance in normalised units; ``None`` learns it (from 0.1).
     normalize_y : bool, default=True
@@ -392,6 +406,7 @@ class DKMRegressor(BaseGPRegressor):
         widths_ratio=1.0,
         kernel="relu",
         n_inducing=None,
+        inducing="uniform",
         noise=None,
         normalize_y=True,
         max_iter=100,
@@ -406,6 +421,7 @@ class DKMRegressor(BaseGPRegressor):
         self.widths_ratio = widths_ratio
         self.kernel = kernel
         self.n_inducing = n_inducing
+        self.inducing = inducing
         self.noise = noise
         self.normalize_y = normalize_y
         self.max_iter = max_iter
@@ -473,9 +489,8 @@ class DKMRegressor(BaseGPRegressor):
                 points = Xt
                 inducing = None
             else:
-                idx = torch.randperm(n, generator=gen)[: self.n_inducing]
                 model = SparseDKM(
-                    Xt[idx],
+                    _initial_inducing(self, Xt, gen),
                     Yt.shape[1],
                     self.kernel,
                     int(self.n_layers),
@@ -564,6 +579,8 @@ class DKMClassifier(BaseGPClassifier):
         Gram-level kernel.
     n_inducing : int, optional
         ``None``: full DKM; an integer: sparse DKM with that many inducing points.
+    inducing : {"uniform", "kmeans", "greedy_variance", "rpcholesky", "kdpp"}, default="uniform"
+        How the sparse DKM's inducing inputs start (see :class:`DKMRegressor`).
     max_iter : int, default=100
         L-BFGS iterations (full batch, with fixed Monte Carlo draws) or Adam epochs (with
         ``batch_size``), per stage: hyperparameters with the Grams tied to the NNGP's first,
@@ -618,6 +635,7 @@ class DKMClassifier(BaseGPClassifier):
         widths_ratio=1.0,
         kernel="relu",
         n_inducing=None,
+        inducing="uniform",
         max_iter=100,
         joint_hyperparameters=False,
         batch_size=None,
@@ -631,6 +649,7 @@ class DKMClassifier(BaseGPClassifier):
         self.widths_ratio = widths_ratio
         self.kernel = kernel
         self.n_inducing = n_inducing
+        self.inducing = inducing
         self.max_iter = max_iter
         self.joint_hyperparameters = joint_hyperparameters
         self.batch_size = batch_size
@@ -669,11 +688,11 @@ class DKMClassifier(BaseGPClassifier):
         Yt = torch.tensor(codes, dtype=torch.float64, device=device)[:, None]
         gen = torch_generator(self.random_state)
         full = self.n_inducing is None
-        idx = torch.arange(n) if full else torch.randperm(n, generator=gen)[: self.n_inducing]
+        Z = Xt if full else _initial_inducing(self, Xt, gen)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = SparseDKM(
-                Xt[idx],
+                Z,
                 len(classes),
                 self.kernel,
                 int(self.n_layers),

@@ -25,6 +25,7 @@ from gpkern.estimators.gp_regressor import default_kernel
 from gpkern.models.classification import SparseScaleMixtureClassifier
 from gpkern.models.scale_mixture import ScaleMixtureGP, StudentTProcess, make_scale_prior
 from gpkern.models.training import minimize
+from gpkern.sampling.inducing import INDUCING_METHODS, select_inducing
 
 __all__ = ["StudentTProcessRegressor", "ScaleMixtureRegressor", "ScaleMixtureClassifier"]
 
@@ -489,8 +490,12 @@ class ScaleMixtureClassifier(BaseGPClassifier):
     prior_params : dict, optional
         ``{"concentration": a, "rate": b}`` (positive; default 2 and 2).
     n_inducing : int, default=200
-        Number of inducing points (at most the number of training samples), initialised at a
-        random subset of the training inputs (the paper's 200).
+        Number of inducing points (at most the number of training samples; the paper's 200),
+        initialised by ``inducing`` and learned.
+    inducing : {"uniform", "kmeans", "greedy_variance", "rpcholesky", "kdpp"}, default="uniform"
+        How the inducing inputs start (:func:`gpkern.sampling.select_inducing`, the
+        kernel-based rules at the kernel's starting hyperparameters); ``"uniform"`` is a random
+        subset of the training inputs.
     n_samples : int, default=16
         Monte-Carlo draws per minibatch in the ELBO.
     n_predict_samples : int, default=256
@@ -538,6 +543,7 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         prior="inverse_gamma",
         prior_params=None,
         n_inducing=200,
+        inducing="uniform",
         n_samples=16,
         n_predict_samples=256,
         batch_size=256,
@@ -551,6 +557,7 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         self.prior = prior
         self.prior_params = prior_params
         self.n_inducing = n_inducing
+        self.inducing = inducing
         self.n_samples = n_samples
         self.n_predict_samples = n_predict_samples
         self.batch_size = batch_size
@@ -580,6 +587,8 @@ class ScaleMixtureClassifier(BaseGPClassifier):
         for name in ("n_inducing", "n_samples", "n_predict_samples", "batch_size"):
             BaseGPRegressor._check_positive_int(name, getattr(self, name))
         BaseGPRegressor._check_positive_int("max_iter", self.max_iter, minimum=0)
+        if not isinstance(self.inducing, str) or self.inducing not in INDUCING_METHODS:
+            raise ValueError(f"inducing must be one of {INDUCING_METHODS}, got {self.inducing!r}.")
         if not isinstance(self.lr, numbers.Real) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive float, got {self.lr!r}.")
         return prior, resolve_device(self.device)
@@ -614,7 +623,9 @@ class ScaleMixtureClassifier(BaseGPClassifier):
             torch.manual_seed(seed)
             kernel = _classifier_kernel(Xt) if self.kernel is None else copy.deepcopy(self.kernel)
             M = min(self.n_inducing, n)
-            Z = Xt[torch.randperm(n, device="cpu")[:M].to(device)]
+            # torch's global generator (seeded above) keeps the uniform choice as it always was
+            kernel = kernel.to(dtype=torch.float64, device=device)
+            Z = select_inducing(Xt, kernel, M, self.inducing, torch.default_generator).points
             model = SparseScaleMixtureClassifier(kernel, Z, len(classes), prior=prior)
             model = model.to(dtype=torch.float64, device=device)
             batch = min(self.batch_size, n)

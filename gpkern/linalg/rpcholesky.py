@@ -121,8 +121,13 @@ def rp_cholesky(
     tol: float = 0.0,
     generator: torch.Generator | None = None,
     factor_dtype: torch.dtype | None = None,
+    pivoting: str = "random",
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (n, k), (k,)
     r"""Partial Cholesky factor :math:`F` of a PSD matrix with random pivots, block by block.
+
+    With ``pivoting="greedy"`` each pivot is instead the largest residual diagonal entry,
+    :math:`i_{k+1} = \arg\max_i (K - F F^\top)_{ii}`, one column at a time: the classical
+    pivoted Cholesky (greedy variance reduction; the greedy MAP of a DPP with kernel :math:`K`).
 
     Parameters
     ----------
@@ -145,6 +150,10 @@ def rp_cholesky(
         while every product with :math:`F` still runs in float64 on row blocks: the stored
         entries are rounded once, so :math:`F F^\top` is a slightly different but exactly
         represented matrix, which is all a preconditioner needs.
+    pivoting : {"random", "greedy"}, default="random"
+        ``"random"``: pivots drawn proportionally to the residual diagonal (RPCholesky);
+        ``"greedy"``: the largest residual diagonal entry, one pivot per step (deterministic,
+        ``block_size`` and ``generator`` unused).
 
     Returns
     -------
@@ -170,6 +179,8 @@ def rp_cholesky(
         raise ValueError(f"rank must be a positive int, got {rank!r}.")
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+    if pivoting not in ("random", "greedy"):
+        raise ValueError(f"pivoting must be 'random' or 'greedy', got {pivoting!r}.")
     n = diagonal.shape[0]
     rank = min(rank, n)
     dtype, device = diagonal.dtype, diagonal.device
@@ -185,19 +196,25 @@ def rp_cholesky(
         total = float(residual.sum())
         if not total > max(stop, 0.0) or not residual.max() > 0:
             break
-        draws = torch.multinomial(
-            (residual / total).cpu(),
-            min(block_size, rank - k),
-            replacement=True,
-            generator=generator,
-        ).to(device)
-        S = torch.unique(draws)  # sampling with replacement; repeats carry no new information
-        S = S[torch.randperm(S.numel(), generator=generator).to(device)]
+        if pivoting == "greedy":
+            S = residual.argmax().view(1)
+        else:
+            draws = torch.multinomial(
+                (residual / total).cpu(),
+                min(block_size, rank - k),
+                replacement=True,
+                generator=generator,
+            ).to(device)
+            S = torch.unique(draws)  # sampling with replacement; repeats carry no new information
+            S = S[torch.randperm(S.numel(), generator=generator).to(device)]
         G = columns(S).to(dtype)  # (n, b)
         if k:  # Schur complement columns, in place (no second (n, b) array)
             factor_matmul(F[:, :k], F[S, :k].T.to(dtype), subtract_from=G)
         H = G[S]  # (b, b)
-        u = torch.rand(S.numel(), generator=generator, dtype=dtype).to(device)
+        if pivoting == "greedy":  # u = 0: the rejection step accepts every non-degenerate pivot
+            u = torch.zeros(1, dtype=dtype, device=device)
+        else:
+            u = torch.rand(S.numel(), generator=generator, dtype=dtype).to(device)
         # Rejection: candidate j survives with probability (its residual given the candidates
         # accepted before it in this block) / (its residual when it was drawn).
         T = torch.zeros_like(H)  # (b, b): Cholesky columns of the accepted candidates

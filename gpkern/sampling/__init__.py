@@ -16,6 +16,11 @@ from gpkern.sampling.christoffel import (
 )
 from gpkern.sampling.dpp import sample_finite_projection_dpp, sample_kdpp, sample_projection_dpp
 from gpkern.sampling.generator import as_generator
+from gpkern.sampling.inducing import (
+    INDUCING_METHODS,
+    InducingPoints,
+    select_inducing,
+)
 from gpkern.sampling.least_squares import (
     WeightedLeastSquaresResult,
     gram_deviation,
@@ -26,6 +31,8 @@ from gpkern.sampling.volume import sample_repeated_dpp, sample_volume_rescaled
 
 __all__ = [
     "Basis",
+    "INDUCING_METHODS",
+    "InducingPoints",
     "CallableBasis",
     "LegendreBasis",
     "ProductBasis",
@@ -42,6 +49,7 @@ __all__ = [
     "sample_projection_dpp",
     "sample_repeated_dpp",
     "sample_volume_rescaled",
+    "select_inducing",
     "weighted_gram",
     "weighted_least_squares",
 ]
