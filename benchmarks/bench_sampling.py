@@ -359,6 +359,290 @@ def plot_least_squares(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+
+# --------------------------------------------------------------------------- part B: data sets
+def _codes(frame):
+    """Integer-code every non-numeric column."""
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = pd.Categorical(out[col]).codes
+    return out
+
+
+def _rdata_xy(package: str, name: str, target: str, drop=(), log=True):
+    from gpkern.datasets import load_rdataset
+
+    frame = _codes(load_rdataset(package, name).drop(columns=list(drop)).dropna())
+    y = frame[target].to_numpy(float)
+    return frame.drop(columns=target).to_numpy(float), np.log(y) if log else y
+
+
+#: name: (description, loader); targets are logged (prices, wages, charges).
+DATASETS = {
+    "ames": ("modeldata ames, log sale price, 73 features",
+             lambda: _rdata_xy("modeldata", "ames", "Sale_Price")),
+    "wage": ("ISLR Wage, log wage, 9 features",
+             lambda: _rdata_xy("ISLR", "Wage", "wage", drop=("logwage",))),
+    "computers": ("Ecdat Computers, log price, 9 features",
+                  lambda: _rdata_xy("Ecdat", "Computers", "price")),
+    "wa_churn": ("modeldata wa_churn, log total charges, 19 features",
+                 lambda: _rdata_xy("modeldata", "wa_churn", "total_charges")),
+    "diamonds": ("ggplot2 diamonds, log price, 9 features",
+                 lambda: _rdata_xy("ggplot2", "diamonds", "price")),
+}
+DEFAULT_DATASETS = ("ames", "wage", "computers", "wa_churn")
+METHODS = ("uniform", "kmeans", "greedy_variance", "rpcholesky", "kdpp")
+DPP_FAMILY = ("greedy_variance", "rpcholesky", "kdpp")
+PEERS = ("sklearn Nystroem + Ridge", "GPyTorch SGPR (k-means init, Adam)")
+
+
+def _split(X, y, max_train: int, seed: int = 0):
+    idx = np.random.default_rng(seed).permutation(len(y))
+    n_test = min(len(y) // 5, 5000)
+    test, train = idx[:n_test], idx[n_test:][:max_train]
+    mu, sd = X[train].mean(0), X[train].std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    ym, ys = y[train].mean(), y[train].std()
+    return (X[train] - mu) / sd, (y[train] - ym) / ys, (X[test] - mu) / sd, (y[test] - ym) / ys
+
+
+def _hyperparameters(X, y, n_fit: int = 1000):
+    """Scaled ARD RBF kernel and noise from an exact GP fit on ``n_fit`` training points."""
+    from gpkern.estimators import GPRegressor
+
+    gp = GPRegressor(normalize_y=False, max_iter=60, random_state=0).fit(X[:n_fit], y[:n_fit])
+    return gp.kernel_, float(gp.noise_)
+
+
+def _sparse(kernel, noise, m, method, seed, X, y):
+    from gpkern.estimators import SparseGPRegressor
+
+    return SparseGPRegressor(kernel=kernel, n_inducing=m, inducing=method, noise=noise,
+                             normalize_y=False, optimizer=None, random_state=seed).fit(X, y)
+
+
+def _nystroem_ridge(kernel, noise, m, seed, Xtr, ytr, Xte):
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+
+    ell = kernel.base_kernel.lengthscale.detach().numpy().reshape(-1)
+    scale = float(kernel.outputscale.detach())
+    model = make_pipeline(Nystroem(kernel="rbf", gamma=0.5, n_components=m, random_state=seed),
+                          Ridge(alpha=noise / scale))
+    return model.fit(Xtr / ell, ytr).predict(Xte / ell)
+
+
+def _sgpr(kernel, noise, m, seed, Xtr, ytr, Xte, iters: int = 50):
+    import copy
+
+    import gpytorch
+    from sklearn.cluster import KMeans
+
+    Z = KMeans(n_clusters=m, random_state=seed, n_init=1).fit(Xtr).cluster_centers_
+    X, y = torch.tensor(Xtr), torch.tensor(ytr)
+
+    class SGPR(gpytorch.models.ExactGP):
+        def __init__(self, likelihood):
+            super().__init__(X, y, likelihood)
+            self.mean_module = gpytorch.means.ConstantMean()
+            self.base_covar_module = copy.deepcopy(kernel)
+            self.covar_module = gpytorch.kernels.InducingPointKernel(
+                self.base_covar_module, inducing_points=torch.tensor(Z), likelihood=likelihood
+            )
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(x),
+                                                             self.covar_module(x))
+
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
+    likelihood.noise = noise
+    model = SGPR(likelihood).double()
+    model.train()
+    likelihood.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+    for _ in range(iters):
+        opt.zero_grad()
+        loss = -mll(model(X), y)
+        loss.backward()
+        opt.step()
+    model.eval()
+    likelihood.eval()
+    with torch.no_grad():
+        pred = likelihood(model(torch.tensor(Xte)))
+        return pred.mean.numpy(), pred.variance.numpy()
+
+
+def _lpd(y, mean, var) -> float:
+    return float(np.mean(-0.5 * ((y - mean) ** 2 / var + np.log(2 * np.pi * var))))
+
+
+def run_inducing(datasets, ms, seeds: int, max_train: int, n_gap: int, sgpr_max_m: int):
+    from tqdm.auto import tqdm
+
+    from gpkern.estimators import GPRegressor
+
+    rows = []
+    for name in tqdm(datasets, desc="data sets"):
+        X, y = DATASETS[name][1]()
+        Xtr, ytr, Xte, yte = _split(X, y, max_train)
+        kernel, noise = _hyperparameters(Xtr, ytr)
+        n_gap_ = min(n_gap, len(ytr))
+        Xg, yg = Xtr[:n_gap_], ytr[:n_gap_]
+        exact = GPRegressor(kernel=kernel, noise=noise, optimizer=None, normalize_y=False)
+        exact.fit(Xg, yg)
+        lml = float(exact.log_marginal_likelihood_value_)
+        info = dict(dataset=name, n=len(y), n_train=len(ytr), n_test=len(yte), d=X.shape[1],
+                    noise=noise, n_gap=n_gap_)
+        for m in tqdm(ms, desc=name, leave=False):
+            if m >= n_gap_:
+                continue
+            for method in METHODS:
+                for seed in range(1 if method == "greedy_variance" else seeds):
+                    start = time.process_time()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        gp = _sparse(kernel, noise, m, method, seed, Xtr, ytr)
+                        mean = gp.predict(Xte)
+                        lpd = float(np.mean(gp.log_predictive_density(Xte, yte)))
+                        cpu = time.process_time() - start
+                        bound = _sparse(kernel, noise, m, method, seed, Xg, yg).elbo_
+                    rows.append(dict(info, m=m, method=method, seed=seed, cpu_s=cpu,
+                                     rmse=float(np.sqrt(np.mean((mean - yte) ** 2))), lpd=lpd,
+                                     gap=(lml - float(bound)) / n_gap_))
+            for seed in range(seeds):
+                start = time.process_time()
+                mean = _nystroem_ridge(kernel, noise, m, seed, Xtr, ytr, Xte)
+                rows.append(dict(info, m=m, method=PEERS[0], seed=seed,
+                                 cpu_s=time.process_time() - start,
+                                 rmse=float(np.sqrt(np.mean((mean - yte) ** 2))), lpd=None,
+                                 gap=None))
+            if m <= sgpr_max_m:
+                start = time.process_time()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    mean, var = _sgpr(kernel, noise, m, 0, Xtr, ytr, Xte)
+                rows.append(dict(info, m=m, method=PEERS[1], seed=0,
+                                 cpu_s=time.process_time() - start,
+                                 rmse=float(np.sqrt(np.mean((mean - yte) ** 2))),
+                                 lpd=_lpd(yte, mean, var), gap=None))
+    return rows
+
+
+def _summarise_inducing(rows):
+    """Mean over seeds of every (data set, m, method)."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["m"], r["method"]), []).append(r)
+    summary = {}
+    for key, recs in out.items():
+        summary[key] = dict(recs[0], seeds=len(recs), **{
+            k: (None if recs[0][k] is None else float(np.mean([r[k] for r in recs])))
+            for k in ("rmse", "lpd", "gap", "cpu_s")
+        })
+    return summary
+
+
+def goal_check(summary, tol: float = 0.01) -> list[tuple[str, str, int, int]]:
+    """For each data set and DPP-family rule D: on how many m (of those with m/2 run) is
+    RMSE_D(m/2) <= (1 + tol) min(RMSE_uniform(m), RMSE_kmeans(m))."""
+    out = []
+    for ds in dict.fromkeys(k[0] for k in summary):
+        ms = sorted({k[1] for k in summary if k[0] == ds})
+        for D in DPP_FAMILY:
+            hold = total = 0
+            for m in ms:
+                if m // 2 not in ms or m % 2:
+                    continue
+                base = min(summary[(ds, m, b)]["rmse"] for b in ("uniform", "kmeans"))
+                total += 1
+                hold += summary[(ds, m // 2, D)]["rmse"] <= (1 + tol) * base
+            out.append((ds, D, hold, total))
+    return out
+
+
+def table_inducing(rows) -> list[str]:
+    summary = _summarise_inducing(rows)
+    lines = []
+    for ds in dict.fromkeys(k[0] for k in summary):
+        recs = [v for k, v in summary.items() if k[0] == ds]
+        r0 = recs[0]
+        lines += [
+            f"### {DATASETS[ds][0]}: n = {r0['n']} ({r0['n_train']} train, {r0['n_test']} "
+            f"test), noise variance {r0['noise']:.3g} (standardised y)",
+            "",
+            "RMSE and mean log predictive density of y on the test set (standardised units); "
+            "RMSE ratio = method / uniform at the same m (< 1: better); gap = (exact log "
+            f"marginal likelihood - collapsed bound) / n on {r0['n_gap']} training points; "
+            "CPU = selection + fit + prediction (s).",
+            "",
+            "| m | method | seeds | RMSE | ratio | log density | gap / n | CPU (s) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m in sorted({r["m"] for r in recs}):
+            uni = summary[(ds, m, "uniform")]["rmse"]
+            for method in (*METHODS, *PEERS):
+                r = summary.get((ds, m, method))
+                if r is None:
+                    continue
+                lpd = "—" if r["lpd"] is None else f"{r['lpd']:.4f}"
+                gap = "—" if r["gap"] is None else f"{r['gap']:.4f}"
+                lines.append(f"| {m} | {method} | {r['seeds']} | {r['rmse']:.4f} | "
+                             f"{r['rmse'] / uni:.3f} | {lpd} | {gap} | {r['cpu_s']:.2f} |")
+        lines.append("")
+    lines += [
+        "### Goal: DPP-family rules reach the uniform / k-means RMSE with half the points",
+        "",
+        "Count of m for which RMSE(rule, m/2) <= 1.01 x min(RMSE(uniform, m), "
+        "RMSE(k-means, m)).",
+        "",
+        "| data set | rule | holds | of |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {ds} | {D} | {h} | {t} |" for ds, D, h, t in goal_check(summary)]
+    lines.append("")
+    return lines
+
+
+def plot_inducing(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = _summarise_inducing(rows)
+    datasets = list(dict.fromkeys(k[0] for k in summary))
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 8), squeeze=False)
+    for j, ds in enumerate(datasets):
+        for k, method in enumerate((*METHODS, *PEERS)):
+            recs = sorted((v for key, v in summary.items() if key[0] == ds and key[2] == method),
+                          key=lambda r: r["m"])
+            if not recs:
+                continue
+            style = "o-" if method in METHODS else "s--"
+            axes[0, j].plot([r["m"] for r in recs], [r["rmse"] for r in recs], style,
+                            color=f"C{k}", label=method)
+            gaps = [r for r in recs if r["gap"] is not None]
+            if gaps:
+                axes[1, j].plot([r["m"] for r in gaps], [max(r["gap"], 1e-6) for r in gaps],
+                                style, color=f"C{k}", label=method)
+        for ax in axes[:, j]:
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("m (inducing points)")
+        axes[0, j].set_title(ds)
+        axes[0, j].set_ylabel("test RMSE (standardised)")
+        axes[1, j].set_yscale("log")
+        axes[1, j].set_ylabel("(exact lml - bound) / n")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- driver
 def _header(args, elapsed: float) -> str:
     return (
@@ -377,6 +661,15 @@ def main(argv=None) -> None:
                         help="skip part A (its table comes from the JSON of an earlier run)")
     parser.add_argument("--skip-inducing", action="store_true",
                         help="skip part B (its table comes from the JSON of an earlier run)")
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
+                        choices=list(DATASETS))
+    parser.add_argument("--inducing-m", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the random rules")
+    parser.add_argument("--max-train", type=int, default=20000)
+    parser.add_argument("--n-gap", type=int, default=1000,
+                        help="training points on which the bound is compared with the exact lml")
+    parser.add_argument("--sgpr-max-m", type=int, default=256,
+                        help="largest m for GPyTorch's SGPR (50 Adam steps of O(n m^2) each)")
     parser.add_argument("--out", type=Path, default=RESULTS / "sampling.md")
     args = parser.parse_args(argv)
     args.argv = [] if argv is None else list(argv)
@@ -404,6 +697,25 @@ def main(argv=None) -> None:
             f"Plot: [{args.out.with_suffix('.svg').name}]({args.out.with_suffix('.svg').name}).",
             "",
             *table_least_squares(rows),
+        ]
+    cache_b = args.out.with_name(args.out.stem + "_inducing.json")
+    rows_b = []
+    if not args.skip_inducing:
+        rows_b = run_inducing(args.datasets, args.inducing_m, args.seeds, args.max_train,
+                              args.n_gap, args.sgpr_max_m)
+        cache_b.write_text(json.dumps(rows_b, indent=0))
+    elif cache_b.exists():
+        rows_b = json.loads(cache_b.read_text())
+        body += ["", f"Part B below is from an earlier run (`{cache_b.name}`).", ""]
+    if rows_b:
+        plot_b = args.out.with_name(args.out.stem + "_inducing.svg")
+        plot_inducing(rows_b, plot_b)
+        body += [
+            "## B. Inducing points for sparse GP regression (collapsed bound, fixed kernel)",
+            "",
+            f"Plot: [{plot_b.name}]({plot_b.name}).",
+            "",
+            *table_inducing(rows_b),
         ]
     lines += [_header(args, time.perf_counter() - start), "", *body]
     args.out.parent.mkdir(parents=True, exist_ok=True)
