@@ -32,8 +32,11 @@ likelihood and the collapsed bound on a training subsample (per point); scikit-l
 GPyTorch's SGPR (``InducingPointKernel`` from k-means points and the same starting
 hyperparameters, Adam lr 0.01 for 50 iterations as in GPyTorch's SGPR tutorial).
 
-Run: ``python benchmarks/bench_sampling.py [--reps 40] [--skip-inducing] [--skip-ls]
-[--datasets ...] [--inducing-m 16 32 ...] [--seeds 2]``.
+Run: ``python benchmarks/bench_sampling.py [--reps 60] [--reps-5d 30] [--skip-ls]
+[--skip-inducing] [--datasets ames wage computers wa_churn diamonds] [--inducing-m 16 32 ...]
+[--seeds 2]`` (diamonds, 20,000 training points, is not in the default list, to keep the default
+run near half an hour on two cores). A skipped part is tabulated from the JSON of an earlier
+run; the hand-written section after "## Reading the results" survives reruns.
 """
 
 from __future__ import annotations
