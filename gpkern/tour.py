@@ -47,6 +47,12 @@ def _student_t_process():
     return StudentTProcessRegressor(n_restarts=2, random_state=0)
 
 
+def _sparse_gp():
+    from gpkern.estimators import SparseGPRegressor
+
+    return SparseGPRegressor(n_inducing=15, inducing="rpcholesky", reselect=True, random_state=0)
+
+
 # -- sections: capabilities that are not mcycle regressors -------------------------------------
 
 
@@ -205,12 +211,41 @@ def _lmk_section(quick: bool) -> list[dict]:
     return rows
 
 
+def _least_squares_section(quick: bool) -> list[dict]:
+    """Weighted least squares on Legendre polynomials from repeated projection DPPs: Runge's
+    function on [-1, 1], relative L2 error by Gauss-Legendre quadrature."""
+    from gpkern.estimators import WeightedLeastSquaresRegressor
+
+    def runge(X):
+        return 1.0 / (1.0 + 25.0 * X[:, 0] ** 2)
+
+    degree = 20 if quick else 40
+    start = time.perf_counter()
+    est = WeightedLeastSquaresRegressor(degree=degree, sampling="repeated_dpp", random_state=0)
+    est.fit_function(runge, domain=(-1.0, 1.0))
+    elapsed = time.perf_counter() - start
+    t, w = np.polynomial.legendre.leggauss(400)
+    f = runge(t[:, None])
+    err = np.sqrt(w @ (f - est.predict(t[:, None])) ** 2 / (w @ f**2))
+    task = f"Runge 1/(1+25x^2), degree {degree}, {est.n_samples_} DPP points"
+    return [
+        dict(
+            task=task,
+            model="WeightedLeastSquaresRegressor (repeated DPP)",
+            metric="relative L2 error",
+            value=float(err),
+            time_s=elapsed,
+        )
+    ]
+
+
 #: (name, factory) pairs; each factory returns an unfitted regressor with the GPRegressor surface.
 REGRESSORS: list[tuple[str, Callable[[], object]]] = [
     ("GP (ARD RBF)", _gp_rbf),
     ("GP (NNGP, 2-hidden-layer erf net, learned variances)", _gp_nngp),
     ("DKM (se, 2 layers)", _dkm),
     ("Student-t process (ARD RBF)", _student_t_process),
+    ("sparse GP (15 RPCholesky inducing points)", _sparse_gp),
 ]
 
 #: Functions ``section(quick: bool) -> list[dict]``; rows have the keys of :class:`TourResult`.
@@ -219,6 +254,7 @@ SECTIONS: list[Callable[[bool], list[dict]]] = [
     _pde_section,
     _feature_map_section,
     _lmk_section,
+    _least_squares_section,
 ]
 
 

@@ -237,8 +237,9 @@ def test_sparse_dkm_and_scale_mixture_take_inducing(clf_data, method):
 def test_scale_mixture_default_inducing_is_a_training_subset(clf_data):
     X, y = clf_data
     sm = ScaleMixtureClassifier(n_inducing=8, max_iter=0, random_state=0).fit(X, y)
-    rows = {tuple(r) for r in X}
-    assert all(tuple(z) in rows for z in sm.inducing_points_)
+    # a subset of the rows, up to the round trip through standardised units
+    dist = np.abs(sm.inducing_points_[:, None, :] - X[None, :, :]).max(-1).min(1)
+    assert (dist < 1e-12 * (1 + np.abs(X).max())).all()
 
 
 @pytest.mark.parametrize(

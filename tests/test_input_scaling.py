@@ -11,9 +11,12 @@ from gpkern.estimators import (
     GridGPRegressor,
     KernelClassifier,
     MultipleKernelRegressor,
+    NystroemFeatures,
     ScaleMixtureClassifier,
     ScaleMixtureRegressor,
+    SparseGPRegressor,
     StudentTProcessRegressor,
+    WeightedLeastSquaresRegressor,
 )
 from gpkern.estimators.base import input_scaling
 
@@ -55,6 +58,17 @@ REGRESSORS = {
     "StudentTProcessRegressor": lambda: StudentTProcessRegressor(max_iter=50, random_state=0),
     "ScaleMixtureRegressor": lambda: ScaleMixtureRegressor(max_iter=20, random_state=0),
     "DKMRegressor": lambda: DKMRegressor(max_iter=20, random_state=0),
+    "SparseGPRegressor": lambda: SparseGPRegressor(n_inducing=15, max_iter=50, random_state=0),
+}
+
+# Estimators without a predictive distribution: compared on what they return.
+POINT_ESTIMATORS = {
+    "WeightedLeastSquaresRegressor": lambda X, y, Xs: (
+        WeightedLeastSquaresRegressor(degree=3).fit(X, y).predict(Xs)
+    ),
+    "NystroemFeatures": lambda X, y, Xs: (
+        NystroemFeatures(n_components=10, random_state=0).fit(X).transform(Xs)
+    ),
 }
 
 CLASSIFIERS = {
@@ -69,7 +83,16 @@ CLASSIFIERS = {
 def test_every_estimator_is_covered():
     import gpkern.estimators as est
 
-    assert set(est.__all__) == set(REGRESSORS) | set(CLASSIFIERS)
+    assert set(est.__all__) == set(REGRESSORS) | set(CLASSIFIERS) | set(POINT_ESTIMATORS)
+
+
+@pytest.mark.parametrize("name", list(POINT_ESTIMATORS))
+def test_point_estimators_do_not_depend_on_input_units(name):
+    X, y, Xs, _ = _regression_data()
+    ref = POINT_ESTIMATORS[name](X, y, Xs)
+    for unit, f in UNITS.items():
+        out = POINT_ESTIMATORS[name](f(X), y, f(Xs))
+        np.testing.assert_allclose(np.abs(out), np.abs(ref), rtol=REG_TOL, atol=REG_TOL, err_msg=unit)
 
 
 @pytest.mark.parametrize("name", list(REGRESSORS))

@@ -57,6 +57,10 @@ class SparseGPRegressor(BaseGPRegressor):
         from 0.1.
     normalize_y : bool, default=True
         Standardise each target column before fitting.
+    normalize_X : bool or "auto", default="auto"
+        Standardise each feature before the kernel sees it, as in
+        :class:`~gpkern.estimators.GPRegressor` (``"auto"``: for the default kernel only).
+        ``inducing_points_`` are reported in the units of ``X``.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
         Optimiser of the bound; ``None`` keeps the hyperparameters as given.
     max_iter : int, default=100
@@ -111,6 +115,7 @@ class SparseGPRegressor(BaseGPRegressor):
         reselect=False,
         noise=None,
         normalize_y=True,
+        normalize_X="auto",
         optimizer="lbfgs",
         max_iter=100,
         n_restarts=0,
@@ -124,6 +129,7 @@ class SparseGPRegressor(BaseGPRegressor):
         self.reselect = reselect
         self.noise = noise
         self.normalize_y = normalize_y
+        self.normalize_X = normalize_X
         self.optimizer = optimizer
         self.max_iter = max_iter
         self.n_restarts = n_restarts
@@ -207,9 +213,12 @@ class SparseGPRegressor(BaseGPRegressor):
 
         looks_at_kernel = self.inducing in ("greedy_variance", "rpcholesky", "kdpp")
         rounds = 1 + (self._n_reselect() if looks_at_kernel else 0)
-        return self._fit_marginal_likelihood(
+        self._fit_marginal_likelihood(
             X, y, make_model, extras, between_rounds=between_rounds, n_rounds=rounds
         )
+        # the kernel saw standardised inputs (normalize_X); the points are reported in X's units
+        self.inducing_points_ = self._unscaled(self.inducing_points_)
+        return self
 
     @property
     def elbo_(self) -> float:

@@ -812,7 +812,7 @@ class KroneckerOperator(LinearOperator):
 
     Parameters
     ----------
-    *factors : torch.Tensor of shape (\*b_i, m_i, n_i)
+    *factors : torch.Tensor of shape ``(*b_i, m_i, n_i)``
         Kronecker factors: square and invertible for :meth:`solve`; symmetric positive
         semi-definite for the fast solves after :meth:`add_diagonal`.
 
@@ -950,7 +950,7 @@ class KroneckerAddedDiagOperator(LinearOperator):
     ----------
     kron : KroneckerOperator
         The Kronecker part, shape ``(*b, N, N)``.
-    diag : torch.Tensor of shape (), (\*b, 1) or (\*b, N)
+    diag : torch.Tensor of shape ``()``, ``(*b, 1)`` or ``(*b, N)``
         The added diagonal (one value, or one per cell); batch dimensions broadcast with ``kron``.
     num_probes : int, default=16
         Probes of the stochastic log-determinant (full diagonal only).
