@@ -15,6 +15,7 @@ EXAMPLES = (
     "plot_pde_poisson_1d.py",
     "plot_pde_poisson_2d.py",
     "plot_deep_kernel_features.py",
+    "plot_dpp_sampling.py",
     "keops_100k.py",
 )
 
