@@ -6,6 +6,7 @@ machine and command. A new report appears in the docs without editing any page.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -34,6 +35,12 @@ def generate(app) -> None:
             text = f"{title}\n{'=' * len(title)}\n\n.. literalinclude:: {source}\n"
             text += "   :language: markdown\n"
         write_if_changed(page, text)
+    # Figures the reports link to ([plot](sampling.svg)) are resolved next to the page.
+    for figure in [*results.glob("*.svg"), *results.glob("*.png")]:
+        target = out / figure.name
+        wanted.add(target)
+        if not target.exists() or target.read_bytes() != figure.read_bytes():
+            shutil.copyfile(figure, target)
     for path in out.iterdir():
         if path not in wanted:
             path.unlink()
