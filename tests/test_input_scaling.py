@@ -213,3 +213,24 @@ def test_bad_normalize_x_is_refused_before_any_state_changes(bad):
     with pytest.raises(ValueError, match="normalize_X"):
         KernelClassifier(normalize_X=bad).fit(X, (y > 1).astype(int))
 
+
+
+def test_a_fitted_kernel_passed_on_keeps_its_input_standardisation():
+    X, y, Xs, _ = _regression_data()
+    X = X * 1e3 + 5.0  # units where the raw and the standardised kernels differ a lot
+    Xs = Xs * 1e3 + 5.0
+    gp = GPRegressor(max_iter=30, random_state=0).fit(X, y)
+    mean, std = gp.predict(Xs, return_std=True)
+    # the fitted kernel on all the data, hyperparameters fixed: the same GP
+    again = GPRegressor(kernel=gp.kernel_, noise=gp.noise_, optimizer=None).fit(X, y)
+    np.testing.assert_array_equal(again.X_mean_, gp.X_mean_)
+    m2, s2 = again.predict(Xs, return_std=True)
+    np.testing.assert_allclose(m2, mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(s2, std, rtol=1e-8, atol=1e-10)
+    # a kernel learned on a subset is applied to the whole set through the subset's map
+    sub = GPRegressor(max_iter=30, random_state=0).fit(X[:25], y[:25])
+    big = GPRegressor(kernel=sub.kernel_, noise=sub.noise_, optimizer=None).fit(X, y)
+    np.testing.assert_array_equal(big.X_scale_, sub.X_scale_)
+    # normalize_X=False is the caller's explicit choice: raw units
+    raw = GPRegressor(kernel=gp.kernel_, noise=gp.noise_, optimizer=None, normalize_X=False)
+    assert np.all(raw.fit(X, y).X_scale_ == 1.0)

@@ -158,6 +158,10 @@ def input_scaling(X: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndar
     return mean, np.where(scale > rounding, scale, 1.0)
 
 
+#: Attribute of a fitted ``kernel_`` holding the ``(X_mean_, X_scale_)`` its inputs went through.
+INPUT_SCALING_ATTR = "gpkern_input_scaling"
+
+
 class InputStandardization:
     r"""The ``normalize_X`` parameter shared by every gpkern estimator.
 
@@ -185,8 +189,19 @@ class InputStandardization:
         raise ValueError(f"normalize_X must be True, False or 'auto', got {flag!r}.")
 
     def _input_scaling(self, X: np.ndarray) -> dict:
-        """The fitted ``X_mean_`` / ``X_scale_`` of training inputs ``X`` (nothing is stored)."""
-        mean, scale = input_scaling(X, self._standardizes_inputs())
+        """The fitted ``X_mean_`` / ``X_scale_`` of training inputs ``X`` (nothing is stored).
+
+        A kernel fitted by a gpkern estimator on standardised inputs carries that
+        standardisation (:data:`INPUT_SCALING_ATTR`); passed as ``kernel=`` with
+        ``normalize_X="auto"`` it sees its inputs through the same map, so ``kernel=gp.kernel_``
+        reproduces ``gp``'s kernel whatever data the new estimator is fitted on.
+        """
+        standardize = self._standardizes_inputs()  # validates normalize_X
+        stored = getattr(getattr(self, "kernel", None), INPUT_SCALING_ATTR, None)
+        flag = self.normalize_X
+        if isinstance(flag, str) and stored is not None and len(stored[0]) == X.shape[1]:
+            return {"X_mean_": stored[0].copy(), "X_scale_": stored[1].copy()}
+        mean, scale = input_scaling(X, standardize)
         return {"X_mean_": mean, "X_scale_": scale}
 
     @staticmethod
@@ -299,6 +314,10 @@ class BaseGPRegressor(InputStandardization, RegressorMixin, BaseEstimator):
     def _store(self, state: dict) -> None:
         """Commit a fit's state to the estimator's attributes, all at once."""
         commit_feature_attrs(self, {k: v for k, v in state.items() if k in _RESET_ATTRS})
+        kernel, mean, scale = state.get("kernel_"), state.get("X_mean_"), state.get("X_scale_")
+        if isinstance(kernel, torch.nn.Module) and mean is not None:
+            if np.any(mean != 0) or np.any(scale != 1):  # the kernel saw standardised inputs
+                setattr(kernel, INPUT_SCALING_ATTR, (mean.copy(), scale.copy()))
         for key, value in state.items():
             if key not in ("X_norm", "Y_norm") and key not in _RESET_ATTRS:
                 setattr(self, key, value)

@@ -75,7 +75,8 @@ class GPRegressor(BaseGPRegressor):
         the units of ``X``, so that its hyperparameters mean what they were set to (as in
         scikit-learn and GPyTorch). With standardisation ``kernel_``'s hyperparameters are
         in standardised units (a length-scale :math:`\ell` is :math:`\ell` times
-        ``X_scale_`` in the units of ``X``).
+        ``X_scale_`` in the units of ``X``); passed on as ``kernel=gp.kernel_``, it brings that
+        standardisation with it.
     optimizer : {"lbfgs", "adam"} or None, default="lbfgs"
         Optimiser of the log marginal likelihood. ``None`` keeps the kernel's hyperparameters
         and the noise as given (as scikit-learn does).
