@@ -9,8 +9,12 @@ so this example learns the hyperparameters on a 5,000-point subset (dense backen
 conditions an exact GP on all 100,000 points with ``backend="keops"`` (progress bars on), and
 predicts means and standard deviations in batches. On a GPU, fit on everything directly.
 
-This example is not executed by the documentation build (it takes several minutes on a CPU).
+This example is not executed by the documentation build (it takes several minutes on a CPU);
+its thumbnail shows the measured memory of one KeOps product against a dense kernel matrix
+(``benchmarks/results/keops.md``).
 """
+
+# sphinx_gallery_thumbnail_path = "_static/thumbnail_keops_100k.png"
 
 import time
 
