@@ -13,12 +13,22 @@ from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
-__all__ = ["GPRegressor", "default_kernel"]
+__all__ = ["GPRegressor", "default_kernel", "log_positive"]
+
+
+def log_positive() -> gpytorch.constraints.Positive:
+    r"""Positivity through :math:`v = e^{\theta}`: optimisers see log-scale parameters.
+
+    A step in :math:`\theta` changes :math:`v` by the same factor whatever its size, so
+    length-scales, output scales of hundreds and small noises are equally well conditioned;
+    GPyTorch's default softplus is linear above 1 and needs many more L-BFGS iterations.
+    """
+    return gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log)
 
 
 def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
     r"""Scaled ARD RBF kernel with length-scales initialised at :math:`\sqrt{d}` times each
-    feature's standard deviation.
+    feature's standard deviation, parameterised in log space (:func:`log_positive`).
 
     The :math:`\sqrt{d}` keeps the typical scaled squared distance
     :math:`\sum_j (x_j - x'_j)^2 / \ell_j^2 \approx 2` whatever the dimension; starting at
@@ -26,7 +36,10 @@ def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
     numerically diagonal kernel whose likelihood gradients vanish.
     """
     d = X.shape[1]
-    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=d))
+    kernel = gpytorch.kernels.ScaleKernel(
+        gpytorch.kernels.RBFKernel(ard_num_dims=d, lengthscale_constraint=log_positive()),
+        outputscale_constraint=log_positive(),
+    )
     spread = X.std(0) if X.shape[0] > 1 else torch.ones(d, dtype=X.dtype, device=X.device)
     spread = torch.where(spread > 0, spread, torch.ones_like(spread))
     kernel = kernel.to(dtype=X.dtype, device=X.device)
