@@ -233,3 +233,21 @@ def test_default_fit_reaches_the_softplus_optimum(seed):
     new = GPRegressor(random_state=0).fit(X, y)
     old = GPRegressor(kernel=softplus_default_kernel(X), random_state=0).fit(X, y)
     assert new.log_marginal_likelihood_value_ >= old.log_marginal_likelihood_value_ - 1e-3
+
+
+def test_median_spread_equals_brute_force():
+    from gpkern.estimators.gp_regressor import median_spread
+
+    rng = np.random.default_rng(13)
+    X = np.column_stack([rng.standard_t(2, 60), rng.uniform(0, 3, 60), np.zeros(60)])
+    X[:45, 1] = 1.0  # most pairs tie: median 0, falls back to the standard deviation
+    i, j = np.triu_indices(60, 1)
+    expected = np.empty(3)
+    expected[1] = X[:, 1].std(ddof=1)
+    expected[2] = 1.0
+    got = median_spread(torch.as_tensor(X)).numpy()
+    # torch's median is the lower middle value; numpy averages the two middle ones.
+    lower = np.sort(np.abs(X[i] - X[j]), axis=0)[(len(i) - 1) // 2]
+    np.testing.assert_allclose(got[0], lower[0], rtol=1e-12)
+    assert lower[1] == 0.0
+    np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-12)
