@@ -83,6 +83,36 @@ def _rq(kernel: gpytorch.kernels.Kernel, sq: torch.Tensor) -> torch.Tensor:
     return (sq / (2 * alpha)).add_(1).pow(-alpha)
 
 
+class _GaussianGram(torch.autograd.Function):
+    r""":math:`s \exp(-\tfrac12 \lVert z_i - z_k \rVert^2)` with a fused backward.
+
+    With :math:`W = G \circ K` for the incoming gradient :math:`G`,
+    :math:`\partial / \partial z_i = \sum_k (W_{ik} + W_{ki}) (z_k - z_i)` and
+    :math:`\partial / \partial s = \sum W / s`: two matrix products and three passes over
+    :math:`n^2` entries, against about fifteen for autograd through the element-wise graph.
+    """
+
+    @staticmethod
+    def forward(ctx, Z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # (n, d), ()
+        norms = Z.square().sum(-1)
+        sq = torch.addmm(norms[:, None] + norms, Z, Z.T, alpha=-2.0).clamp_min_(0.0)
+        sq.diagonal().zero_()
+        K = sq.mul_(-0.5).exp_().mul_(scale)
+        ctx.save_for_backward(Z, K, scale)
+        return K
+
+    @staticmethod
+    def backward(ctx, G: torch.Tensor):
+        Z, K, scale = ctx.saved_tensors
+        W = G * K
+        grad_Z = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_Z = W @ Z + W.T @ Z - (W.sum(1) + W.sum(0))[:, None] * Z
+        if ctx.needs_input_grad[1]:
+            grad_scale = W.sum() / scale
+        return grad_Z, grad_scale
+
+
 register_stationary(gpytorch.kernels.RBFKernel, _rbf)
 register_stationary(gpytorch.kernels.MaternKernel, _matern)
 register_stationary(gpytorch.kernels.RQKernel, _rq)
@@ -139,6 +169,10 @@ def stationary_matrix(
     # Centring (as GPyTorch does) keeps the quadratic expansion of r^2 free of cancellation.
     center = X1.mean(0, keepdim=True).detach()
     Z1 = (X1 - center) / lengthscale
+    if X2 is None and type(base) is gpytorch.kernels.RBFKernel:
+        # The default kernel of every exact estimator: the hot loop of their fits.
+        one = torch.ones((), dtype=Z1.dtype, device=Z1.device)
+        return _GaussianGram.apply(Z1, one if scale is None else scale.reshape(()))
     Z2 = Z1 if X2 is None else (X2 - center) / lengthscale
     norms = Z1.square().sum(-1, keepdim=True) + Z2.square().sum(-1)
     sq = torch.addmm(norms, Z1, Z2.T, alpha=-2.0).clamp_min(0.0)
