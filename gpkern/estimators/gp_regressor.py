@@ -13,12 +13,42 @@ from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
-__all__ = ["GPRegressor", "default_kernel"]
+__all__ = ["GPRegressor", "default_kernel", "log_positive", "median_spread"]
+
+
+def log_positive() -> gpytorch.constraints.Positive:
+    r"""Positivity through :math:`v = e^{\theta}`: optimisers see log-scale parameters.
+
+    A step in :math:`\theta` changes :math:`v` by the same factor whatever its size, so
+    length-scales, output scales of hundreds and small noises are equally well conditioned;
+    GPyTorch's default softplus is linear above 1 and needs many more L-BFGS iterations.
+    """
+    return gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log)
+
+
+def median_spread(X: torch.Tensor, max_points: int = 512) -> torch.Tensor:  # (n, d) -> (d,)
+    r"""Per-feature median of :math:`|x_j - x'_j|` over pairs of distinct points.
+
+    Robust to heavy tails and to features piled up at one value (a spread set by the bulk of
+    the pairs rather than by outliers); features whose median is 0 fall back to their standard
+    deviation, then to 1. Above ``max_points`` points (fewer in high dimension, to keep about
+    :math:`4 \cdot 10^6` differences), evenly spaced rows stand in for all: deterministic.
+    """
+    n, d = X.shape
+    if n < 2:
+        return torch.ones(d, dtype=X.dtype, device=X.device)
+    m = max(2, min(n, max_points, int((8e6 / d) ** 0.5)))
+    rows = X[torch.linspace(0, n - 1, m, device=X.device).long()]
+    i, j = torch.triu_indices(rows.shape[0], rows.shape[0], offset=1, device=X.device)
+    spread = (rows[i] - rows[j]).abs().median(0).values
+    spread = torch.where(spread > 0, spread, X.std(0))
+    return torch.where(spread > 0, spread, torch.ones_like(spread))
 
 
 def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
-    r"""Scaled ARD RBF kernel with length-scales initialised at :math:`\sqrt{d}` times each
-    feature's standard deviation.
+    r"""Scaled ARD RBF kernel, parameterised in log space (:func:`log_positive`), with
+    length-scales initialised at :math:`\sqrt{d}` times each feature's median pairwise
+    distance (:func:`median_spread`).
 
     The :math:`\sqrt{d}` keeps the typical scaled squared distance
     :math:`\sum_j (x_j - x'_j)^2 / \ell_j^2 \approx 2` whatever the dimension; starting at
@@ -26,11 +56,12 @@ def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
     numerically diagonal kernel whose likelihood gradients vanish.
     """
     d = X.shape[1]
-    kernel = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=d))
-    spread = X.std(0) if X.shape[0] > 1 else torch.ones(d, dtype=X.dtype, device=X.device)
-    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    kernel = gpytorch.kernels.ScaleKernel(
+        gpytorch.kernels.RBFKernel(ard_num_dims=d, lengthscale_constraint=log_positive()),
+        outputscale_constraint=log_positive(),
+    )
     kernel = kernel.to(dtype=X.dtype, device=X.device)
-    kernel.base_kernel.lengthscale = spread.view(1, d) * d**0.5
+    kernel.base_kernel.lengthscale = median_spread(X).view(1, d) * d**0.5
     kernel.outputscale = torch.tensor(1.0, dtype=X.dtype)
     return kernel
 
@@ -59,8 +90,8 @@ class GPRegressor(BaseGPRegressor):
     ----------
     kernel : gpytorch.kernels.Kernel, optional
         Covariance function; it is deep-copied, never modified. ``None`` uses a scaled ARD
-        RBF kernel whose length-scales start at :math:`\sqrt{d}` times each feature's standard
-        deviation (see :func:`default_kernel`).
+        RBF kernel whose length-scales start at :math:`\sqrt{d}` times each feature's median
+        pairwise distance (see :func:`default_kernel`).
     noise : float, optional
         Gaussian noise variance, in the units the kernel sees (normalised targets when
         ``normalize_y=True``). ``None`` learns it, starting from 0.1, above a floor of 1e-6; a

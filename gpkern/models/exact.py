@@ -13,6 +13,7 @@ import math
 import gpytorch
 import torch
 
+from gpkern.kernels.dense_stationary import stationary_matrix
 from gpkern.linalg.cholesky import (
     cholesky_logdet,
     gaussian_log_likelihood,
@@ -20,7 +21,24 @@ from gpkern.linalg.cholesky import (
     robust_cholesky,
 )
 
-__all__ = ["ExactGP", "ExactPosterior", "GaussianNoise", "gaussian_log_density"]
+__all__ = ["ExactGP", "ExactPosterior", "GaussianNoise", "gaussian_log_density", "kernel_matrix"]
+
+
+def kernel_matrix(
+    kernel: gpytorch.kernels.Kernel,
+    X1: torch.Tensor,  # (n, d)
+    X2: torch.Tensor | None = None,  # (m, d)
+) -> torch.Tensor:  # (n, m)
+    """Dense :math:`K(X_1, X_2)` (``X2=None``: :math:`K(X_1, X_1)`), differentiable.
+
+    Registered stationary kernels are evaluated directly in torch
+    (:func:`gpkern.kernels.dense_stationary.stationary_matrix`: same values and gradients,
+    without GPyTorch's lazy-tensor overhead); any other kernel through GPyTorch.
+    """
+    K = stationary_matrix(kernel, X1, X2)
+    if K is None:
+        K = kernel(X1, X1 if X2 is None else X2).to_dense()
+    return K
 
 
 def gaussian_log_density(
@@ -39,7 +57,11 @@ class GaussianNoise:
     """
 
     def _init_noise(self, noise: float, learn: bool, lower: float) -> None:
-        self.noise_constraint = gpytorch.constraints.GreaterThan(lower)
+        # Log space above the floor: a step rescales the noise, equally well conditioned at
+        # every level (softplus is linear there and costs L-BFGS many more evaluations).
+        self.noise_constraint = gpytorch.constraints.GreaterThan(
+            lower, transform=torch.exp, inv_transform=torch.log
+        )
         if learn:
             raw = self.noise_constraint.inverse_transform(torch.tensor(max(noise, lower * 1.0001)))
             self.raw_noise = torch.nn.Parameter(raw.to(torch.get_default_dtype()))
@@ -77,7 +99,9 @@ class ExactGP(GaussianNoise, torch.nn.Module):
     learn_noise : bool, default=True
         Whether :math:`\sigma^2` is a trainable parameter.
     noise_lower_bound : float, default=1e-6
-        Lower bound of a learned noise (a GPyTorch ``GreaterThan`` on the raw value).
+        Lower bound :math:`l` of a learned noise, a GPyTorch ``GreaterThan`` in log space:
+        :math:`\sigma^2 = l + e^{\theta}` (a step in :math:`\theta` rescales the noise above
+        the bound, equally well conditioned for every noise level).
 
     Examples
     --------
@@ -107,8 +131,8 @@ class ExactGP(GaussianNoise, torch.nn.Module):
 
     def covariance(self, X: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, n)
         """:math:`K_{XX} + \\sigma^2 I` as a dense matrix."""
-        K = self.kernel(X).to_dense()
-        return K + self.noise * torch.eye(X.shape[0], dtype=K.dtype, device=K.device)
+        K = kernel_matrix(self.kernel, X)
+        return K + torch.diag_embed(self.noise.expand(X.shape[0]).to(K))
 
     def log_marginal_likelihood(
         self, X: torch.Tensor, Y: torch.Tensor, *, warn: bool = False
@@ -173,14 +197,14 @@ class ExactPosterior:
         :math:`O(n \\cdot \\text{batch\\_size})` when only variances are requested.
         """
         if full_cov:
-            Ks = self.kernel(Xs, self.X).to_dense()
+            Ks = kernel_matrix(self.kernel, Xs, self.X)
             V = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
-            cov = self.kernel(Xs).to_dense() - V.T @ V
+            cov = kernel_matrix(self.kernel, Xs) - V.T @ V
             return Ks @ self.alpha, cov
         means, variances = [], []
         for start in range(0, Xs.shape[0], batch_size):
             xb = Xs[start : start + batch_size]
-            Ks = self.kernel(xb, self.X).to_dense()
+            Ks = kernel_matrix(self.kernel, xb, self.X)
             V = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
             prior_var = self.kernel(xb, diag=True)
             prior_var = prior_var.to_dense() if hasattr(prior_var, "to_dense") else prior_var
