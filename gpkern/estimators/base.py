@@ -30,6 +30,7 @@ from gpkern.models.training import (
     warn_at_bounds,
     warn_if_unconverged,
 )
+from gpkern.sampling.generator import as_generator
 
 __all__ = [
     "BaseGPRegressor",
@@ -71,10 +72,7 @@ def torch_generator(random_state, device: torch.device | None = None) -> torch.G
     ``None`` draws a fresh seed from numpy's global state, an ``int`` seeds deterministically,
     and a :class:`numpy.random.RandomState` is consumed (as scikit-learn does).
     """
-    seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
-    gen = torch.Generator(device=device if device is not None else "cpu")
-    gen.manual_seed(seed)
-    return gen
+    return as_generator(check_random_state(random_state), device)
 
 
 def validate_training_data(est: BaseEstimator, X, y, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -12,12 +12,14 @@ __all__ = ["as_generator"]
 
 def as_generator(
     generator: torch.Generator | int | np.random.RandomState | None,
+    device: torch.device | str | None = None,
 ) -> torch.Generator:
-    """A CPU :class:`torch.Generator` from a generator, a seed or a scikit-learn ``random_state``.
+    """A :class:`torch.Generator` from a generator, a seed or a scikit-learn ``random_state``.
 
     A :class:`torch.Generator` is returned as is (its draws advance the caller's state), an
     ``int`` seeds a fresh generator, a :class:`numpy.random.RandomState` is consumed for a seed
-    and ``None`` draws a fresh seed from numpy's global state, as scikit-learn does.
+    and ``None`` draws a fresh seed from numpy's global state, as scikit-learn does. A new
+    generator lives on ``device`` (default CPU).
 
     Examples
     --------
@@ -37,4 +39,4 @@ def as_generator(
             "generator must be a torch.Generator, an int seed, a numpy RandomState or None, "
             f"got {type(generator).__name__}."
         )
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(seed)
