@@ -1,17 +1,27 @@
 r"""Exact GP regression by iterative linear algebra on a lazy kernel operator.
 
 The kernel matrix is a :class:`gpkern.linalg.keops.operator.KernelOperator` (KeOps reductions, or
-row-blocked torch), never stored.  Training maximises the log marginal likelihood estimated with
-GPyTorch's machinery on :math:`A = K + \sigma^2 I`:
+row-blocked torch), never stored.  Training maximises the log marginal likelihood estimated on
+:math:`A = K + \sigma^2 I` with the library's one CG and Lanczos (:mod:`gpkern.linalg.cg`):
 
-* :math:`y^\top A^{-1} y` by preconditioned conjugate gradients (mBCG), and
-* :math:`\log|A|` by stochastic Lanczos quadrature on the CG tridiagonals of
-  ``num_probes`` probe vectors, both preconditioned by a rank-``preconditioner_rank`` pivoted
-  Cholesky factor :math:`P = L L^\top + \sigma^2 I` (Gardner et al., 2018).
+* :math:`y^\top A^{-1} y` by preconditioned conjugate gradients (:func:`~gpkern.linalg.cg.pcg`),
+  and
+* :math:`\log|A|` by stochastic Lanczos quadrature on the CG tridiagonals of ``num_probes``
+  probe vectors :math:`z \sim \mathcal N(0, P)` solved in the same batch
+  (:func:`~gpkern.linalg.cg.slq_logdet`), with the Hutchinson gradient of
+  :meth:`~gpkern.linalg.cg.StochasticLogdet.with_gradient`,
 
-The probe vectors are redrawn from the same seed at every evaluation, so the loss is a
+both preconditioned by :math:`P = L L^\top + \sigma^2 I`, :math:`L` a randomly pivoted Cholesky
+factor of rank ``preconditioner_rank`` (Gardner et al., 2018).  The gradients are those of
+solve-free surrogates: one differentiable product :math:`A(\theta)[\alpha, P^{-1}Z]` gives
+
+.. math::
+
+    \partial\, y^\top A^{-1} y = -\alpha^\top \partial A\, \alpha, \qquad
+    \partial \log|A| \approx \tfrac1c \textstyle\sum_j (A^{-1} z_j)^\top \partial A\, P^{-1} z_j.
+
+The pivots and the probes are drawn from ``seed`` at every evaluation, so the loss is a
 deterministic function of the hyperparameters (L-BFGS line searches stay valid).
-The ``linear_operator.settings`` used are listed in :class:`IterativeSettings`.
 
 Prediction conditions once with preconditioned CG (:func:`gpkern.linalg.cg.pcg`),
 :math:`\alpha = A^{-1} Y`, and predicts means :math:`K_{*X}\alpha` and variances in batches
@@ -38,11 +48,10 @@ import math
 from dataclasses import dataclass, fields
 
 import gpytorch
-import linear_operator
 import torch
 from tqdm.auto import tqdm
 
-from gpkern.linalg.cg import pcg
+from gpkern.linalg.cg import StochasticLogdet, pcg, slq_logdet
 from gpkern.linalg.heap import trim_heap
 from gpkern.linalg.keops import KeOpsRuntime, KernelOperator, kernel_operator
 from gpkern.linalg.rpcholesky import factor_gram, factor_matmul, factor_t_matmul, rp_cholesky
@@ -53,25 +62,34 @@ __all__ = ["IterativeGP", "IterativePosterior", "IterativeSettings"]
 
 @dataclass
 class IterativeSettings:
-    """Knobs of the iterative GP (all in one place, with the ``linear_operator`` settings they set).
+    r"""Knobs of the iterative GP, all in one place.
+
+    Training (each evaluation of :meth:`IterativeGP.log_marginal_likelihood`) uses ``cg_tol``,
+    ``max_cg_iter``, ``num_probes``, ``lanczos_iter``, ``preconditioner_rank`` and ``seed``;
+    conditioning and prediction (:class:`IterativePosterior`) use the ``eval_*`` and
+    ``variance_*`` knobs, ``batch_size`` and ``seed``.
 
     Parameters
     ----------
     cg_tol : float, default=0.01
-        Relative residual tolerance of CG while training (``settings.cg_tolerance``).
+        Relative residual tolerance of the training solve, per column: the targets
+        :math:`A^{-1}Y` and the probe solves :math:`A^{-1}Z` (whose CG coefficients are the
+        Lanczos tridiagonals) run as one batch.
     max_cg_iter : int, default=500
-        CG iteration cap while training (``settings.max_cg_iterations``).
+        Iteration cap of the training solve (a :class:`~gpkern.exceptions.CGConvergenceWarning`
+        says when it is reached).
     num_probes : int, default=15
-        Probe vectors of the stochastic log-determinant (``settings.num_trace_samples``).
+        Probe vectors :math:`z \sim \mathcal N(0, P)` of the stochastic log-determinant and its
+        gradient; the estimate's standard deviation falls as ``num_probes ** -0.5``.
     lanczos_iter : int, default=20
-        Lanczos quadrature iterations cap (``settings.max_lanczos_quadrature_iterations``).
+        Lanczos steps used by the quadrature: each probe's tridiagonal is cut to its leading
+        ``lanczos_iter`` rows and columns (the probe solves themselves run to ``cg_tol``).
     preconditioner_rank : int, default=256
-        Rank of the pivoted-Cholesky preconditioner while training
-        (``settings.max_preconditioner_size``; ``settings.min_preconditioning_size`` is set to 0
-        so it is always used). The factor is a randomly pivoted Cholesky
-        (:meth:`gpkern.linalg.keops.operator.KernelOperator.pivoted_cholesky`), cheap at high rank; at
-        rank 32 a marginal-likelihood evaluation on 10,000 points took 80 sixteen-column
-        reductions, at rank 256 it takes 13 (GPyTorch's CG runs at least 10 iterations).
+        Rank cap of the randomly pivoted Cholesky factor :math:`L`
+        (:func:`gpkern.linalg.rpcholesky.rp_cholesky`) of the training preconditioner
+        :math:`P = L L^\top + \sigma^2 I`, recomputed (not differentiated) at every evaluation;
+        never above ``n``. A higher rank means fewer CG iterations and a lower-variance
+        log-determinant (exact once :math:`P = A`).
     eval_cg_tol : float, default=1e-6
         Relative residual tolerance of the conditioning solve :math:`A^{-1} Y`.
     max_eval_cg_iter : int, default=1000
@@ -93,7 +111,7 @@ class IterativeSettings:
     batch_size : int, default=4096
         Test points per prediction batch.
     seed : int, default=0
-        Seed of the probe vectors.
+        Seed of the preconditioners' pivots and of the probe vectors.
     """
 
     cg_tol: float = 0.01
@@ -124,36 +142,11 @@ class IterativeSettings:
             ):
                 raise ValueError(f"{f.name} must be a positive int, got {value!r}.")
 
-    def context(self):
-        """The ``linear_operator.settings`` context used while training."""
-        s = linear_operator.settings
-        return _Contexts(
-            s.max_cholesky_size(0),
-            s.cg_tolerance(self.cg_tol),
-            s.max_cg_iterations(self.max_cg_iter),
-            s.num_trace_samples(self.num_probes),
-            s.max_lanczos_quadrature_iterations(self.lanczos_iter),
-            s.max_preconditioner_size(self.preconditioner_rank),
-            s.min_preconditioning_size(0),
-            gpytorch.settings.max_cholesky_size(0),
-        )
 
-
-class _Contexts:
-    def __init__(self, *contexts) -> None:
-        self.contexts = contexts
-
-    def __enter__(self):
-        for c in self.contexts:
-            c.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)
-        return False
-
-
+_TRAIN_CG_ADVICE = (
+    "The marginal likelihood and its gradient are inaccurate: raise max_cg_iter or "
+    "preconditioner_rank, or loosen cg_tol (IterativeSettings; GPRegressor's backend_options)."
+)
 _EVAL_CG_ADVICE = (
     "Raise max_eval_cg_iter or eval_preconditioner_rank, or loosen eval_cg_tol "
     "(IterativeSettings; GPRegressor's backend_options)."
@@ -178,6 +171,11 @@ class IterativeGP(ExactGP):
         Operator backend (``"torch"``: row-blocked torch, the fallback).
     verbose : bool, default=False
         Progress bars while conditioning and predicting.
+
+    Attributes
+    ----------
+    last_cg_iterations : int
+        CG iterations (= Lanczos steps) of the last :meth:`log_marginal_likelihood`.
 
     Examples
     --------
@@ -214,6 +212,7 @@ class IterativeGP(ExactGP):
         # One fallback state for every operator of this model: a failed compile is tried once.
         self.keops_runtime = KeOpsRuntime()
         self._lml_cache: list[tuple[torch.Tensor, float]] = []
+        self.last_cg_iterations = 0
 
     def operator(
         self, X: torch.Tensor, X2: torch.Tensor | None = None
@@ -239,11 +238,45 @@ class IterativeGP(ExactGP):
         differentiable in the hyperparameters.
         """
         n, t = Y.shape
+        cfg = self.settings
         op = self.operator(X)
-        A = op.add_diagonal(self.noise.reshape(1).to(X.dtype))
-        with self.settings.context(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.settings.seed)
-            inv_quad, logdet = A.inv_quad_logdet(inv_quad_rhs=Y, logdet=True)
+        noise = self.noise.reshape(()).to(X.dtype)
+
+        def amat(V: torch.Tensor) -> torch.Tensor:  # differentiable A(theta) V
+            return op._matmul(V) + noise * V
+
+        with torch.no_grad():
+            fixed, s = op.detach(), float(noise)
+            generator = torch.Generator().manual_seed(cfg.seed)
+            L, _ = rp_cholesky(
+                fixed.columns,
+                fixed._diagonal(),
+                min(cfg.preconditioner_rank, n),
+                generator=generator,
+            )
+            pre = _LowRankPreconditioner(L, s, X.dtype)
+            Z = pre.sample(cfg.num_probes, generator)
+            PZ = pre(Z)
+            res = pcg(
+                lambda V: fixed._matmul(V).add_(V, alpha=s),
+                torch.cat([Y.to(X.dtype), Z], 1),
+                pre,
+                tol=cfg.cg_tol,
+                max_iter=cfg.max_cg_iter,
+                tridiag=True,
+                advice=_TRAIN_CG_ADVICE,
+            )
+            T = res.tridiag[t:, : cfg.lanczos_iter, : cfg.lanczos_iter]
+            value = pre.logdet(n) + slq_logdet(T, (Z * PZ).sum(0))
+            alpha = res.solution[:, :t]
+            est = StochasticLogdet(value, res.solution[:, t:], PZ, res.n_iter)
+        self.last_cg_iterations = res.n_iter
+        # One differentiable product serves both surrogates: -alpha^T A(theta) alpha, whose
+        # gradient is that of y^T A^{-1} y given the solve, and the log-determinant's.
+        AV = amat(torch.cat([alpha, PZ], 1))
+        quad = -(alpha * AV[:, :t]).sum()
+        inv_quad = (Y * alpha).sum() + (quad - quad.detach())
+        logdet = est.with_gradient(lambda _: AV[:, t:])
         lml = -0.5 * (inv_quad + t * logdet + n * t * math.log(2 * math.pi))
         self._lml_cache.append((self._fingerprint(), float(lml.detach())))
         del self._lml_cache[:-64]
@@ -268,6 +301,33 @@ class IterativeGP(ExactGP):
         """
         with torch.no_grad():
             return IterativePosterior(self, X, Y, self._cached_lml())
+
+
+class _LowRankPreconditioner:
+    r""":math:`P = F F^\top + s I` applied by Woodbury, with :math:`\log|P|` and samples of
+    :math:`\mathcal N(0, P)`; a narrower stored ``F`` is used in the working ``dtype``."""
+
+    def __init__(self, F: torch.Tensor, noise: float, dtype: torch.dtype) -> None:
+        self.F, self.noise = F, noise
+        eye = torch.eye(F.shape[1], dtype=dtype, device=F.device)
+        self.C_chol = torch.linalg.cholesky(noise * eye + factor_gram(F, dtype))
+
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
+        # (F F^T + s I)^{-1} v = (v - F (s I + F^T F)^{-1} F^T v) / s.
+        inner = torch.cholesky_solve(factor_t_matmul(self.F, V), self.C_chol)
+        return (V - factor_matmul(self.F, inner)) / self.noise
+
+    def logdet(self, n: int) -> torch.Tensor:
+        # Determinant lemma: |F F^T + s I| = s^(n - k) |s I + F^T F|.
+        k = self.F.shape[1]
+        return (n - k) * math.log(self.noise) + 2 * self.C_chol.diagonal().log().sum()
+
+    def sample(self, c: int, generator: torch.Generator) -> torch.Tensor:  # (n, c)
+        n, k = self.F.shape
+        dtype, device = self.C_chol.dtype, self.C_chol.device
+        E = torch.randn(k, c, generator=generator, dtype=dtype).to(device)
+        noise = torch.randn(n, c, generator=generator, dtype=dtype).to(device)
+        return factor_matmul(self.F, E).add_(noise, alpha=math.sqrt(self.noise))
 
 
 class IterativePosterior:
@@ -319,8 +379,7 @@ class IterativePosterior:
         )
         self.L = L  # (n, r), float32
         trim_heap()  # the factorisation's row blocks, before the solve's own allocations
-        C = self.noise * torch.eye(L.shape[1], dtype=dtype, device=L.device) + factor_gram(L, dtype)
-        self._C_chol = torch.linalg.cholesky(C)
+        self._precondition = _LowRankPreconditioner(L, self.noise, dtype)
         res = pcg(
             self._matmul,
             Y.to(X.dtype),
@@ -372,11 +431,6 @@ class IterativePosterior:
         # In place: with the variance subspace's 256 columns at n = 100,000 each temporary of
         # ``K V + s V`` is 200 MB, and two of them made the 100k NNGP run peak at 2.1 GB.
         return self.op._matmul(V).add_(V, alpha=self.noise)
-
-    def _precondition(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
-        # Woodbury: (L L^T + s I)^{-1} v = (v - L (s I + L^T L)^{-1} L^T v) / s.
-        inner = torch.cholesky_solve(factor_t_matmul(self.L, V), self._C_chol)
-        return (V - factor_matmul(self.L, inner)) / self.noise
 
     def _cross(self, Xs: torch.Tensor) -> KernelOperator:  # (m, n)
         return kernel_operator(
