@@ -21,8 +21,8 @@ class KernelOperator(LinearOperator):
 
     Matrix products are KeOps reductions (``backend="keops"``) or row-blocked torch products
     (``backend="torch"``); the diagonal and single entries are evaluated directly.  Memory is
-    :math:`O((n + m)(d + c))` for :math:`c` right-hand sides.  GPyTorch's CG, Lanczos and pivoted
-    Cholesky use it unchanged; gradients with respect to the hyperparameter vector flow through
+    :math:`O((n + m)(d + c))` for :math:`c` right-hand sides.  gpkern's CG and Lanczos
+    (:mod:`gpkern.linalg.cg`) and linear_operator's generic algorithms use it unchanged; gradients with respect to the hyperparameter vector flow through
     ``theta`` (one reduction for all hyperparameters).
 
     Parameters
@@ -149,7 +149,7 @@ class KernelOperator(LinearOperator):
 
         Replaces ``linear_operator``'s greedy one-pivot-at-a-time factorisation (a Python loop of
         matrix-vector products: rank 2,048 on 10,000 points took 278 s against 3 s here).  It is
-        used as a preconditioner only, so it is not differentiated: GPyTorch's log-determinant
+        used as a preconditioner only, so it is not differentiated: the stochastic log-determinant
         estimator stays unbiased for any fixed preconditioner.  The pivots are drawn from a
         generator with a fixed seed, so repeated calls at the same hyperparameters agree.
         """
