@@ -184,6 +184,10 @@ def dense_network(
         E[\phi\phi] = a^2 \tfrac{2}{\pi}\arcsin\frac{2b^2\Sigma_{12}}{\sqrt{D_1 D_2}} + c^2,
         \quad E[\phi'\phi'] = \frac{4 a^2 b^2}{\pi\sqrt{D_1 D_2 - 4b^4\Sigma_{12}^2}}.
 
+    The (ab)ReLU dual is evaluated as
+    :math:`\sqrt{\Sigma_{11}\Sigma_{22}}\big(\tfrac{(a - b)^2}{2\pi}\sin\vartheta +
+    \cos\vartheta\, E[\phi'\phi']\big)`, which equals the expression above.
+
     Parameters
     ----------
     xi, xj : LazyTensor or torch.Tensor
@@ -205,10 +209,6 @@ def dense_network(
         computed once per point (:math:`O(nL)`) and the per-pair work is only the
         :math:`\Sigma_{12}` recursion. Required for LazyTensor operands; computed here for
         torch tensors when omitted.
-
-    The (ab)ReLU dual is evaluated as
-    :math:`\sqrt{\Sigma_{11}\Sigma_{22}}\big(\tfrac{(a - b)^2}{2\pi}\sin\vartheta +
-    \cos\vartheta\, E[\phi'\phi']\big)`, which equals the expression above.
 
     Returns
     -------
