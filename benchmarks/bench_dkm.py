@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import math
 import os
 import platform
@@ -52,11 +53,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpkern.estimators import DKMRegressor
+
 os.environ.setdefault("KEOPS_VERBOSE", "0")
 torch.set_default_dtype(torch.float64)
 
 KERNEL = "se"
 NU = 10.0
+#: DKMRegressor's default widths_ratio (the estimator's own, read at run time).
+DEFAULT_NU = float(inspect.signature(DKMRegressor).parameters["widths_ratio"].default)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def fit_dkm_auto(Xtr, ytr, Xte, yte, max_iter: int):
 #: default), so the DKM's first stage is that baseline's fit.
 DKM_ITER = 100
 
-MODEL_KEYS = ("gp", "nngp", "dkm-inf", "dkm", "dkm-auto", "sparse", "deepgp")
+MODEL_KEYS = ("gp", "nngp", "dkm-inf", "dkm", "dkm-default", "dkm-auto", "sparse", "deepgp")
 
 
 def regression(
@@ -250,6 +255,10 @@ def regression(
                     lambda a=args: fit_gpkern(dkm(it, widths_ratio=1e8), *a),
                 ),
                 "dkm": (f"DKM ({KERNEL}, L=2, nu={NU:g})", lambda a=args: fit_gpkern(dkm(it), *a)),
+                "dkm-default": (
+                    f"DKM ({KERNEL}, L=2, default nu={DEFAULT_NU:g})",
+                    lambda a=args: fit_gpkern(dkm(it, widths_ratio=DEFAULT_NU), *a),
+                ),
                 "dkm-auto": (
                     f"DKM ({KERNEL}, L=2, nu='auto')",
                     lambda a=args: fit_dkm_auto(*a, max_iter=it),
