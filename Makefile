@@ -25,7 +25,9 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 # What a reader would see broken in the built site: missing methods, placeholders, raw math,
-# empty navigation, broken links, placeholder thumbnails.
+# empty navigation, guide pages without key parameters or pitfalls, duplicate titles, broken
+# internal links, malformed external links and intersphinx inventories (offline), placeholder
+# thumbnails.
 docs-check: $(STAMP)
 	$(PY) scripts/check_docs.py docs/_build/html
 

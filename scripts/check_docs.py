@@ -1,6 +1,6 @@
 """Check the built HTML documentation for what a reader would see broken.
 
-Usage: ``python scripts/check_docs.py [BUILD_DIR]`` after ``make docs`` (default
+Usage: ``python scripts/check_docs.py [BUILD_DIR] [--list-external]`` after ``make docs`` (default
 ``docs/_build/html``); exits 1 and lists the problems if any check fails:
 
 - every public name of gpkern is documented on its API page, and every estimator's page
@@ -10,8 +10,15 @@ Usage: ``python scripts/check_docs.py [BUILD_DIR]`` after ``make docs`` (default
   not a documented gpkern constant, ``{{ ... }}``, TODO) or unrendered math (``\\[``, ``\\(``, ``$$`` or ``:math:``
   outside math markup), and math is typeset by a MathJax served with the site;
 - the "Section Navigation" sidebar of every user-guide page lists pages;
+- every user-guide page says when to use its model and has a code snippet, "Key parameters"
+  and "Pitfalls" sections, and links to a gallery example and to the API reference;
+- no two pages share a title (the benchmark reports are told apart by their titles);
 - every relative link and image resolves to a file of the build, and every ``#anchor`` to an
   element of its page;
+- every external link is a well-formed ``http(s)`` or ``mailto`` URL (listed with
+  ``--list-external``; nothing is fetched), and every intersphinx inventory configured in
+  ``docs/conf.py`` is a local, readable Sphinx inventory whose base URL and object URLs are
+  well-formed and which holds every object ``scripts/make_intersphinx_inventories.py`` lists;
 - once the gallery has been executed, every example has a thumbnail of its own.
 """
 
@@ -20,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import runpy
 import sys
+import zlib
 from collections import defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
@@ -34,6 +43,10 @@ PLACEHOLDER = re.compile(r"<{7}|>{7}|\b[A-Z]{2,}(?:_[A-Z0-9]{2,})+\b|\{\{.*?\}\}
 # have transform instead of predict).
 ESTIMATOR_METHODS = ("fit", "predict", "predict_proba", "transform", "score")
 RAW_MATH = re.compile(r"\\\[|\\\(|\$\$|:math:`")
+# Sections every user-guide page must have: section id -> what the reader misses without it.
+GUIDE_SECTIONS = {"key-parameters": "a Key parameters section", "pitfalls": "a Pitfalls section"}
+HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?::\d+)?$")
+URL_CHARS = re.compile(r"^[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+$")
 
 
 class Page(HTMLParser):
@@ -47,6 +60,9 @@ class Page(HTMLParser):
         self.scripts: list[str] = []
         self.nav_links = 0
         self.has_math = False
+        self.title = ""
+        self.code_blocks = 0
+        self._in_title = False
         self._skip: list[str] = []  # stack of tags whose text is not checked
         self._nav_depth = 0
 
@@ -72,17 +88,25 @@ class Page(HTMLParser):
             self._nav_depth += 1
         if classes & MATH_CLASSES:
             self.has_math = True
+        if tag == "title":
+            self._in_title = True
+        if tag == "div" and any(c.startswith("highlight-") for c in classes):
+            self.code_blocks += 1
         if tag in SKIPPED_TEXT_TAGS or classes & MATH_CLASSES or self._skip:
             if tag not in ("br", "img", "meta", "link", "input", "hr"):
                 self._skip.append(tag)
 
     def handle_endtag(self, tag):
+        if tag == "title":
+            self._in_title = False
         if tag == "nav" and self._nav_depth:
             self._nav_depth -= 1
         if self._skip and self._skip[-1] == tag:
             self._skip.pop()
 
     def handle_data(self, data):
+        if self._in_title:
+            self.title += data
         if not self._skip:
             self.text.append(data)
 
@@ -95,8 +119,6 @@ def parse(path: Path) -> Page:
 
 def documented_names(build: Path) -> set[str]:
     """Last components of every object in the build's own inventory (constants included)."""
-    import zlib
-
     data = (build / "objects.inv").read_bytes()
     body = zlib.decompress(data.split(b"\n", 4)[4]).decode()
     return {line.split(" ", 1)[0].rsplit(".", 1)[-1] for line in body.splitlines() if line}
@@ -184,6 +206,144 @@ def check_navigation(build: Path, pages: dict[Path, Page]) -> list[str]:
     return problems
 
 
+def guide_pages(build: Path, pages: dict[Path, Page]) -> list[Path]:
+    return sorted(p for p in pages if p.parent == build / "user_guide" and p.name != "index.html")
+
+
+def check_guide_sections(build: Path, pages: dict[Path, Page]) -> list[str]:
+    """Each guide page: when to use it, a snippet, key parameters, pitfalls, gallery and API links."""
+    problems = []
+    for path in guide_pages(build, pages):
+        page, rel = pages[path], path.relative_to(build)
+        missing = [what for anchor, what in GUIDE_SECTIONS.items() if anchor not in page.ids]
+        if "When to use it" not in " ".join(page.text):
+            missing.append('a "When to use it" paragraph')
+        if not page.code_blocks:
+            missing.append("a code snippet")
+        targets = [urlsplit(link).path for link in page.links if not urlsplit(link).scheme]
+        if not any("auto_examples/" in t for t in targets):
+            missing.append("a link to a gallery example")
+        if not any("api/generated/" in t for t in targets):
+            missing.append("a link to the API reference")
+        problems += [f"{rel}: lacks {what}" for what in missing]
+    return problems
+
+
+def check_titles(build: Path, pages: dict[Path, Page]) -> list[str]:
+    """No two pages share a title: the reader tells pages (benchmark reports) apart by it."""
+    by_title = defaultdict(list)
+    for path, page in pages.items():
+        rel = path.relative_to(build)
+        # sphinx-gallery writes its timing tables, one per gallery and one overall, as pages.
+        if rel.parts[0] not in ("_modules", "_sources") and rel.name != "sg_execution_times.html":
+            by_title[" ".join(page.title.split())].append(str(rel))
+    return [
+        f"{len(paths)} pages share the title {title!r}: {sorted(paths)}"
+        for title, paths in by_title.items()
+        if title and len(paths) > 1
+    ]
+
+
+def url_problem(url: str) -> str | None:
+    """Why an external URL is malformed, or None."""
+    parts = urlsplit(url)
+    if parts.scheme == "mailto":
+        return None if re.fullmatch(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}", parts.path) else "bad address"
+    if parts.scheme not in ("http", "https"):
+        return f"scheme {parts.scheme!r} is not http(s)"
+    if not HOST.match(parts.netloc):
+        return f"host {parts.netloc!r} is not a domain name"
+    if not URL_CHARS.match(url):
+        return "characters that must be percent-encoded"
+    return None
+
+
+def external_links(pages: dict[Path, Page]) -> dict[str, list[Path]]:
+    found = defaultdict(list)
+    for path, page in pages.items():
+        for link in page.links:
+            if urlsplit(link).scheme and not link.startswith("javascript:"):
+                found[link].append(path)
+    return found
+
+
+def check_external(build: Path, pages: dict[Path, Page]) -> list[str]:
+    """External links are well-formed URLs (offline: their syntax only, nothing is fetched)."""
+    problems = []
+    for url, paths in sorted(external_links(pages).items()):
+        why = url_problem(url)
+        if why:
+            problems.append(f"{paths[0].relative_to(build)}: malformed external link {url} ({why})")
+    return problems
+
+
+def read_inventory(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
+    """Project name and (name, domain:role, uri) rows of a Sphinx version-2 inventory."""
+    data = path.read_bytes()
+    header = data.split(b"\n", 4)
+    if len(header) < 5 or header[0] != b"# Sphinx inventory version 2":
+        raise ValueError("not a Sphinx version-2 inventory")
+    project = header[1].decode().removeprefix("# Project: ").strip()
+    rows = []
+    for line in zlib.decompress(header[4]).decode().splitlines():
+        match = re.match(r"(.+?)\s+(\S+:\S+)\s+(-?\d+)\s+(\S*)\s+(.*)", line)
+        if not match:
+            raise ValueError(f"unreadable line {line!r}")
+        name, role, _, uri, _ = match.groups()
+        rows.append((name, role, uri.replace("$", name) if uri.endswith("$") else uri))
+    return project, rows
+
+
+def check_intersphinx(mapping: dict, expected: dict[str, set[str]]) -> list[str]:
+    """Each configured inventory is local and readable, its URLs well-formed, nothing missing.
+
+    ``mapping`` is Sphinx's ``intersphinx_mapping`` (project -> (base URL, inventory)),
+    ``expected`` the objects each project's inventory must hold.
+    """
+    problems = []
+    for project, (base, inventory) in mapping.items():
+        where = f"intersphinx {project!r}"
+        why = url_problem(base)
+        if why or not base.endswith("/"):
+            problems.append(f"{where}: base URL {base!r} is malformed ({why or 'no trailing /'})")
+        if not isinstance(inventory, str) or urlsplit(inventory).scheme:
+            problems.append(f"{where}: inventory {inventory!r} is not a local file (offline build)")
+            continue
+        path = Path(inventory)
+        if not path.is_file():
+            problems.append(f"{where}: inventory {inventory} does not exist")
+            continue
+        try:
+            name, rows = read_inventory(path)
+        except (ValueError, zlib.error, UnicodeDecodeError) as error:
+            problems.append(f"{where}: {inventory} is unreadable ({error})")
+            continue
+        if name != project:
+            problems.append(f"{where}: {inventory} is the inventory of {name!r}")
+        for obj, _, uri in rows:
+            parts = urlsplit(uri)
+            if parts.scheme or parts.netloc or uri.startswith("/") or not uri or " " in uri:
+                problems.append(f"{where}: {obj} has a malformed relative URL {uri!r}")
+            elif url_problem(base + uri):
+                problems.append(f"{where}: {obj} links to a malformed URL {base + uri!r}")
+        missing = sorted(expected.get(project, set()) - {obj for obj, _, _ in rows})
+        if missing:
+            problems.append(
+                f"{where}: {inventory} lacks {missing} (run scripts/make_intersphinx_inventories.py)"
+            )
+    return problems
+
+
+def configured_intersphinx() -> list[str]:
+    """check_intersphinx on the mapping of docs/conf.py and the objects of the inventory script."""
+    conf = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_intersphinx_inventories import INVENTORIES
+
+    expected = {project: set(objects) for project, (_, objects) in INVENTORIES.items()}
+    return check_intersphinx(conf.get("intersphinx_mapping", {}), expected)
+
+
 def check_thumbnails(build: Path) -> list[str]:
     gallery = build / "auto_examples"
     executed = any(
@@ -230,6 +390,8 @@ def stock_thumbnails() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    list_external = "--list-external" in argv
+    argv = [a for a in argv if a != "--list-external"]
     build = (Path(argv[1]) if len(argv) > 1 else ROOT / "docs" / "_build" / "html").resolve()
     if not (build / "index.html").exists():
         print(f"{build}: no built documentation (run `make docs`)")
@@ -242,10 +404,17 @@ def main(argv: list[str]) -> int:
     problems = (
         check_api(build, pages)
         + check_navigation(build, pages)
+        + check_guide_sections(build, pages)
+        + check_titles(build, pages)
         + check_text(build, pages)
         + check_links(build, pages)
+        + check_external(build, pages)
+        + configured_intersphinx()
         + check_thumbnails(build)
     )
+    if list_external:
+        for url, paths in sorted(external_links(pages).items()):
+            print(f"{url}  ({len(paths)} page(s), e.g. {paths[0].relative_to(build)})")
     for problem in problems:
         print(problem)
     print(f"checked {len(pages)} pages: {len(problems)} problem(s)")

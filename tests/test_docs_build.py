@@ -151,3 +151,93 @@ def test_stock_and_shared_gallery_thumbnails_are_flagged(tmp_path):
     assert len(found) == 2
     assert any("sphx_glr_a_thumb" in p and "no_image" in p for p in found)
     assert any("2 examples share one thumbnail" in p and "sphx_glr_d_thumb" in p for p in found)
+
+
+GUIDE_PAGE = (
+    "<p><strong>When to use it.</strong> Always.</p>"
+    '<div class="highlight-python notranslate"><pre>fit()</pre></div>'
+    '<section id="key-parameters"><h2>Key parameters</h2></section>'
+    '<section id="pitfalls"><h2>Pitfalls</h2></section>'
+    '<a href="../auto_examples/plot_a.html">gallery</a>'
+    '<a href="../api/generated/gpkern.estimators.GPRegressor.html#x">API</a>'
+)
+
+
+def test_guide_page_without_the_required_sections_is_flagged(tmp_path):
+    build = write_site(
+        tmp_path,
+        {
+            "user_guide/index.html": "<p>Contents</p>",
+            "user_guide/full.html": GUIDE_PAGE,
+            "user_guide/thin.html": GUIDE_PAGE.replace('id="pitfalls"', 'id="notes"').replace(
+                "auto_examples", "elsewhere"
+            ),
+        },
+    )
+    found = problems(build, check_docs.check_guide_sections)
+    assert sorted(found) == [
+        "user_guide/thin.html: lacks a Pitfalls section",
+        "user_guide/thin.html: lacks a link to a gallery example",
+    ]
+
+
+def test_pages_sharing_a_title_are_flagged(tmp_path):
+    build = write_site(
+        tmp_path,
+        {
+            "benchmarks/a.html": "<title>Scale mixtures — gpkern</title>",
+            "benchmarks/b.html": "<title>Scale mixtures — gpkern</title>",
+            "benchmarks/c.html": "<title>Scale mixture classifiers — gpkern</title>",
+        },
+    )
+    found = problems(build, check_docs.check_titles)
+    assert len(found) == 1
+    assert "2 pages share the title 'Scale mixtures — gpkern'" in found[0]
+
+
+def test_malformed_external_links_are_flagged(tmp_path):
+    good = ["https://docs.gpytorch.ai/en/stable/kernels.html#x", "mailto:dev@gpkern.org"]
+    bad = ["https://docs.gpytorch.ai/en/stable/a b.html", "htps//nowhere", "ftp://x.org/f",
+           "https://localhost/", "mailto:nobody"]
+    build = write_site(
+        tmp_path, {"index.html": "".join(f'<a href="{url}">x</a>' for url in good + bad)}
+    )
+    found = problems(build, check_docs.check_external)
+    assert len(found) == len(bad) - 1  # "htps//nowhere" has no scheme: a relative link
+    for url in bad:
+        if url != "htps//nowhere":
+            assert any(url in p for p in found)
+
+
+def write_inventory(path: Path, project: str, lines: list[str]) -> str:
+    header = f"# Sphinx inventory version 2\n# Project: {project}\n# Version: 1\n# z\n"
+    path.write_bytes(header.encode() + zlib.compress("\n".join(lines).encode()))
+    return str(path)
+
+
+def test_intersphinx_inventories_are_checked_offline(tmp_path):
+    ok = write_inventory(tmp_path / "ok.inv", "lib", ["lib.A py:class 1 api.html#$ -"])
+    other = write_inventory(tmp_path / "other.inv", "other", ["lib.A py:class 1 api.html#$ -"])
+    absolute = write_inventory(
+        tmp_path / "abs.inv", "lib", ["lib.A py:class 1 https://elsewhere.org/a.html -"]
+    )
+    (tmp_path / "broken.inv").write_bytes(b"# Sphinx inventory version 2\n#\n#\n#\nnot zlib")
+    expected = {"lib": {"lib.A"}}
+    assert check_docs.check_intersphinx({"lib": ("https://lib.org/en/", ok)}, expected) == []
+    cases = {
+        "base URL": ("https://lib.org/en", ok),
+        "not a local file": ("https://lib.org/", "https://lib.org/objects.inv"),
+        "does not exist": ("https://lib.org/", str(tmp_path / "missing.inv")),
+        "unreadable": ("https://lib.org/", str(tmp_path / "broken.inv")),
+        "inventory of 'other'": ("https://lib.org/", other),
+        "malformed relative URL": ("https://lib.org/", absolute),
+    }
+    for why, entry in cases.items():
+        found = check_docs.check_intersphinx({"lib": entry}, expected)
+        assert any(why in p for p in found), (why, found)
+    found = check_docs.check_intersphinx({"lib": ("https://lib.org/", ok)}, {"lib": {"lib.B"}})
+    assert any("lacks ['lib.B']" in p for p in found)
+
+
+def test_the_configured_intersphinx_inventories_pass():
+    assert check_docs.configured_intersphinx() == []
