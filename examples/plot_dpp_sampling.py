@@ -9,12 +9,13 @@ need about :math:`m \\log m` of them; a projection DPP draws :math:`m` points wi
 marginal density that repel each other, and unions of a few DPPs
 (:func:`gpkern.sampling.sample_repeated_dpp`) reach a stable system with fewer samples.
 
-The first row shows :math:`m = 55` points in 2-D (Legendre polynomials of total degree 9): i.i.d.
-from the optimal density, and a projection DPP, over the density :math:`k_m/m`. The second row
-fits Runge's function :math:`1/(1 + 25x^2)` on :math:`[-1, 1]` with
+The first figure shows :math:`m = 55` points in 2-D (Legendre polynomials of total degree 9):
+i.i.d. from the optimal density, and a projection DPP, over the density :math:`k_m/m`. The
+second fits Runge's function :math:`1/(1 + 25x^2)` on :math:`[-1, 1]` with
 :class:`~gpkern.estimators.WeightedLeastSquaresRegressor` (degree 9, :math:`m = 10`) and plots
 the mean :math:`L^2` error over repetitions, divided by the best approximation error, against
-the number of points per basis function.
+the number of points per basis function, and counts the points each design needs for a
+stable Gram matrix.
 """
 
 import matplotlib.pyplot as plt
@@ -45,13 +46,14 @@ t = np.linspace(-1, 1, 120)
 grid = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
 density = optimal_density(basis, torch.tensor(grid)).numpy().reshape(120, 120)
 
-fig, axes = plt.subplots(2, 2, figsize=(10, 9.5))
-for ax, points, title in ((axes[0, 0], iid, "i.i.d. from k_m/m"), (axes[0, 1], dpp, "projection DPP")):
+fig_points, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+for ax, points, title in ((axes[0], iid, "i.i.d. from k_m/m"), (axes[1], dpp, "projection DPP")):
     mesh = ax.pcolormesh(t, t, density, cmap="Greys", shading="auto", norm=LogNorm(), alpha=0.5)
     ax.scatter(points[:, 0], points[:, 1], s=18, c="C3")
     ax.set_aspect("equal")
     ax.set_title(f"{title}, m = {basis.m} points")
-fig.colorbar(mesh, ax=axes[0, 1], label="optimal density k_m/m (w.r.t. uniform)")
+fig_points.colorbar(mesh, ax=axes[1], label="optimal density k_m/m (w.r.t. uniform)")
+fig_points.savefig("dpp_points.png", dpi=90)
 
 # %%
 # Error against the number of points
@@ -94,7 +96,9 @@ repeated = [
     for seed in range(reps)
 ]
 
-ax = axes[1, 0]
+# Sphinx-gallery shows the figures open at the end of each cell, so the error curves and the
+# sample counts below share one figure and one cell.
+fig, (ax, ax_hist) = plt.subplots(1, 2, figsize=(11, 4.6))
 for k, (sampling, curve) in enumerate(curves.items()):
     label = "volume (one DPP at n = m)" if sampling == "volume" else sampling
     ax.plot(ratios, curve, "o-", color=f"C{k}", label=label)
@@ -104,12 +108,11 @@ ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_xlabel("n / m")
 ax.set_ylabel("mean L2 error / best error")
-ax.set_title(f"Runge's function, Legendre degree 9 (m = {m}), {reps} repetitions")
+ax.set_title(f"Runge's function, degree 9 (m = {m}), {reps} repetitions")
 ax.legend()
 
-# %%
 # How many points reach a stable Gram matrix? Repeated DPPs against blocks of m i.i.d. points
-# of the optimal density, both stopped at the first :math:`\|G - I\|_2 \le 1/2`.
+# of the optimal density, both stopped at the first ||G - I||_2 <= 1/2.
 
 gen = torch.Generator().manual_seed(1)
 iid_blocks = []
@@ -120,7 +123,7 @@ for _ in range(reps):
         if gram_deviation(weighted_gram(line(x), optimal_weights(line, x))) <= 0.5:
             break
     iid_blocks.append(x.shape[0] / m)
-ax = axes[1, 1]
+ax = ax_hist
 bins = np.arange(0.5, 40.5, 1.0)
 ax.hist([e.n_samples_ / m for e in repeated], bins=bins, alpha=0.7, label="repeated DPP")
 ax.hist(iid_blocks, bins=bins, alpha=0.7, label="i.i.d. blocks of m")
