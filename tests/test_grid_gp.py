@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import gpytorch
 import numpy as np
@@ -13,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from conftest import dense_gp_reference
 from gpkern.estimators import GPRegressor, GridGPRegressor
 from gpkern.estimators.grid_gp import detect_grid
+from gpkern.linalg.dispatch import GridFallbackWarning
 from gpkern.models.grid import GridGP
 
 
@@ -184,9 +186,9 @@ def test_random_points_use_dense_backend():
     rng = np.random.default_rng(0)
     X = rng.uniform(0, 1, (30, 3))
     y = np.sin(4 * X).sum(1)
-    gp = GridGPRegressor(
-        kernel=_fixed_kernels(LS), noise=0.05, optimizer=None, normalize_y=False
-    ).fit(X, y)
+    gp = GridGPRegressor(kernel=_fixed_kernels(LS), noise=0.05, optimizer=None, normalize_y=False)
+    with pytest.warns(GridFallbackWarning, match="only 30 of its 27000 cells"):
+        gp.fit(X, y)
     assert gp.backend_ == "dense" and gp.grid_ is None
     Xs = rng.uniform(0, 1, (10, 3))
     mean_ref, var_ref, lml_ref = _reference(X, y, Xs, LS, 0.05)
@@ -195,6 +197,25 @@ def test_random_points_use_dense_backend():
     np.testing.assert_allclose(std**2, var_ref, rtol=1e-6, atol=1e-9)
     assert gp.log_marginal_likelihood() == pytest.approx(lml_ref, rel=1e-9)
     assert gp.predict_grid([np.linspace(0, 1, 3)] * 3).shape == (3, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [({"max_grid_size": 10}, "cells > 10"), ({"min_fill": 0.9}, "< min_fill = 0.9")],
+)
+def test_dense_fallback_says_why(kwargs, reason):
+    rng = np.random.default_rng(1)
+    axes = [np.linspace(0, 1, 6), np.linspace(0, 1, 5)]
+    X = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    X = X[rng.permutation(30)[:24]]
+    y = np.sin(3 * X).sum(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridFallbackWarning)
+        assert GridGPRegressor(optimizer=None).fit(X, y).backend_ == "kronecker-partial"
+    with pytest.warns(GridFallbackWarning, match=reason):
+        assert GridGPRegressor(optimizer=None, **kwargs).fit(X, y).backend_ == "dense"
+    with pytest.warns(GridFallbackWarning, match="repeat the same grid cell"):
+        GridGPRegressor(optimizer=None).fit(np.vstack([X, X[:1]]), np.r_[y, y[:1]])
 
 
 def test_bad_input_leaves_estimator_unchanged():

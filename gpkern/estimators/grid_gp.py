@@ -73,8 +73,9 @@ class GridGPRegressor(GPRegressor):
     axis ``i``, and cells without a point are missing. When the points are far from a grid
     (more than ``max_grid_size`` cells, fewer than ``min_fill`` of them observed, or repeated
     points; the rule is :func:`gpkern.linalg.dispatch.choose_grid_backend`) the same model is
-    computed by a dense Cholesky instead (``backend_ == "dense"``):
-    predictions are those of the same GP, only the algorithm differs.
+    computed by a dense Cholesky instead (``backend_ == "dense"``), with a
+    :class:`~gpkern.linalg.dispatch.GridFallbackWarning` saying why: predictions are those of
+    the same GP, only the algorithm differs.
 
     Parameters
     ----------
@@ -321,7 +322,12 @@ class GridGPRegressor(GPRegressor):
             n = X_obs.shape[0]
             distinct = np.unique(index).shape[0] == n and index[0] >= 0
             backend = choose_grid_backend(
-                n, N, distinct=distinct, max_cells=self.max_grid_size, min_fill=self.min_fill
+                n,
+                N,
+                distinct=distinct,
+                max_cells=self.max_grid_size,
+                min_fill=self.min_fill,
+                warn=True,
             )
             if backend != "dense":
                 observed = np.zeros(N, dtype=bool)

@@ -18,6 +18,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ),
         "dispatch": (
             "DENSE_MAX_N",
+            "GridFallbackWarning",
             "KeOpsFallbackWarning",
             "NoKeOpsFormulaWarning",
             "choose_backend",

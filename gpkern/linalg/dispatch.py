@@ -44,6 +44,7 @@ from gpkern.linalg.keops import (
 __all__ = [
     "DENSE_MAX_N",
     "KeOpsFallbackWarning",
+    "GridFallbackWarning",
     "NoKeOpsFormulaWarning",
     "choose_backend",
     "choose_grid_backend",
@@ -59,6 +60,10 @@ _STATUS: dict[str, object] = {}
 
 class NoKeOpsFormulaWarning(RuntimeWarning):
     """A large problem is solved densely because its kernel has no KeOps formula."""
+
+
+class GridFallbackWarning(RuntimeWarning):
+    """Points given to a grid GP are solved by a dense Cholesky instead of Kronecker algebra."""
 
 
 def keops_available(dtype: torch.dtype = torch.float64) -> tuple[bool, str]:
@@ -173,6 +178,7 @@ def choose_grid_backend(
     distinct: bool = True,
     max_cells: int | None = None,
     min_fill: float = 0.0,
+    warn: bool = False,
 ) -> str:
     """Resolve the backend of a product-kernel GP whose points may lie on a Cartesian grid.
 
@@ -189,6 +195,8 @@ def choose_grid_backend(
         Largest grid the Kronecker backend builds (no limit when None).
     min_fill : float, default=0.0
         Smallest fraction of observed cells for the Kronecker backend.
+    warn : bool, default=False
+        Emit a :class:`GridFallbackWarning` saying why when the answer is ``"dense"``.
 
     Returns
     -------
@@ -201,10 +209,31 @@ def choose_grid_backend(
     >>> choose_grid_backend(12, 12), choose_grid_backend(10, 12), choose_grid_backend(2, 1000, min_fill=0.1)
     ('kronecker', 'kronecker-partial', 'dense')
     """
-    if n_cells is None or not distinct or n_observed > n_cells:
-        return "dense"
+    backend, why = _grid_rule(n_observed, n_cells, distinct, max_cells, min_fill)
+    if warn and backend == "dense":
+        warnings.warn(
+            "The training points are solved by a dense Cholesky, O(n^3), not by Kronecker "
+            f"algebra: {why}. The model is the same GP; only the algorithm is slower. Put the "
+            "points on a grid (or pass grid=...), raise max_grid_size / lower min_fill, or use "
+            "GPRegressor for scattered data.",
+            GridFallbackWarning,
+            stacklevel=3,
+        )
+    return backend
+
+
+def _grid_rule(
+    n_observed: int, n_cells: int | None, distinct: bool, max_cells: int | None, min_fill: float
+) -> tuple[str, str]:
+    if n_cells is None:
+        return "dense", "the points do not lie on a Cartesian grid"
+    if not distinct or n_observed > n_cells:
+        return "dense", "some points repeat the same grid cell"
     if max_cells is not None and n_cells > max_cells:
-        return "dense"
+        return "dense", f"the smallest grid holding them has {n_cells} cells > {max_cells}"
     if n_observed < min_fill * n_cells:
-        return "dense"
-    return "kronecker" if n_observed == n_cells else "kronecker-partial"
+        return "dense", (
+            f"only {n_observed} of its {n_cells} cells are observed "
+            f"({n_observed / n_cells:.3g} < min_fill = {min_fill})"
+        )
+    return ("kronecker" if n_observed == n_cells else "kronecker-partial"), ""
