@@ -1,7 +1,8 @@
 """Generate one page per benchmark report (benchmarks/results/*.md), rendered by MyST.
 
 The reports are the benchmark scripts' own Markdown output plus notes, each with its date,
-machine and command. A new report appears in the docs without editing any page.
+machine and command. A new report appears in the docs without editing any page; developer
+A/B records in ``benchmarks/results/dev/`` are not rendered.
 """
 
 from __future__ import annotations
