@@ -21,14 +21,24 @@ class KernelOperator(LinearOperator):
 
     Matrix products are KeOps reductions (``backend="keops"``) or row-blocked torch products
     (``backend="torch"``); the diagonal and single entries are evaluated directly.  Memory is
-    :math:`O((n + m)(d + c))` for :math:`c` right-hand sides.  gpkern's CG and Lanczos
-    (:mod:`gpkern.linalg.cg`) and linear_operator's generic algorithms use it unchanged; gradients with respect to the hyperparameter vector flow through
-    ``theta`` (one reduction for all hyperparameters).
+    :math:`O((n + m)(d + c))` per batch element for :math:`c` right-hand sides.  gpkern's CG and
+    Lanczos (:mod:`gpkern.linalg.cg`) and linear_operator's generic algorithms use it unchanged;
+    gradients with respect to the hyperparameter vector flow through ``theta`` (one reduction
+    for all hyperparameters).
+
+    Batch dimensions follow linear_operator's conventions: inputs of batch shapes ``b1`` and
+    ``b2`` give a ``(*broadcast(b1, b2), n, m)`` operator, :math:`K_{b} = K(x_{1,b}, x_{2,b})`
+    with one ``theta`` shared by the whole batch.  A product with a right-hand side
+    ``(*b, m, c)`` broadcasts as ``torch.matmul``; batch dimensions along which the kernel is
+    constant (those only the right-hand side has, or where both inputs have size one) become
+    columns of a single reduction.  Under KeOps the kernel's batch dimensions are KeOps batch
+    dimensions: one compiled reduction for the whole batch.
 
     Parameters
     ----------
-    x1 : torch.Tensor of shape (n, d)
-    x2 : torch.Tensor of shape (m, d)
+    x1 : torch.Tensor of shape (*b1, n, d)
+    x2 : torch.Tensor of shape (*b2, m, d)
+        ``b1`` and ``b2`` must broadcast.
     theta : torch.Tensor of shape (p,)
         Flat hyperparameters, usually ``formula.theta()``.
     formula : KernelFormula
@@ -44,6 +54,12 @@ class KernelOperator(LinearOperator):
         Fallback state shared with other operators (a model passes one to all the operators it
         builds); by default the operator has its own, so a failure elsewhere does not affect it.
 
+    Raises
+    ------
+    ValueError
+        If the inputs are not at least 2-D with the same number of features, or their batch
+        shapes do not broadcast.
+
     Examples
     --------
     >>> import torch, gpytorch
@@ -52,6 +68,10 @@ class KernelOperator(LinearOperator):
     >>> K = kernel_operator(gpytorch.kernels.RBFKernel(), x, backend="torch")
     >>> (K @ torch.ones(100, 1, dtype=torch.float64)).shape
     torch.Size([100, 1])
+    >>> xb = torch.randn(3, 50, 2, dtype=torch.float64)  # three independent kernel matrices
+    >>> Kb = kernel_operator(gpytorch.kernels.RBFKernel(), xb, backend="torch")
+    >>> (Kb @ torch.ones(50, 4, dtype=torch.float64)).shape
+    torch.Size([3, 50, 4])
     """
 
     def __init__(
@@ -210,7 +230,10 @@ class KernelOperator(LinearOperator):
         return diag.expand(*self.batch_shape, self.x1.shape[-2])
 
     def columns(self, index: torch.Tensor, max_block_elements: int = 2**22) -> torch.Tensor:
-        """The columns :math:`K_{:, \\mathrm{index}}` as a dense ``(*batch, n, b)`` tensor (torch, row blocks)."""
+        """The columns :math:`K_{:, \\mathrm{index}}` as a dense ``(*batch, n, b)`` tensor.
+
+        Evaluated with torch in blocks of rows.
+        """
         x2 = self.x2[..., index, :]
         n = self.x1.shape[-2]
         d = max(1, self.x1.shape[-1] + self.formula.n_extra) * max(1, self.batch_shape.numel())
@@ -259,12 +282,12 @@ class KernelOperator(LinearOperator):
 
 def kernel_operator(
     kernel: gpytorch.kernels.Kernel,
-    x1: torch.Tensor,  # (n, d)
-    x2: torch.Tensor | None = None,  # (m, d)
+    x1: torch.Tensor,  # (*b1, n, d)
+    x2: torch.Tensor | None = None,  # (*b2, m, d)
     *,
     backend: str = "keops",
     runtime: KeOpsRuntime | None = None,
-) -> KernelOperator:  # (n, m)
+) -> KernelOperator:  # (*broadcast(b1, b2), n, m)
     """The lazy kernel matrix of a GPyTorch kernel, see :class:`KernelOperator`.
 
     Parameters
@@ -272,9 +295,9 @@ def kernel_operator(
     kernel : gpytorch.kernels.Kernel
         Any kernel :func:`kernel_formula` supports, or a ``FeatureMapKernel`` over one
         (:func:`operator_formula`).
-    x1 : torch.Tensor of shape (n, d)
-    x2 : torch.Tensor of shape (m, d), optional
-        Defaults to ``x1``.
+    x1 : torch.Tensor of shape (*b1, n, d)
+    x2 : torch.Tensor of shape (*b2, m, d), optional
+        Defaults to ``x1``. The batch shapes must broadcast (see :class:`KernelOperator`).
     backend : {"keops", "torch"}, default="keops"
     runtime : KeOpsRuntime, optional
         Fallback state shared with other operators (see :class:`KernelOperator`).

@@ -36,7 +36,7 @@ def keops_matmul(
     theta: torch.Tensor,  # (p,)
     rhs: torch.Tensor,  # (*b, m, c)
 ) -> torch.Tensor:  # (*broadcast(b1, b2, b), n, c)
-    """:math:`K(x_1, x_2)\\, V` by a KeOps reduction (differentiable in the inputs, ``theta`` and ``rhs``).
+    """:math:`K(x_1, x_2)\\, V` by a KeOps reduction (differentiable in all its arguments).
 
     Batch dimensions broadcast as in ``torch.matmul``; they become KeOps batch dimensions (one
     compiled reduction for the whole batch), and ``theta`` is shared by every batch element.
