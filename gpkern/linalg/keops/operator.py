@@ -114,10 +114,8 @@ class KernelOperator(LinearOperator):
         self.formula, self.backend, self.grad_formula = formula, backend, grad_formula
         self.runtime = runtime
 
-    def _with_inputs(self, fn) -> KernelOperator:
-        """The same kernel on ``fn(x1)`` and ``fn(x2)`` (``fn`` acts on the batch dimensions)."""
-        x1 = fn(self.x1)
-        x2 = x1 if self.x2 is self.x1 else fn(self.x2)
+    def _on(self, x1: torch.Tensor, x2: torch.Tensor) -> KernelOperator:
+        """The same kernel (formula, ``theta``, backend and runtime) on other inputs."""
         return KernelOperator(
             x1,
             x2,
@@ -127,6 +125,11 @@ class KernelOperator(LinearOperator):
             grad_formula=self.grad_formula,
             runtime=self.runtime,
         )
+
+    def _with_inputs(self, fn) -> KernelOperator:
+        """The same kernel on ``fn(x1)`` and ``fn(x2)`` (``fn`` acts on the batch dimensions)."""
+        x1 = fn(self.x1)
+        return self._on(x1, x1 if self.x2 is self.x1 else fn(self.x2))
 
     def _full_batch(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(*b, k, d)`` expanded (a view) to the operator's batch shape."""
@@ -138,15 +141,7 @@ class KernelOperator(LinearOperator):
 
     def _transpose_nonbatch(self):
         # Every formula here is a symmetric function k(x, x') = k(x', x).
-        return KernelOperator(
-            self.x2,
-            self.x1,
-            self.theta_vec,
-            formula=self.formula,
-            backend=self.backend,
-            grad_formula=self.grad_formula,
-            runtime=self.runtime,
-        )
+        return self._on(self.x2, self.x1)
 
     def _expand_batch(self, batch_shape):
         return self._with_inputs(lambda x: x.expand(*batch_shape, *x.shape[-2:]))
@@ -164,17 +159,7 @@ class KernelOperator(LinearOperator):
         # Slices of rows and columns are slices of the inputs: the result stays a kernel operator.
         x1 = self._full_batch(self.x1)[(*batch_indices, row_index)]
         x2 = self._full_batch(self.x2)[(*batch_indices, col_index)]
-        if self.x2 is self.x1 and row_index == col_index:
-            x2 = x1
-        return KernelOperator(
-            x1,
-            x2,
-            self.theta_vec,
-            formula=self.formula,
-            backend=self.backend,
-            grad_formula=self.grad_formula,
-            runtime=self.runtime,
-        )
+        return self._on(x1, x1 if self.x2 is self.x1 and row_index == col_index else x2)
 
     def _get_indices(self, row_index, col_index, *batch_indices):
         x1 = self._full_batch(self.x1)[(*batch_indices, row_index)]
