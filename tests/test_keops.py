@@ -251,8 +251,9 @@ def test_unsupported_kernels_are_rejected_clearly():
         kernel_formula(gpytorch.kernels.RBFKernel(batch_shape=torch.Size([2])))
     with pytest.raises(ValueError, match="Unknown layer"):
         DenseNetworkKernel([("conv", 1.0)], n_features=2)
-    with pytest.raises(ValueError, match="2-D"):
-        kernel_operator(gpytorch.kernels.RBFKernel(), torch.zeros(2, 3, 1))
+    # 3-D inputs are a batch of kernel matrices (tests/test_keops_batch.py); 1-D ones are an error.
+    with pytest.raises(ValueError, match=r"\(\*batch, n, d\)"):
+        kernel_operator(gpytorch.kernels.RBFKernel(), torch.zeros(3))
 
 
 def test_dispatch_rule(monkeypatch):
