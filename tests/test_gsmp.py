@@ -84,7 +84,9 @@ def test_float32():
 
 
 def test_gsmp_grid_nyquist_and_latin_hypercube():
-    X = torch.stack([torch.arange(20.0) * 0.5, torch.arange(20.0) * 2.0], dim=1)
+    # A regular 20 x 20 design: n^(1/P) - 1 = 19 gaps per axis, the sampling interval itself.
+    g0, g1 = torch.arange(20.0) * 0.5, torch.arange(20.0) * 2.0
+    X = torch.stack(torch.meshgrid(g0, g1, indexing="ij"), -1).reshape(-1, 2)
     means, bw = gsmp_grid(X, 11, (0.001, 0.1), generator=torch.Generator().manual_seed(0))
     assert means.shape == (22, 2) and bw.shape == (22, 2)
     for p, nyq in enumerate([1.0, 0.25]):  # 0.5 / spacing
@@ -94,6 +96,40 @@ def test_gsmp_grid_nyquist_and_latin_hypercube():
     np.testing.assert_allclose(bw[11:, 1].numpy(), 0.1 / 38.0)
     with pytest.raises(ValueError, match="bandwidths"):
         gsmp_grid(X, 5, -1.0)
+
+
+def test_gsmp_grid_fourier_frequencies_of_a_regular_series():
+    # 252 months: the DFT frequencies k / 21 cycles per year up to Nyquist (6 per year).
+    t = torch.arange(252.0, dtype=torch.float64)[:, None] / 12.0
+    means, bw = gsmp_grid(t, bandwidths=(0.001, 0.05))
+    np.testing.assert_allclose(means[:127, 0].numpy(), np.arange(127) / 21.0, atol=1e-12)
+    np.testing.assert_allclose(means[127:], means[:127])
+    assert 1.0 in means[:, 0].tolist() and means.shape == (254, 1)
+    np.testing.assert_allclose(bw[127:, 0].numpy(), 0.05 / (251 / 12), rtol=1e-12)
+    # Beyond max_components the grid is uniform up to Nyquist.
+    means, _ = gsmp_grid(t, bandwidths=0.0, max_components=50)
+    np.testing.assert_allclose(means[:, 0].numpy(), np.linspace(0, 6, 50), atol=1e-12)
+
+
+def test_gsmp_grid_scattered_inputs_bound_the_frequencies():
+    # 60 scattered points in 2-D resolve about sqrt(60) - 1 gaps per axis, not 59.
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(60, 2, generator=g, dtype=torch.float64) * 6 - 3
+    span = X.max(0).values - X.min(0).values
+    means, _ = gsmp_grid(X, bandwidths=0.5, generator=g)
+    nyq = 0.5 * (60**0.5 - 1) / span
+    assert torch.all(means <= nyq + 1e-12)
+    period = span + 1 / (2 * nyq)
+    for p in range(2):  # every axis: the Fourier frequencies k / T_p, k = 0..floor(nyq T_p)
+        K = int(math.floor(float(nyq[p] * period[p])))
+        expected = np.arange(K + 1) / float(period[p])
+        np.testing.assert_allclose(np.unique(means[:, p].numpy()), expected, atol=1e-12)
+    assert torch.all(means[0] == 0)
+    # A constant feature only gets frequency zero; a binary one the half-cycle "same/different".
+    Xc = torch.cat([X, torch.full((60, 1), 2.0, dtype=torch.float64), (X[:, :1] > 0).double()], 1)
+    means, _ = gsmp_grid(Xc, bandwidths=0.5, generator=g)
+    assert torch.all(means[:, 2] == 0)
+    assert set(means[:, 3].tolist()) == {0.0, 0.5}  # cos(pi tau) = -1 across the two levels
 
 
 def test_linear_multiple_kernel_matches_weighted_sum(rng):

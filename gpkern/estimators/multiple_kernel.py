@@ -123,7 +123,7 @@ class MultipleKernelRegressor(GPRegressor):
     def __init__(
         self,
         kernel="gsmp",
-        n_components=100,
+        n_components=None,
         bandwidths=None,
         noise=None,
         noise_lower_bound=1e-4,
@@ -162,7 +162,8 @@ class MultipleKernelRegressor(GPRegressor):
                 "kernel must be 'gsmp', a non-empty list of gpytorch.kernels.Kernel or a "
                 f"LinearMultipleKernel/GSMPKernel, got {k!r}."
             )
-        self._check_positive_int("n_components", self.n_components)
+        if self.n_components is not None:
+            self._check_positive_int("n_components", self.n_components)
         if self.bandwidths is not None:
             bw = np.atleast_1d(np.asarray(self.bandwidths, dtype=object))
             if bw.size == 0 or not all(
@@ -190,7 +191,8 @@ class MultipleKernelRegressor(GPRegressor):
     def _make_kernel(self, X: torch.Tensor, gen: torch.Generator) -> WeightedKernelSum:
         if isinstance(self.kernel, str):
             bw = (0.001, 0.05) if self.bandwidths is None else self.bandwidths
-            return GSMPKernel.from_data(X, int(self.n_components), bw, generator=gen)
+            nc = None if self.n_components is None else int(self.n_components)
+            return GSMPKernel.from_data(X, nc, bw, generator=gen)
         if isinstance(self.kernel, WeightedKernelSum):
             kernel = copy.deepcopy(self.kernel)
         else:
