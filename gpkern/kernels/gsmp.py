@@ -35,7 +35,7 @@ def gsmp_grid(
     bandwidths: float | Sequence[float] | None = None,
     *,
     generator: torch.Generator | None = None,
-    max_components: int = 128,
+    max_components: int = 100,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (A, P), (A, P)
     r"""Frequencies and bandwidths of a GSMP kernel, from the inputs' sampling.
 
@@ -53,16 +53,19 @@ def gsmp_grid(
     resolve far lower frequencies than their per-feature gaps suggest; frequencies beyond
     :math:`\nu_p` only let the kernel interpolate noise.
 
-    With ``n_components=None`` the frequencies of dimension :math:`p` are the discrete Fourier
-    grid :math:`k / T_p`, :math:`k = 0, \dots, K_p = \lfloor \nu_p T_p \rfloor`, with period
-    :math:`T_p = \text{range}_p + \Delta_p` (for :math:`n` regularly sampled points, the DFT
-    frequencies :math:`k / (n \Delta)` up to Nyquist), so a period that divides the
-    observation window lies exactly on the grid. There are :math:`Q = \max_p K_p + 1` rows,
-    at most ``max_components``; beyond that the grid is :math:`Q` uniform points over
-    :math:`[0, \nu_p]`, as it always is for an integer ``n_components`` :math:`= Q`.
+    The frequencies of dimension :math:`p` are ``n_components`` uniform points over
+    :math:`[0, \nu_p]`. With ``n_components=None`` their number is
+    :math:`Q = \min(\max_p K_p + 1, Q_{\max})` (:math:`Q_{\max}` = ``max_components``),
+    where :math:`K_p = \lfloor \nu_p (\text{range}_p + \Delta_p) \rfloor` is the number of
+    non-zero discrete Fourier frequencies the data resolve along :math:`p` (:math:`n/2` for a
+    regular series of :math:`n` points): a long series gets the paper's fine grid of 100,
+    scattered data in several dimensions a handful. (The Fourier frequencies
+    :math:`k / (\text{range}_p + \Delta_p)` themselves would make a poor dictionary for a
+    series: their cosines can interpolate any :math:`n` points, and every one is periodic
+    with the observation window, so a forecast repeats the start of the series.)
 
     In several dimensions each dimension's column is permuted independently (a
-    Latin-hypercube design; a dimension with fewer distinct frequencies repeats them), so
+    Latin-hypercube design), so
     that the number of components stays :math:`Q` instead of growing as :math:`Q^P`; the
     first component keeps frequency zero in every dimension, so that smooth trends are
     always representable.
@@ -78,14 +81,14 @@ def gsmp_grid(
     X : torch.Tensor of shape (n, P)
         Inputs.
     n_components : int, optional
-        Grid size :math:`Q` per bandwidth; ``None`` places the Fourier grid described above.
+        Grid size :math:`Q` per bandwidth; ``None`` chooses it from the data (see above).
     bandwidths : float or sequence of float, optional
         Relative bandwidths (see above); default ``(0.001,)``, as in the reference code
         (nearly pure cosines).
     generator : torch.Generator, optional
         Seeds the per-dimension permutations when :math:`P > 1`.
-    max_components : int, default=128
-        Largest Fourier grid (``n_components=None``).
+    max_components : int, default=100
+        Largest grid chosen from the data (``n_components=None``).
 
     Returns
     -------
@@ -98,8 +101,11 @@ def gsmp_grid(
     >>> from gpkern.kernels.gsmp import gsmp_grid
     >>> t = torch.arange(48.0, dtype=torch.float64)[:, None] / 12  # four years, monthly
     >>> means, bw = gsmp_grid(t, bandwidths=0.001)
-    >>> means.shape, float(means[4, 0])  # 25 Fourier frequencies; 1 cycle per year is on it
-    (torch.Size([25, 1]), 1.0)
+    >>> means.shape, float(means[-1, 0])  # 25 frequencies up to Nyquist, 6 cycles per year
+    (torch.Size([25, 1]), 6.0)
+    >>> X = torch.rand(400, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> gsmp_grid(X, bandwidths=(0.001, 0.5))[0].shape  # 400 points resolve ~2 values per axis
+    torch.Size([4, 8])
     """
     if X.ndim != 2 or X.shape[0] < 2:
         raise ValueError(f"X must have shape (n, P) with n >= 2, got {tuple(X.shape)}.")
@@ -125,23 +131,14 @@ def gsmp_grid(
         span.append(rng)
     nyq = [0.5 / s for s in spacing]
     if n_components is None:
-        periods = [r + s for r, s in zip(span, spacing)]
-        counts = [int(math.floor(f * T + 1e-9)) if math.isfinite(T) else 0 for f, T in zip(nyq, periods)]
-        Q = max(counts) + 1
-        fourier = Q <= int(max_components)
-        Q = Q if fourier else int(max_components)
+        counts = [math.floor(f * (r + d) + 1e-9) if math.isfinite(d) else 0
+                  for f, r, d in zip(nyq, span, spacing)]
+        Q = min(max(counts) + 1, int(max_components))
     else:
-        Q, fourier = int(n_components), False
+        Q = int(n_components)
     cols = []
     for p in range(P):
-        if fourier:
-            K = counts[p]
-            # Rows 1.. cycle through the nonzero frequencies when this axis has fewer than Q - 1.
-            k = torch.arange(Q - 1) % K + 1 if K > 0 else torch.zeros(Q - 1)
-            grid = torch.cat([torch.zeros(1), k.to(torch.float64) / periods[p]])
-            grid = grid.to(dtype=X.dtype, device=X.device)
-        else:
-            grid = torch.linspace(0.0, nyq[p], Q, dtype=X.dtype, device=X.device)
+        grid = torch.linspace(0.0, nyq[p], Q, dtype=X.dtype, device=X.device)
         if P > 1 and Q > 1:
             # Row 0 stays at zero frequency in every dimension (a pure envelope: trends);
             # the other rows are permuted per dimension.

@@ -136,10 +136,10 @@ class _Blocks:
         K = self.bases[b]
         support = torch.nonzero(x[: self.A]).flatten()
         n = K.shape[-1]
-        if support.numel() == self.A:
+        if 4 * support.numel() >= self.A:  # gathering most of the stack costs more than a GEMV
             C = (x[: self.A] @ K.reshape(self.A, -1)).reshape(n, n)
         else:
-            C = (x[support] @ K.reshape(self.A, -1)[support]).reshape(n, n)
+            C = (x[support] @ K.reshape(self.A, -1).index_select(0, support)).reshape(n, n)
         C.diagonal().add_(x[self.A])
         L, info = torch.linalg.cholesky_ex(C)
         return None if bool(info) else L
@@ -250,6 +250,7 @@ def surrogate_minimize(
         return torch.where(free_mask, z, x0)
 
     x0 = x.clone()
+    newton_step = 1.0
     f, g, H = value_grad(x)
     if not math.isfinite(f):
         raise FloatingPointError("The SCA sub-problem starts at a point where C is not positive definite.")
@@ -280,7 +281,10 @@ def surrogate_minimize(
             break  # the Newton model predicts no worthwhile decrease: converged
         accepted = False
         for direction in (d, -g / float(hdiag.max())):
-            step = 1.0
+            # Far from the solution the Newton step overshoots (the data term scales like 1/x
+            # along rays) and backtracks by similar factors at every iteration: start near the
+            # last accepted step instead of at 1.
+            step = newton_step if direction is d else 1.0
             for _ls in range(30):
                 x_new = project(x + step * direction)
                 decrease = float(g @ (x_new - x))
@@ -294,6 +298,8 @@ def surrogate_minimize(
                 break
         if not accepted:
             break  # stationary to numerical precision: no step decreases h
+        if direction is d:
+            newton_step = min(1.0, 4.0 * step)
         rel = (f - f_new) / max(1.0, abs(f))
         x = x_new
         if rel <= tol:
@@ -405,7 +411,7 @@ def sca_fit(
             g = blocks.tangent(x)
             x_new = surrogate_minimize(
                 blocks, x, g, lower, fixed=fixed, rho=rho if prox else 0.0, center=center,
-                max_iter=inner_max_iter,
+                max_iter=inner_max_iter, tol=min(1e-9, 1e-2 * tol),
             )
             f_new = total(x_new)
             bar.update(1)
