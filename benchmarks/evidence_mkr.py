@@ -1,7 +1,7 @@
 """Evidence for ``MultipleKernelRegressor``'s defaults: small data, Mauna Loa CO2, leaderboard sets.
 
 Parts (``python benchmarks/evidence_mkr.py PART [CONFIG ...]``; CONFIG names a row of
-``CONFIGS``, all by default):
+``CONFIGS``, all by default; ``bench:auto,boston`` restricts ``bench`` to those sets):
 
 * ``small``: 60 two-feature points, X uniform on [-3, 3]^2, y = sin(x1) + 0.3 x2^2 + 0.1 N(0, 1),
   seeds 0-2; 3-fold CV R^2 (``KFold(3, shuffle=True, random_state=0)``), training R^2, fitted
@@ -35,6 +35,7 @@ CONFIGS: dict[str, dict] = {
     "default": {},
     # the former defaults' settings; the grid's Nyquist bound is today's
     "n_components=100, bandwidths=(0.001, 0.05)": dict(n_components=100, bandwidths=(0.001, 0.05)),
+    "bandwidths=(0.001, 0.05)": dict(bandwidths=(0.001, 0.05)),
     "bw3": dict(bandwidths=(0.001, 0.05, 0.5)),
     "bw5": dict(bandwidths=(0.001, 0.05, 0.25, 0.5, 1.0)),
     "bench_lmk (n_components=61, max_iter=200)": dict(n_components=61, max_iter=200),
@@ -137,5 +138,9 @@ def part_bench(names, datasets=("cpus", "auto", "carseats", "diabetes", "boston"
 
 if __name__ == "__main__":
     part, *names = sys.argv[1:] or ["small"]
-    names = names or list(CONFIGS)
-    {"small": part_small, "co2": part_co2, "bench": part_bench}[part](names)
+    if part.startswith("bench:"):  # bench:auto,boston restricts the data sets
+        sets = tuple(part.split(":", 1)[1].split(","))
+        part_bench(names or list(CONFIGS), datasets=sets)
+    else:
+        names = names or list(CONFIGS)
+        {"small": part_small, "co2": part_co2, "bench": part_bench}[part](names)

@@ -65,10 +65,9 @@ def gsmp_grid(
     with the observation window, so a forecast repeats the start of the series.)
 
     In several dimensions each dimension's column is permuted independently (a
-    Latin-hypercube design), so
-    that the number of components stays :math:`Q` instead of growing as :math:`Q^P`; the
-    first component keeps frequency zero in every dimension, so that smooth trends are
-    always representable.
+    Latin-hypercube design), so that the number of components stays :math:`Q` instead of
+    growing as :math:`Q^P`; the first component keeps frequency zero in every dimension, so
+    that smooth trends are always representable.
 
     Every bandwidth in ``bandwidths`` gets a copy of the frequency grid, so the kernel has
     :math:`A = Q \cdot |\text{bandwidths}|` components. Bandwidths are expressed as fractions
@@ -101,7 +100,7 @@ def gsmp_grid(
     >>> from gpkern.kernels.gsmp import gsmp_grid
     >>> t = torch.arange(48.0, dtype=torch.float64)[:, None] / 12  # four years, monthly
     >>> means, bw = gsmp_grid(t, bandwidths=0.001)
-    >>> means.shape, float(means[-1, 0])  # 25 frequencies up to Nyquist, 6 cycles per year
+    >>> means.shape, round(float(means[-1, 0]), 9)  # 25 frequencies up to Nyquist, 6 per year
     (torch.Size([25, 1]), 6.0)
     >>> X = torch.rand(400, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     >>> gsmp_grid(X, bandwidths=(0.001, 0.5))[0].shape  # 400 points resolve ~2 values per axis
