@@ -109,6 +109,11 @@ def test_gsmp_grid_size_from_the_data():
         np.testing.assert_allclose(means[Q:], means[:Q])
         np.testing.assert_allclose(bw[Q:, 0].numpy(), 0.05 / ((months - 1) / 12), rtol=1e-12)
     assert gsmp_grid(t, bandwidths=0.0, max_components=50)[0].shape == (50, 1)
+    # Three points standing in for the series' range and spacing (as SLIM-KL's agents use)
+    # give its grid when told how many points there are.
+    proxy = t[[0, 1, -1]]
+    np.testing.assert_allclose(gsmp_grid(proxy, bandwidths=0.05, n_samples=252)[0],
+                               gsmp_grid(t, bandwidths=0.05)[0])
 
 
 def test_gsmp_grid_scattered_inputs_bound_the_frequencies():

@@ -36,6 +36,7 @@ def gsmp_grid(
     *,
     generator: torch.Generator | None = None,
     max_components: int = 100,
+    n_samples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (A, P), (A, P)
     r"""Frequencies and bandwidths of a GSMP kernel, from the inputs' sampling.
 
@@ -88,6 +89,10 @@ def gsmp_grid(
         Seeds the per-dimension permutations when :math:`P > 1`.
     max_components : int, default=100
         Largest grid chosen from the data (``n_components=None``).
+    n_samples : int, optional
+        The number :math:`n` of points the grid is for; default ``X.shape[0]``. Pass it when
+        ``X`` only stands in for the data's ranges and spacings (as in
+        :mod:`gpkern.distributed.slimkl`, where no agent sees all points).
 
     Returns
     -------
@@ -116,6 +121,7 @@ def gsmp_grid(
     if not rel or any(not math.isfinite(b) or b < 0 for b in rel):
         raise ValueError(f"bandwidths must be finite and non-negative, got {bandwidths!r}.")
     n, P = X.shape
+    n = n if n_samples is None else int(n_samples)
     per_axis = n ** (1.0 / P) - 1.0  # gaps per axis of n points spread over a P-dim box
     spacing, span = [], []
     for p in range(P):
@@ -244,10 +250,11 @@ class GSMPKernel(WeightedKernelSum):
         bandwidths: float | Sequence[float] | None = None,
         *,
         generator: torch.Generator | None = None,
+        n_samples: int | None = None,
         **kwargs,
     ) -> GSMPKernel:
         """A GSMP kernel whose grid is placed from ``X`` by :func:`gsmp_grid`."""
-        means, bw = gsmp_grid(X, n_components, bandwidths, generator=generator)
+        means, bw = gsmp_grid(X, n_components, bandwidths, generator=generator, n_samples=n_samples)
         kwargs.setdefault("ard_num_dims", X.shape[1])
         return cls(means=means, bandwidths=bw, **kwargs).to(dtype=X.dtype, device=X.device)
 
