@@ -72,11 +72,9 @@ class MultipleKernelRegressor(GPRegressor):
         (length-scale about three times the data range) for trends, both of which
         extrapolate; ``(0.001, 0.05, 0.5)`` for several, adding local components
         (length-scale about a third of the range) for what a scattered design resolves in
-        between. Local components explain a series' past without extrapolating it (Mauna Loa
-        CO2: forecast MSE 74 with them, 13.3 without); without them, the few frequencies
-        that 60 scattered two-feature points resolve fit them with a cross-validated
-        :math:`R^2` of -0.28 to 0.75 over three draws, with them 0.97-0.98, like
-        :class:`GPRegressor`.
+        between: local components explain a series' past without extrapolating it, and the
+        few frequencies that scattered data resolve are too few without them (see the user
+        guide).
     noise : float, optional
         Noise variance in normalised units; ``None`` learns it (starting at 0.1). A given value
         is used exactly, even below ``noise_lower_bound``.
