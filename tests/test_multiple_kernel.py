@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gpytorch
 import numpy as np
 import pytest
@@ -197,3 +199,26 @@ def test_failed_fit_leaves_fitted_estimator_unchanged():
 @parametrize_with_checks([MultipleKernelRegressor(n_components=10, max_iter=10)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_defaults_do_not_interpolate_noise_on_small_scattered_data():
+    # 60 scattered two-feature points with noise variance 0.01 (about 5e-3 of the target
+    # variance): the default dictionary must estimate the noise and generalise like the GP.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import KFold, cross_val_score
+
+    from gpkern.estimators import GPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-3, 3, (60, 2))
+    y = np.sin(X[:, 0]) + 0.3 * X[:, 1] ** 2 + 0.1 * rng.standard_normal(60)
+    cv = KFold(3, shuffle=True, random_state=0)
+    r2_gp = cross_val_score(GPRegressor(random_state=0), X, y, cv=cv).mean()
+    r2 = cross_val_score(MultipleKernelRegressor(random_state=0), X, y, cv=cv).mean()
+    assert r2 > r2_gp - 0.03, (r2, r2_gp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        reg = MultipleKernelRegressor(random_state=0).fit(X, y)
+    noise = 0.01 / y.var()  # the true noise in normalised units
+    assert noise / 3 < reg.noise_ < 3 * noise
+    assert reg.score(X, y) < 0.999

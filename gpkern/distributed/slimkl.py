@@ -515,7 +515,7 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
         proxy = torch.stack([glo, glo + ggap, ghi]).to(torch.float64)
         gen = torch.Generator().manual_seed(int(random_state))
         bw = (0.001, 0.05) if bandwidths is None else bandwidths
-        kern = GSMPKernel.from_data(proxy, n_components, bw, generator=gen)
+        kern = GSMPKernel.from_data(proxy, n_components, bw, generator=gen, n_samples=int(tot[0]))
     else:
         import copy
 

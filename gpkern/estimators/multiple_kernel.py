@@ -56,13 +56,25 @@ class MultipleKernelRegressor(GPRegressor):
     kernel : "gsmp", list of gpytorch.kernels.Kernel or LinearMultipleKernel, default="gsmp"
         The basis. Kernels are deep-copied, never modified; their own hyperparameters stay
         fixed with ``solver="sca"``.
-    n_components : int, default=100
-        Grid size per bandwidth for ``kernel="gsmp"`` (ignored otherwise).
+    n_components : int, optional
+        Grid size per bandwidth for ``kernel="gsmp"`` (ignored otherwise): that many
+        frequencies, uniform over :math:`[0, \nu_p]` in each input dimension, with
+        :math:`\nu_p` the Nyquist frequency of its effective sampling interval (see
+        :func:`gpkern.kernels.gsmp.gsmp_grid`). ``None`` (default) takes the number of Fourier
+        frequencies the data resolve, at most 100: 100 (the paper's grid) for a series of
+        200 points or more, a handful for scattered data in several dimensions, whose
+        :math:`n` points resolve only about :math:`n^{1/P}` values per axis.
     bandwidths : float or sequence of float, optional
         GSMP bandwidths relative to :math:`1/\text{range}` of each input dimension (see
-        :func:`gpkern.kernels.gsmp.gsmp_grid`); each gets a full frequency grid. Default
-        ``(0.001, 0.05)``: near-pure cosines for periodicities plus components with a smooth
-        envelope (length-scale about three times the data range) for trends.
+        :func:`gpkern.kernels.gsmp.gsmp_grid`); each gets a full frequency grid. Default:
+        ``(0.001, 0.05)`` for one input dimension, the paper's dictionary for time series:
+        near-pure cosines for periodicities and components with a smooth envelope
+        (length-scale about three times the data range) for trends, both of which
+        extrapolate; ``(0.001, 0.05, 0.5)`` for several, adding local components
+        (length-scale about a third of the range) for what a scattered design resolves in
+        between: local components explain a series' past without extrapolating it, and the
+        few frequencies that scattered data resolve are too few without them (see the user
+        guide).
     noise : float, optional
         Noise variance in normalised units; ``None`` learns it (starting at 0.1). A given value
         is used exactly, even below ``noise_lower_bound``.
@@ -123,7 +135,7 @@ class MultipleKernelRegressor(GPRegressor):
     def __init__(
         self,
         kernel="gsmp",
-        n_components=100,
+        n_components=None,
         bandwidths=None,
         noise=None,
         noise_lower_bound=1e-4,
@@ -162,7 +174,8 @@ class MultipleKernelRegressor(GPRegressor):
                 "kernel must be 'gsmp', a non-empty list of gpytorch.kernels.Kernel or a "
                 f"LinearMultipleKernel/GSMPKernel, got {k!r}."
             )
-        self._check_positive_int("n_components", self.n_components)
+        if self.n_components is not None:
+            self._check_positive_int("n_components", self.n_components)
         if self.bandwidths is not None:
             bw = np.atleast_1d(np.asarray(self.bandwidths, dtype=object))
             if bw.size == 0 or not all(
@@ -189,8 +202,11 @@ class MultipleKernelRegressor(GPRegressor):
 
     def _make_kernel(self, X: torch.Tensor, gen: torch.Generator) -> WeightedKernelSum:
         if isinstance(self.kernel, str):
-            bw = (0.001, 0.05) if self.bandwidths is None else self.bandwidths
-            return GSMPKernel.from_data(X, int(self.n_components), bw, generator=gen)
+            bw = self.bandwidths
+            if bw is None:  # a series to extrapolate, or scattered points to interpolate
+                bw = (0.001, 0.05) if X.shape[1] == 1 else (0.001, 0.05, 0.5)
+            nc = None if self.n_components is None else int(self.n_components)
+            return GSMPKernel.from_data(X, nc, bw, generator=gen)
         if isinstance(self.kernel, WeightedKernelSum):
             kernel = copy.deepcopy(self.kernel)
         else:

@@ -31,48 +31,89 @@ __all__ = ["GSMPKernel", "gsmp_grid"]
 
 def gsmp_grid(
     X: torch.Tensor,  # (n, P)
-    n_components: int,
+    n_components: int | None = None,
     bandwidths: float | Sequence[float] | None = None,
     *,
     generator: torch.Generator | None = None,
+    max_components: int = 100,
+    n_samples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (A, P), (A, P)
     r"""Frequencies and bandwidths of a GSMP kernel, from the inputs' sampling.
 
-    For each input dimension :math:`p` the Nyquist frequency is
-    :math:`0.5 / \Delta_p`, with :math:`\Delta_p` the median gap between sorted distinct
-    input values (the sampling interval for regularly sampled data). The frequencies
-    :math:`\mu_{\cdot,p}` form the uniform grid of ``n_components`` points over
-    :math:`[0, 0.5/\Delta_p]`. In several dimensions each dimension's grid is permuted
-    independently (a Latin-hypercube design), so that every dimension's marginal is the full
-    uniform grid while the number of components stays ``n_components`` instead of growing
-    as :math:`Q^P`; the first component keeps frequency zero in every dimension, so that
-    smooth trends are always representable.
+    The highest frequency placed along input dimension :math:`p` is the Nyquist frequency
+    :math:`\nu_p = 0.5 / \Delta_p` of the effective sampling interval
+
+    .. math::
+
+        \Delta_p = \max\!\Big(\operatorname{median\ gap}_p,\;
+            \frac{\text{range}_p}{n^{1/P} - 1}\Big),
+
+    the larger of the median gap between sorted distinct values (the sampling interval of
+    regularly sampled data) and the spacing that :math:`n` points spread over a
+    :math:`P`-dimensional box have along each axis. Scattered data in several dimensions
+    resolve far lower frequencies than their per-feature gaps suggest; frequencies beyond
+    :math:`\nu_p` only let the kernel interpolate noise.
+
+    The frequencies of dimension :math:`p` are ``n_components`` uniform points over
+    :math:`[0, \nu_p]`. With ``n_components=None`` their number is
+    :math:`Q = \min(\max_p K_p + 1, Q_{\max})` (:math:`Q_{\max}` = ``max_components``),
+    where :math:`K_p = \lfloor \nu_p (\text{range}_p + \Delta_p) \rfloor` is the number of
+    non-zero discrete Fourier frequencies the data resolve along :math:`p` (:math:`n/2` for a
+    regular series of :math:`n` points): a long series gets the paper's fine grid of 100,
+    scattered data in several dimensions a handful. (The Fourier frequencies
+    :math:`k / (\text{range}_p + \Delta_p)` themselves would make a poor dictionary for a
+    series: their cosines can interpolate any :math:`n` points, and every one is periodic
+    with the observation window, so a forecast repeats the start of the series.)
+
+    In several dimensions each dimension's column is permuted independently (a
+    Latin-hypercube design), so that the number of components stays :math:`Q` instead of
+    growing as :math:`Q^P`; the first component keeps frequency zero in every dimension, so
+    that smooth trends are always representable.
 
     Every bandwidth in ``bandwidths`` gets a copy of the frequency grid, so the kernel has
     :math:`A = Q \cdot |\text{bandwidths}|` components. Bandwidths are expressed as fractions
-    of :math:`1/\text{range}_p`, the lowest frequency the data can resolve: ``0.5`` gives each
-    component a Gaussian envelope whose length-scale is :math:`1/\pi` of the data range.
+    of :math:`1/\text{range}_p`, the lowest frequency the data can resolve: a relative
+    bandwidth :math:`b` gives each component a Gaussian envelope of length-scale
+    :math:`\text{range}_p / (2\pi b)`.
 
     Parameters
     ----------
     X : torch.Tensor of shape (n, P)
         Inputs.
-    n_components : int
-        Grid size :math:`Q` per bandwidth.
+    n_components : int, optional
+        Grid size :math:`Q` per bandwidth; ``None`` chooses it from the data (see above).
     bandwidths : float or sequence of float, optional
         Relative bandwidths (see above); default ``(0.001,)``, as in the reference code
         (nearly pure cosines).
     generator : torch.Generator, optional
         Seeds the per-dimension permutations when :math:`P > 1`.
+    max_components : int, default=100
+        Largest grid chosen from the data (``n_components=None``).
+    n_samples : int, optional
+        The number :math:`n` of points the grid is for; default ``X.shape[0]``. Pass it when
+        ``X`` only stands in for the data's ranges and spacings (as in
+        :mod:`gpkern.distributed.slimkl`, where no agent sees all points).
 
     Returns
     -------
     means : torch.Tensor of shape (A, P)
     bandwidths : torch.Tensor of shape (A, P)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gpkern.kernels.gsmp import gsmp_grid
+    >>> t = torch.arange(48.0, dtype=torch.float64)[:, None] / 12  # four years, monthly
+    >>> means, bw = gsmp_grid(t, bandwidths=0.001)
+    >>> means.shape, round(float(means[-1, 0]), 9)  # 25 frequencies up to Nyquist, 6 per year
+    (torch.Size([25, 1]), 6.0)
+    >>> X = torch.rand(400, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> gsmp_grid(X, bandwidths=(0.001, 0.5))[0].shape  # 400 points resolve ~2 values per axis
+    torch.Size([4, 8])
     """
     if X.ndim != 2 or X.shape[0] < 2:
         raise ValueError(f"X must have shape (n, P) with n >= 2, got {tuple(X.shape)}.")
-    if int(n_components) < 1:
+    if n_components is not None and int(n_components) < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}.")
     rel = (0.001,) if bandwidths is None else (
         (float(bandwidths),) if isinstance(bandwidths, (int, float)) else tuple(map(float, bandwidths))
@@ -80,15 +121,26 @@ def gsmp_grid(
     if not rel or any(not math.isfinite(b) or b < 0 for b in rel):
         raise ValueError(f"bandwidths must be finite and non-negative, got {bandwidths!r}.")
     n, P = X.shape
-    nyq, span = [], []
+    n = n if n_samples is None else int(n_samples)
+    per_axis = n ** (1.0 / P) - 1.0  # gaps per axis of n points spread over a P-dim box
+    spacing, span = [], []
     for p in range(P):
         u = torch.unique(X[:, p])
-        gaps = u.diff()
-        gap = float(gaps.median()) if gaps.numel() else 1.0
-        nyq.append(0.5 / gap if gap > 0 else 0.5)
         rng = float(u.max() - u.min())
-        span.append(rng if rng > 0 else 1.0)
-    Q = int(n_components)
+        if rng <= 0:  # a constant column: only frequency zero is meaningful
+            spacing.append(math.inf)
+            span.append(1.0)
+            continue
+        gap = float(u.diff().median())
+        spacing.append(max(gap, rng / per_axis) if per_axis > 0 else math.inf)
+        span.append(rng)
+    nyq = [0.5 / s for s in spacing]
+    if n_components is None:
+        counts = [math.floor(f * (r + d) + 1e-9) if math.isfinite(d) else 0
+                  for f, r, d in zip(nyq, span, spacing)]
+        Q = min(max(counts) + 1, int(max_components))
+    else:
+        Q = int(n_components)
     cols = []
     for p in range(P):
         grid = torch.linspace(0.0, nyq[p], Q, dtype=X.dtype, device=X.device)
@@ -194,14 +246,15 @@ class GSMPKernel(WeightedKernelSum):
     def from_data(
         cls,
         X: torch.Tensor,  # (n, P)
-        n_components: int,
+        n_components: int | None = None,
         bandwidths: float | Sequence[float] | None = None,
         *,
         generator: torch.Generator | None = None,
+        n_samples: int | None = None,
         **kwargs,
     ) -> GSMPKernel:
         """A GSMP kernel whose grid is placed from ``X`` by :func:`gsmp_grid`."""
-        means, bw = gsmp_grid(X, n_components, bandwidths, generator=generator)
+        means, bw = gsmp_grid(X, n_components, bandwidths, generator=generator, n_samples=n_samples)
         kwargs.setdefault("ard_num_dims", X.shape[1])
         return cls(means=means, bandwidths=bw, **kwargs).to(dtype=X.dtype, device=X.device)
 

@@ -118,17 +118,28 @@ class _Blocks:
         self.bases = [B.contiguous() for B in bases]  # each (A, n_b, n_b)
         self.targets = [Y if Y.ndim == 2 else Y[:, None] for Y in targets]  # each (n_b, t)
         self.A = self.bases[0].shape[0]
+        self._cached: tuple[torch.Tensor, list] | None = None
 
     def _chol(self, x: torch.Tensor, b: int) -> torch.Tensor | None:
+        # The solver asks for the same x several times in a row (line search, then gradient,
+        # then tangent): one factorisation per distinct point.
+        if self._cached is None or not torch.equal(self._cached[0], x):
+            self._cached = (x.clone(), [False] * len(self.bases))
+        factors = self._cached[1]
+        if factors[b] is False:
+            factors[b] = self._factor(x, b)
+        return factors[b]
+
+    def _factor(self, x: torch.Tensor, b: int) -> torch.Tensor | None:
         # Only the support enters C: after the first iterations most weights are exact zeros,
         # which makes every evaluation far cheaper than a pass over all A basis matrices.
         K = self.bases[b]
         support = torch.nonzero(x[: self.A]).flatten()
         n = K.shape[-1]
-        if support.numel() == self.A:
+        if 4 * support.numel() >= self.A:  # gathering most of the stack costs more than a GEMV
             C = (x[: self.A] @ K.reshape(self.A, -1)).reshape(n, n)
         else:
-            C = (x[support] @ K.reshape(self.A, -1)[support]).reshape(n, n)
+            C = (x[support] @ K.reshape(self.A, -1).index_select(0, support)).reshape(n, n)
         C.diagonal().add_(x[self.A])
         L, info = torch.linalg.cholesky_ex(C)
         return None if bool(info) else L
@@ -164,17 +175,10 @@ class _Blocks:
             g[self.A] += Y.shape[1] * Cinv.diagonal().sum()
         return g
 
-    def datafit(self, x: torch.Tensor, free: torch.Tensor | None = None):
-        r"""tr(YᵀC⁻¹Y), its gradient, and the Hessian's free block and diagonal; None if C is not PD.
-
-        ``free`` (bool mask over x) selects the Hessian block to form; ``None`` skips the Hessian.
-        """
+    def datafit(self, x: torch.Tensor, hessian: bool = False):
+        r"""tr(YᵀC⁻¹Y), its gradient and (``hessian=True``) its Hessian; None if C is not PD."""
         value, grad = 0.0, torch.zeros(self.A + 1, dtype=x.dtype, device=x.device)
-        HF = hdiag = None
-        if free is not None:
-            nf = int(free.sum())
-            HF = torch.zeros(nf, nf, dtype=x.dtype, device=x.device)
-            hdiag = torch.zeros(self.A + 1, dtype=x.dtype, device=x.device)
+        H = torch.zeros(self.A + 1, self.A + 1, dtype=x.dtype, device=x.device) if hessian else None
         for b, Y in enumerate(self.targets):
             L = self._chol(x, b)
             if L is None:
@@ -185,13 +189,11 @@ class _Blocks:
             KA = (self.bases[b].reshape(-1, n) @ alpha).reshape(self.A, n, t)  # K_a alpha
             V = torch.cat([KA, alpha.unsqueeze(0)], dim=0)  # (A + 1, n, t); noise basis is I
             grad -= (V * alpha.unsqueeze(0)).sum((1, 2))
-            if free is not None:
+            if hessian:
                 flat = V.permute(1, 0, 2).reshape(n, -1)  # (n, (A+1) t)
                 W = torch.cholesky_solve(flat, L).reshape(n, self.A + 1, t).permute(1, 0, 2)
-                hdiag += 2.0 * (V * W).sum((1, 2))
-                VF, WF = V[free].reshape(nf, -1), W[free].reshape(nf, -1)
-                HF += 2.0 * VF @ WF.T
-        return value, grad, HF, hdiag
+                H += 2.0 * V.reshape(self.A + 1, -1) @ W.reshape(self.A + 1, -1).T
+        return value, grad, H
 
 
 def lmk_objective(
@@ -228,17 +230,16 @@ def surrogate_minimize(
     free_mask = torch.ones_like(x, dtype=torch.bool) if fixed is None else ~fixed
     center = x.clone() if center is None else center
 
-    def value_grad(z: torch.Tensor, free: torch.Tensor | None):
-        out = blocks.datafit(z, free)
+    def value_grad(z: torch.Tensor):
+        out = blocks.datafit(z, hessian=True)
         if out is None:
-            return math.inf, None, None, None
-        v, g, HF, hdiag = out
+            return math.inf, None, None
+        v, g, H = out
         v += float(linear @ z) + 0.5 * rho * float(((z - center) ** 2).sum())
         g = g + linear + rho * (z - center)
-        if HF is not None and rho > 0:
-            HF = HF + rho * torch.eye(HF.shape[0], dtype=HF.dtype, device=HF.device)
-            hdiag = hdiag + rho
-        return v, g, HF, hdiag
+        if rho > 0:
+            H.diagonal().add_(rho)
+        return v, g, H
 
     def value(z: torch.Tensor) -> float:
         f = blocks.objective_datafit(z)
@@ -249,7 +250,8 @@ def surrogate_minimize(
         return torch.where(free_mask, z, x0)
 
     x0 = x.clone()
-    f, g, _, _ = value_grad(x, None)
+    newton_step = 1.0
+    f, g, H = value_grad(x)
     if not math.isfinite(f):
         raise FloatingPointError("The SCA sub-problem starts at a point where C is not positive definite.")
     for _ in range(max_iter):
@@ -261,11 +263,11 @@ def surrogate_minimize(
         eps = min(1e-6, pg_norm)
         active = ((x - lower <= eps) & (g > 0)) | ~free_mask
         free = ~active
-        _, _, HF, hdiag = value_grad(x, free)
         d = torch.zeros_like(x)
-        hdiag = hdiag.clamp_min(1e-300)
+        hdiag = H.diagonal().clamp_min(1e-300)
         d[active] = -g[active] / hdiag[active]
         if bool(free.any()):
+            HF = H[free][:, free]
             ridge = 0.0
             scale = float(HF.diagonal().abs().mean()) or 1.0
             eye = torch.eye(HF.shape[0], dtype=HF.dtype, device=HF.device)
@@ -279,7 +281,10 @@ def surrogate_minimize(
             break  # the Newton model predicts no worthwhile decrease: converged
         accepted = False
         for direction in (d, -g / float(hdiag.max())):
-            step = 1.0
+            # Far from the solution the Newton step overshoots (the data term scales like 1/x
+            # along rays) and backtracks by similar factors at every iteration: start near the
+            # last accepted step instead of at 1.
+            step = newton_step if direction is d else 1.0
             for _ls in range(30):
                 x_new = project(x + step * direction)
                 decrease = float(g @ (x_new - x))
@@ -293,11 +298,13 @@ def surrogate_minimize(
                 break
         if not accepted:
             break  # stationary to numerical precision: no step decreases h
+        if direction is d:
+            newton_step = min(1.0, 4.0 * step)
         rel = (f - f_new) / max(1.0, abs(f))
         x = x_new
-        f, g, _, _ = value_grad(x, None)
         if rel <= tol:
             break
+        f, g, H = value_grad(x)
     return x
 
 
@@ -404,7 +411,7 @@ def sca_fit(
             g = blocks.tangent(x)
             x_new = surrogate_minimize(
                 blocks, x, g, lower, fixed=fixed, rho=rho if prox else 0.0, center=center,
-                max_iter=inner_max_iter,
+                max_iter=inner_max_iter, tol=min(1e-9, 1e-2 * tol),
             )
             f_new = total(x_new)
             bar.update(1)
