@@ -805,6 +805,32 @@ def test_full_classifier_fits_hundreds_of_points():
     assert (clf.predict(X) == y).mean() > 0.9
 
 
+def test_classifier_tol_stops_stages_early_and_none_runs_to_the_budget():
+    """tol stops a stage once the Monte Carlo objective stops improving by more than tol per
+    point: fewer iterations than the budget, no ConvergenceWarning; tol=None runs L-BFGS to its
+    own 1e-9 tolerance, here the budget, with the warning. n_iter_ counts what ran."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 2))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(40) > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fast = DKMClassifier(max_iter=60, tol=1e-3, random_state=0).fit(X, y)
+    assert 0 < fast.n_iter_ < 2 * 60
+    with pytest.warns(ConvergenceWarning, match="budget"):
+        slow = DKMClassifier(max_iter=60, tol=None, random_state=0).fit(X, y)
+    assert slow.n_iter_ > fast.n_iter_
+    assert (fast.predict(X) == slow.predict(X)).mean() > 0.9
+
+
+@pytest.mark.parametrize("tol", [-1e-4, math.nan, "small"])
+def test_classifier_rejects_bad_tol(tol):
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    with pytest.raises(ValueError, match="tol"):
+        DKMClassifier(tol=tol).fit(X, np.arange(20) % 2)
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------------
