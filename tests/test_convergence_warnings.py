@@ -69,6 +69,29 @@ def test_lbfgs_reports_budget_and_convergence():
     torch.testing.assert_close(x.detach(), target, rtol=0, atol=1e-5)
 
 
+def test_lbfgs_min_improvement_stops_as_converged_after_its_patience():
+    """With min_improvement, a run whose evaluations stop lowering the best loss by more than it
+    ends after n_iter_no_change of them, converged, at the best point seen; a run that keeps
+    improving by more is never cut short and meets L-BFGS's own tolerance."""
+    target = torch.arange(1.0, 6.0, dtype=torch.float64)
+    x = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+
+    def quadratic():
+        return ((x - target) ** 2 * torch.arange(1.0, 6.0, dtype=torch.float64) ** 3).sum()
+
+    assert not optimize(quadratic, [x], max_iter=3).converged  # the budget, without the rule
+    x.data.zero_()
+    seen = []
+    res = optimize(quadratic, [x], max_iter=50, min_improvement=1e6, n_iter_no_change=3,
+                   callback=lambda i, v: seen.append(v))
+    assert res.converged and len(seen) == 1 + 3 and res.loss == min(seen) < seen[0]
+    torch.testing.assert_close(quadratic().detach(), torch.tensor(min(seen), dtype=torch.float64))
+    x.data.zero_()
+    res = optimize(quadratic, [x], max_iter=100, min_improvement=1e-12)
+    assert res.converged and res.n_iter < 100
+    torch.testing.assert_close(x.detach(), target, rtol=0, atol=1e-5)
+
+
 def test_adam_converges_only_when_the_loss_stops_decreasing():
     x = torch.nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
     loss = lambda: ((x - 1.0) ** 2).sum()  # noqa: E731

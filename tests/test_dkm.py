@@ -264,6 +264,83 @@ def test_whitened_and_unwhitened_agree_at_the_same_grams(kind):
         torch.testing.assert_close(white.grams(X)[1], grams[1])
 
 
+def test_relu_map_closed_form_gradient_matches_autograd_through_the_angle():
+    """The closed-form backward of relu_gram_map against autograd through arccos_kernel (the
+    guarded angle), on a cross Gram with distinct diagonals and a batch dimension."""
+    from gpkern.kernels.nngp.duals import arccos_kernel
+
+    g = torch.Generator().manual_seed(4)
+    A, B = torch.randn(3, 5, 4, generator=g), torch.randn(3, 6, 4, generator=g)
+    G = (A @ B.mT / 4 + 0.2).requires_grad_()
+    g1 = ((A * A).sum(-1) / 4 + 0.2).requires_grad_()
+    g2 = ((B * B).sum(-1) / 4 + 0.2).requires_grad_()
+    W = torch.randn(3, 5, 6, generator=g)
+    out = relu_gram_map(G, g1, g2)
+    ref = arccos_kernel(g1.unsqueeze(-1), G, g2.unsqueeze(-2), order=1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    grads = torch.autograd.grad((out * W).sum(), (G, g1, g2))
+    refs = torch.autograd.grad((ref * W).sum(), (G, g1, g2))
+    for a, b in zip(grads, refs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # a Gram with its own diagonal (the points paired with themselves are snapped: theta = 0)
+    X = torch.randn(6, 3, generator=g)
+    S = (X @ X.T / 3 + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda M: relu_gram_map(M, M.diagonal(), M.diagonal()), (S,))
+
+
+def test_tied_dkm_objective_is_the_factorised_layer_pass():
+    """Stage 1 (tied) evaluates the NNGP kernel directly; the same objective and gradients as
+    the layer pass that factorises every K_l and rebuilds G_l = L_l L_l^T."""
+    X, Y = _data(n=12, t=2)
+    for kind in ("relu", "se"):
+        model = DKM(X, kind, n_layers=2, widths_ratio=3.0, noise=0.07)
+        with torch.no_grad():
+            model.gram_kernel.input_weight = torch.tensor([[0.7, 1.9]])
+        model.tied = True
+        fast = model.objective(X, Y)
+        params = model.hyperparameters()
+        g_fast = torch.autograd.grad(fast, params)
+        layers = model._layers(X)
+        slow = gpytorch.distributions.MultivariateNormal(
+            torch.zeros(12), layers.K_out + model.noise * torch.eye(12)
+        ).log_prob(Y.T).sum()
+        g_slow = torch.autograd.grad(slow, params)
+        assert float(fast.detach()) == pytest.approx(float(slow.detach()), rel=1e-10)
+        for a, b in zip(g_fast, g_slow):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["learned", "tied"])
+@pytest.mark.parametrize("whiten", [False, True], ids=["unwhitened", "whitened"])
+def test_sparse_marginals_at_the_inducing_points_skip_the_conditional(whiten, tied):
+    """A batch equal to the inducing inputs takes the solve-free path; it must give what the
+    general conditional gives for the same points inside a larger batch."""
+    X, Y = _data(n=10, t=2)
+    model = SparseDKM(X, n_outputs=2, n_layers=2, widths_ratio=2.0, whiten=whiten)
+    _perturb(model)
+    with torch.no_grad():
+        model.q_mean.normal_(generator=torch.Generator().manual_seed(1))
+        model.tied = tied
+        mean, var, _, kls = model._marginals(X.clone())
+        Xbig = torch.cat([X, torch.randn(3, 2, generator=torch.Generator().manual_seed(2))])
+        mean_ref, var_ref, _, kls_ref = model._marginals(Xbig)
+        factors = [V.tril() for V in model.factors]
+        Kii, Kti, ktt, _ = model.propagate(model.inducing, factors, X.clone())
+        Kii_r, Kti_r, ktt_r, _ = model.propagate(model.inducing, factors, Xbig)
+    assert Kti is Kii
+    torch.testing.assert_close(Kti_r[:10], Kii_r, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(ktt, ktt_r[:10], rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(mean, mean_ref[:10], rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(var, var_ref[:10], rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(kls, kls_ref)
+    if tied:  # the NNGP kernel blocks, against the numpy recursion
+        w = model.gram_kernel.input_weight.detach().numpy().ravel()
+        b = float(model.gram_kernel.input_bias.detach())
+        K = np_nngp(X.numpy(), "relu", 2, w, b, scale=float(model.outputscale.detach()))
+        np.testing.assert_allclose(Kii.numpy(), K, rtol=1e-10, atol=1e-12)
+        assert float(kls.abs().sum()) == 0.0
+
+
 def test_propagate_full_cov_diagonal_matches_diag():
     X, Y = _data(n=10)
     model = DKM(X, "relu", n_layers=3)
@@ -726,6 +803,32 @@ def test_full_classifier_fits_hundreds_of_points():
     X, y = make_blobs(150, centers=3, random_state=0)
     clf = DKMClassifier(max_iter=40, random_state=0).fit(X, y)
     assert (clf.predict(X) == y).mean() > 0.9
+
+
+def test_classifier_tol_stops_stages_early_and_none_runs_to_the_budget():
+    """tol stops a stage once the Monte Carlo objective stops improving by more than tol per
+    point: fewer iterations than the budget, no ConvergenceWarning; tol=None runs L-BFGS to its
+    own 1e-9 tolerance, here the budget, with the warning. n_iter_ counts what ran."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 2))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(40) > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fast = DKMClassifier(max_iter=60, tol=1e-3, random_state=0).fit(X, y)
+    assert 0 < fast.n_iter_ < 2 * 60
+    with pytest.warns(ConvergenceWarning, match="budget"):
+        slow = DKMClassifier(max_iter=60, tol=None, random_state=0).fit(X, y)
+    assert slow.n_iter_ > fast.n_iter_
+    assert (fast.predict(X) == slow.predict(X)).mean() > 0.9
+
+
+@pytest.mark.parametrize("tol", [-1e-4, math.nan, "small"])
+def test_classifier_rejects_bad_tol(tol):
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    with pytest.raises(ValueError, match="tol"):
+        DKMClassifier(tol=tol).fit(X, np.arange(20) % 2)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -148,11 +148,13 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator):
 
 
 def _opts(est, n_steps: int, use_lbfgs: bool) -> dict:
+    tol = getattr(est, "tol", None)  # DKMClassifier's stopping rule for its Monte Carlo ELBO
     return dict(
         optimizer="lbfgs" if use_lbfgs else "adam",
         max_iter=n_steps,
         lr=None if use_lbfgs else est.lr,
         verbose=est.verbose,
+        min_improvement=None if tol is None or not use_lbfgs else float(tol),
     )
 
 
@@ -219,6 +221,12 @@ def _warn_two_stage(est, model, stages: tuple[OptimizeResult, OptimizeResult], u
             result, f"{owner} ({stage})", est.max_iter, optimizer="lbfgs" if use_lbfgs else "adam"
         )
     warn_at_bounds(parameters_at_bounds(model), owner, BaseGPRegressor._bound_hints)
+
+
+def _iterations_run(stages, n: int, batch_size: int | None) -> int:
+    """L-BFGS iterations, or Adam epochs, summed over the stages."""
+    steps = sum(result.n_iter for result in stages)
+    return steps if batch_size is None else steps // math.ceil(n / batch_size)
 
 
 def _full_loss(model: DKM, X: torch.Tensor, Y: torch.Tensor):
@@ -414,7 +422,7 @@ class DKMRegressor(BaseGPRegressor):
     objective_ : float
         Final DKM objective (ELBO for the sparse DKM), in the units of ``y``.
     n_iter_ : int
-        Optimiser iterations (or epochs) run.
+        Optimiser iterations (or epochs) run, summed over the two stages.
     widths_ratio_ : float or list of float
         The :math:`\nu_l` of the fitted model (the chosen one with ``widths_ratio="auto"``).
     widths_ratio_scores_ : dict or None
@@ -576,7 +584,7 @@ class DKMRegressor(BaseGPRegressor):
             inducing_points_=inducing,
             noise_=float(model.noise.detach()),
             objective_=obj_norm - n * float(np.log(state["_y_std"]).sum()),
-            n_iter_=int(self.max_iter),
+            n_iter_=_iterations_run(stages, n, self.batch_size if self.n_inducing else None),
             widths_ratio_=model.nus[0] if len(set(model.nus)) == 1 else list(model.nus),
             widths_ratio_scores_=scores,
             _Xt=Xt,
@@ -649,6 +657,15 @@ class DKMClassifier(BaseGPClassifier):
         Adam learning rate (minibatch training only).
     n_mc : int, default=8
         Monte Carlo samples of the softmax expectation during training.
+    tol : float or None, default=1e-4
+        Full-batch (L-BFGS) training: a stage also stops, as converged, once 10 consecutive
+        evaluations have each failed to lower its best objective (minus the ELBO per training
+        point, a Monte Carlo estimate with ``n_mc`` fixed draws) by more than ``tol``, the rule
+        of scikit-learn's MLP. Past that point the held-out log loss no longer improves: on
+        breast_cancer it was -0.094 after 11 evaluations of the first stage and -0.122 after
+        all 200 of both stages at ``max_iter=100``, while the objective fell by less than
+        3e-5 per evaluation. ``None`` runs each stage to L-BFGS's own tolerance (1e-9) or
+        ``max_iter``.
     random_state : int, RandomState instance or None, default=None
         Seeds inducing points, minibatches, Monte Carlo draws and :meth:`predict_proba`.
     verbose : bool, default=False
@@ -666,6 +683,8 @@ class DKMClassifier(BaseGPClassifier):
         Learned Grams at the inducing (or training) points.
     prior_grams_ : list of ndarray
         NNGP Grams at the same points and the fitted hyperparameters.
+    n_iter_ : int
+        Optimiser iterations (or epochs) run, summed over the two stages.
     n_features_in_ : int
         Number of features seen in ``fit``.
 
@@ -697,6 +716,7 @@ class DKMClassifier(BaseGPClassifier):
         batch_size=None,
         lr=0.05,
         n_mc=8,
+        tol=1e-4,
         random_state=None,
         verbose=False,
         device=None,
@@ -712,6 +732,7 @@ class DKMClassifier(BaseGPClassifier):
         self.batch_size = batch_size
         self.lr = lr
         self.n_mc = n_mc
+        self.tol = tol
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
@@ -746,6 +767,10 @@ class DKMClassifier(BaseGPClassifier):
         """
         device = _check_common(self)
         BaseGPRegressor._check_positive_int("n_mc", self.n_mc, minimum=1)
+        if self.tol is not None and (
+            not isinstance(self.tol, numbers.Real) or not math.isfinite(self.tol) or self.tol < 0
+        ):
+            raise ValueError(f"tol must be a non-negative float or None, got {self.tol!r}.")
         X, y, new = validate_training_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
         classes, codes = encode_class_labels(self, y)
         n = X.shape[0]
@@ -790,7 +815,7 @@ class DKMClassifier(BaseGPClassifier):
         self.model_ = model
         self.grams_ = grams
         self.prior_grams_ = prior
-        self.n_iter_ = int(self.max_iter)
+        self.n_iter_ = _iterations_run(stages, n, self.batch_size)
         self._device = device
         self._seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         return self

@@ -14,6 +14,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "cholesky_solve",
             "gaussian_log_likelihood",
             "mvn_log_likelihood",
+            "quadratic_form_and_logdet",
             "robust_cholesky",
         ),
         "dispatch": (

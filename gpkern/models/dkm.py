@@ -36,8 +36,12 @@ from typing import NamedTuple
 import gpytorch
 import torch
 
-from gpkern.kernels.nngp.duals import arccos_kernel
-from gpkern.linalg.cholesky import cholesky_logdet, gaussian_log_likelihood, robust_cholesky
+from gpkern.kernels.nngp.duals import arccos_angle, arccos_kernel
+from gpkern.linalg.cholesky import (
+    cholesky_logdet,
+    mvn_log_likelihood,
+    robust_cholesky,
+)
 from gpkern.models.exact import GaussianNoise
 
 __all__ = [
@@ -79,8 +83,52 @@ def relu_gram_map(
     >>> relu_gram_map(G, G.diagonal(), G.diagonal())
     tensor([[1.0000, 0.6366],
             [0.6366, 4.0000]], dtype=torch.float64)
+
+    Gradients are closed form (:class:`_ReluGramMap`) when every diagonal entry is positive,
+    as in a DKM, whose input Gram carries a positive bias.
     """
-    return arccos_kernel(g1.unsqueeze(-1), G, g2.unsqueeze(-2), order=1)
+    g1, g2 = g1.unsqueeze(-1), g2.unsqueeze(-2)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (G, g1, g2)):
+        if bool((g1 > 0).all()) and bool((g2 > 0).all()):
+            return _ReluGramMap.apply(G, g1, g2)
+    return arccos_kernel(g1, G, g2, order=1)
+
+
+class _ReluGramMap(torch.autograd.Function):
+    r""":func:`relu_gram_map` on positive diagonals, differentiated in closed form.
+
+    With :math:`k_1 = \frac{1}{\pi}[r + (\pi - \theta) G]`, :math:`r = \sqrt{g_1 g_2 - G^2}`,
+
+    .. math::
+
+        \frac{\partial k_1}{\partial G} = \frac{\pi - \theta}{\pi} = k_0, \qquad
+        \frac{\partial k_1}{\partial g_1} = \frac{r}{2 \pi g_1}, \qquad
+        \frac{\partial k_1}{\partial g_2} = \frac{r}{2 \pi g_2}
+
+    (the terms in :math:`\partial\theta` cancel), three element-wise products instead of
+    autograd through the guarded angle of :func:`~gpkern.kernels.nngp.duals.arccos_angle`.
+    """
+
+    @staticmethod
+    def forward(ctx, G, g1, g2):  # (..., n, m), (..., n, 1), (..., 1, m)
+        theta, root = arccos_angle(g1, G, g2)
+        rest = math.pi - theta
+        ctx.save_for_backward(rest, root, g1, g2)
+        return torch.addcmul(root, rest, G) / math.pi
+
+    @staticmethod
+    def backward(ctx, grad):
+        rest, root, g1, g2 = ctx.saved_tensors
+        grad_G = grad_g1 = grad_g2 = None
+        if ctx.needs_input_grad[0]:
+            grad_G = grad * rest / math.pi
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gr = grad * root / (2 * math.pi)
+            if ctx.needs_input_grad[1]:
+                grad_g1 = (gr / g1).sum_to_size(g1.shape)
+            if ctx.needs_input_grad[2]:
+                grad_g2 = (gr / g2).sum_to_size(g2.shape)
+        return grad_G, grad_g1, grad_g2
 
 
 def se_gram_map(
@@ -429,11 +477,20 @@ class _DKMBase(GaussianNoise, torch.nn.Module):
         through the layers), and the per-layer KL terms stacked (L,).
 
         The conditional uses :math:`K_{ii} + \epsilon I`, :math:`\epsilon` the jitter (usually
-        0) that its Cholesky factor needed. When tied, :math:`V = \sqrt{m} L_K` and
-        :math:`\epsilon I` is removed from the :math:`G_{ii}` handed to the next layer, as in
-        :meth:`DKM.objective`, so that every block is the NNGP's exactly.
+        0) that its Cholesky factor needed. When tied every :math:`G_l = K_l(G_{l-1})` on the
+        joint set, so the blocks are the NNGP kernel's, computed without any factorisation, and
+        the KL terms are zero. When ``Xt`` equals ``Z`` (the full DKM's training batch) the
+        conditional is the identity, :math:`G_{ti} = G_{ii}` and :math:`g_t = \operatorname{diag}
+        G_{ii}`, and no solve is made.
         """
         kern = self.gram_kernel
+        s = self.outputscale
+        same = Xt.shape == Z.shape and torch.equal(Xt, Z)
+        if self.tied:
+            Kii = s * kern.forward(Z, Z)
+            Kti = Kii if same else s * kern.forward(Xt, Z)
+            ktt = Kii if same and full_cov else s * kern.forward(Xt, Xt, diag=not full_cov)
+            return Kii, Kti, ktt, torch.zeros(len(factors), dtype=Z.dtype, device=Z.device)
         m = Z.shape[0]
         Gii, gi, _ = kern.input_gram(Z, Z)
         Gti, gt, _ = kern.input_gram(Xt, Z)
@@ -441,29 +498,26 @@ class _DKMBase(GaussianNoise, torch.nn.Module):
         kls = []
         for layer, V in enumerate(factors, start=1):
             Kii = kern.layer_map(layer, Gii, gi, gi)
-            Kti = kern.layer_map(layer, Gti, gt, gi)
-            ktt = kern.layer_map_diag(layer, gt)
-            L_K, jitter = robust_cholesky(Kii, warn=False)
-            if self.tied:
-                V = math.sqrt(m) * L_K
+            L_K = _chol(Kii)
             kls.append(gaussian_kl(V / math.sqrt(m), L_K))
-            W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)  # (m, b)
-            C = torch.linalg.solve_triangular(L_K.T, W, upper=True)  # K_ii^{-1} K_it
-            CV = C.T @ V / math.sqrt(m)  # (b, m)
+            if not same:
+                Kti = kern.layer_map(layer, Gti, gt, gi)
+                W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)  # (m, b)
+                C = torch.linalg.solve_triangular(L_K.T, W, upper=True)  # K_ii^{-1} K_it
+                CV = C.T @ V / math.sqrt(m)  # (b, m)
+                Gti = CV @ (V.T / math.sqrt(m))
+                if full_cov:
+                    Ktt = kern.layer_map(layer, Gtt, gt, gt)
+                    Gtt = Ktt - W.T @ W + CV @ CV.T
+                    gt = Gtt.diagonal()
+                else:
+                    gt = kern.layer_map_diag(layer, gt) - (W * W).sum(0) + (CV * CV).sum(1)
             Gii = V @ V.T / m
-            if self.tied:
-                Gii = _remove_jitter(Gii, jitter)
-            Gti = CV @ (V.T / math.sqrt(m))
-            if full_cov:
-                Ktt = kern.layer_map(layer, Gtt, gt, gt)
-                Gtt = Ktt - W.T @ W + CV @ CV.T
-                gt = Gtt.diagonal()
-            else:
-                gt = ktt - (W * W).sum(0) + (CV * CV).sum(1)
             gi = Gii.diagonal()
         out = self.n_layers + 1
-        s = self.outputscale
         Kii = s * kern.layer_map(out, Gii, gi, gi)
+        if same:
+            return Kii, Kii, Kii if full_cov else s * kern.layer_map_diag(out, gi), torch.stack(kls)
         Kti = s * kern.layer_map(out, Gti, gt, gi)
         if full_cov:
             ktt = s * kern.layer_map(out, Gtt, gt, gt)
@@ -620,7 +674,13 @@ class DKM(_DKMBase):
 
     def kl_terms(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Per-layer :math:`\mathrm{KL}(\mathcal{N}(0, G_l) \| \mathcal{N}(0, K_l(G_{l-1})))` (L,),
-        and the output covariance :math:`s K_{L+1}(G_L)` (P, P)."""
+        and the output covariance :math:`s K_{L+1}(G_L)` (P, P).
+
+        When tied, :math:`G_l = K_l(G_{l-1})` and the output covariance is the NNGP kernel's,
+        computed without the layer pass's factorisations (the KL terms are zero)."""
+        if self.tied:
+            zeros = torch.zeros(self.n_layers, dtype=X.dtype, device=X.device)
+            return zeros, self.outputscale * self.gram_kernel.forward(X, X)
         layers = self._layers(X)
         return layers.kls, layers.K_out
 
@@ -628,7 +688,7 @@ class DKM(_DKMBase):
         """The DKM objective :math:`\\mathcal{L}` (to be maximised)."""
         kls, K_out = self.kl_terms(X)
         eye = torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
-        lml, _ = gaussian_log_likelihood(_chol(K_out + self.noise * eye), Y)
+        lml = mvn_log_likelihood(K_out + self.noise * eye, Y)
         nus = torch.tensor(self.nus, dtype=X.dtype, device=X.device)
         return lml - (nus * kls).sum()
 
@@ -819,16 +879,25 @@ class SparseDKM(_DKMBase):
         Kii, Kti, ktt, kls = self.propagate(self.inducing, factors, Xt)
         return self._output(Kii, Kti, ktt, kls)
 
-    def _projection(self, L_K: torch.Tensor, Kti: torch.Tensor):  # (M, M), (b, M) -> 2 x (M, b)
+    def _projection(
+        self, L_K: torch.Tensor, Kii: torch.Tensor, Kti: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (M, M), (M, M), (b, M) -> 2 x (M, b)
         """``(W, P)``: :math:`W = L_K^{-1} K_{it}` and the map from the stored parameters to
-        :math:`f_t` (:math:`P = W` whitened, :math:`K_{ii}^{-1} K_{it}` otherwise)."""
+        :math:`f_t` (:math:`P = W` whitened, :math:`K_{ii}^{-1} K_{it}` otherwise).
+
+        ``Kti is Kii`` (:meth:`propagate` on the inducing inputs themselves) gives
+        :math:`W = L_K^\top` without a solve, so that :math:`f_t = f_i`.
+        """
+        if Kti is Kii:
+            W = L_K.T
+            return W, W if self.whiten else torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
         W = torch.linalg.solve_triangular(L_K, Kti.T, upper=False)
         P = W if self.whiten else torch.linalg.solve_triangular(L_K.T, W, upper=True)
         return W, P
 
     def _output(self, Kii, Kti, ktt, kls):
         L_K = _chol(Kii)
-        W, P = self._projection(L_K, Kti)
+        W, P = self._projection(L_K, Kii, Kti)
         mean = P.T @ self.q_mean  # (b, t)
         SP = self.q_factor.tril().transpose(-1, -2) @ P  # (t, M, b)
         var = (ktt - (W * W).sum(0)).unsqueeze(-1) + (SP * SP).sum(-2).T  # (b, t)
@@ -901,7 +970,7 @@ class SparseDKM(_DKMBase):
             factors = [V.tril() for V in self.factors]
             Kii, Kti, Ktt, _ = self.propagate(self.inducing, factors, Xs, full_cov=True)
             L_K = _chol(Kii)
-            W, P = self._projection(L_K, Kti)
+            W, P = self._projection(L_K, Kii, Kti)
             SP = self.q_factor.tril().transpose(-1, -2) @ P  # (t, M, m)
             cov = Ktt - W.T @ W + SP.transpose(-1, -2) @ SP
             return P.T @ self.q_mean, cov

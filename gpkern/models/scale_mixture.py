@@ -37,7 +37,7 @@ import torch
 from torch.distributions import constraints
 
 from gpkern.exceptions import LowESSWarning
-from gpkern.linalg.cholesky import cholesky_logdet, robust_cholesky
+from gpkern.linalg.cholesky import cholesky_logdet, quadratic_form_and_logdet, robust_cholesky
 from gpkern.models.exact import ExactGP, ExactPosterior
 
 __all__ = [
@@ -673,6 +673,17 @@ class ScaleMixtureGP(ExactGP):
             torch.rand(self.n_samples - n_prior, generator=generator, dtype=dtype),
         )
 
+    def _gamma_quantiles(self, n: int) -> torch.Tensor:  # (S2,)
+        """Gamma(n/2, 1) quantiles at the fixed uniform draws; computed once per ``n`` (they
+        depend on nothing that is learned, and the bisection costs more than a step)."""
+        u = self.uniform_draws
+        key = (n, u.device, u.dtype, u._version)
+        cached = getattr(self, "_gamma_cache", None)
+        if cached is None or cached[0] != key:
+            shape = torch.tensor(0.5 * n, dtype=u.dtype, device=u.device)
+            self._gamma_cache = (key, _gamma_icdf(shape, u))
+        return self._gamma_cache[1]
+
     def _draws_and_log_weights(self, n: int, q: torch.Tensor, logdet: torch.Tensor):
         """(S, t) draws and unnormalised log weights; ``q`` is (t,)."""
         t = q.shape[0]
@@ -680,8 +691,7 @@ class ScaleMixtureGP(ExactGP):
         if self.proposal == "adaptive":
             qh = 0.5 * q.clamp_min(1e-12 * n)
             # Inverse CDF of Gamma(n/2): keeps the draw differentiable in q through the rescale.
-            shape = torch.tensor(0.5 * n, dtype=q.dtype, device=q.device)
-            g = _gamma_icdf(shape, self.uniform_draws.to(q.dtype))  # (S2,)
+            g = self._gamma_quantiles(n).to(q.dtype)  # (S2,)
             draws = torch.cat([draws, qh[None, :] / g[:, None]], 0)
         log_prior = self.prior.log_prob(draws).to(q.dtype)
         log_lik = -0.5 * n * (_LOG_2PI + draws.log()) - 0.5 * logdet - 0.5 * q[None, :] / draws
@@ -696,10 +706,8 @@ class ScaleMixtureGP(ExactGP):
         return draws, log_w
 
     def _weights(self, X, Y, warn: bool):
-        L, jitter = robust_cholesky(self.covariance(X), warn=warn)
-        alpha = torch.cholesky_solve(Y, L)
-        q = (Y * alpha).sum(0)
-        draws, log_w = self._draws_and_log_weights(X.shape[0], q, cholesky_logdet(L))
+        q, logdet, L, alpha, jitter = quadratic_form_and_logdet(self.covariance(X), Y, warn=warn)
+        draws, log_w = self._draws_and_log_weights(X.shape[0], q, logdet)
         if not bool(torch.isfinite(log_w).any(0).all()):
             raise FloatingPointError(
                 "All importance weights underflowed to zero: no draw of sigma^2 from the proposal "

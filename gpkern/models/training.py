@@ -52,6 +52,10 @@ class OptimizeResult:
     converged: bool
 
 
+class _Stalled(Exception):
+    """Raised inside an L-BFGS closure to end the run by ``min_improvement``."""
+
+
 def _adam_converged(losses: list[float], tol: float) -> bool:
     r"""Whether the last Adam steps no longer decrease the loss detectably.
 
@@ -109,6 +113,8 @@ def optimize(
     verbose: bool = False,
     desc: str = "fit",
     callback: Callable[[int, float], None] | None = None,
+    min_improvement: float | None = None,
+    n_iter_no_change: int = 10,
 ) -> OptimizeResult:
     r"""Minimise a scalar loss over ``params`` in place.
 
@@ -136,6 +142,12 @@ def optimize(
         Label of the progress bar.
     callback : callable, optional
         Called as ``callback(iteration, loss)`` after each loss evaluation (L-BFGS) or step (Adam).
+    min_improvement : float, optional
+        L-BFGS only: also stop, as converged, once ``n_iter_no_change`` consecutive evaluations
+        have each failed to lower the best loss by more than ``min_improvement`` (scikit-learn's
+        MLP rule); for objectives known only to that precision, such as Monte Carlo estimates.
+    n_iter_no_change : int, default=10
+        Patience of ``min_improvement``.
 
     Returns
     -------
@@ -165,11 +177,14 @@ def optimize(
 
     best = {"loss": math.inf, "state": [p.detach().clone() for p in params]}
     bar = tqdm(total=max_iter, desc=desc, disable=not verbose, leave=False)
-    count = {"n": 0}
+    count = {"n": 0, "no_change": 0}
     losses: list[float] = []
 
     def record(loss: torch.Tensor) -> None:
         value = float(loss.detach())
+        if min_improvement is not None:
+            improved = not math.isfinite(best["loss"]) or value < best["loss"] - min_improvement
+            count["no_change"] = 0 if improved else count["no_change"] + 1
         if math.isfinite(value) and value < best["loss"]:
             best["loss"] = value
             best["state"] = [p.detach().clone() for p in params]
@@ -201,14 +216,20 @@ def optimize(
                 loss.backward()
                 record(loss)
                 bar.update(1) if bar.n < max_iter else None
+                if count["no_change"] >= n_iter_no_change:
+                    raise _Stalled
                 return loss
 
-            opt.step(closure)
+            try:
+                opt.step(closure)
+                stalled = False
+            except _Stalled:
+                stalled = True
             # L-BFGS stops by its tolerances, or by max_iter iterations or max_eval evaluations.
             lbfgs_state = opt.state[opt.param_groups[0]["params"][0]]
             n_iter = int(lbfgs_state.get("n_iter", 0))
             evals = int(lbfgs_state.get("func_evals", 0))
-            converged = n_iter < max_iter and evals < opt.defaults["max_eval"]
+            converged = stalled or (n_iter < max_iter and evals < opt.defaults["max_eval"])
         else:
             opt = torch.optim.Adam(params, lr=0.05 if lr is None else lr)
             n_iter = 0
