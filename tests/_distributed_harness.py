@@ -4,6 +4,7 @@
 joining a gloo group on 127.0.0.1 at a free port and calling ``fn(rank, world_size, *args)``
 (a module-level, picklable function); it returns the results in rank order, or raises with the
 failing rank's traceback. Every wait has a timeout and stragglers are terminated.
+``run_here(fn, *args)`` runs one rank in this process.
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ def _bootstrap(rank, world_size, port, fn, args, results, timeout):
         results.put((rank, False, traceback.format_exc()))
 
 
+def run_here(fn, *args, timeout: float = 120.0):
+    """``fn(0, 1, *args)`` in this process, inside a one-process gloo group (no start-up cost)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise RuntimeError("this process already belongs to a process group.")
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{_free_port()}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
+    try:
+        return fn(0, 1, *args)
+    finally:
+        dist.destroy_process_group()
+
+
 def run_group(fn, world_size: int, *args, timeout: float = 120.0) -> list:
     """``[fn(rank, world_size, *args) for rank in range(world_size)]``, one process per rank."""
     ctx = mp.get_context("spawn")
@@ -76,7 +96,8 @@ def run_group(fn, world_size: int, *args, timeout: float = 120.0) -> list:
             except queue.Empty:
                 dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in out]
                 if dead:
-                    raise RuntimeError(f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode}.")
+                    code = procs[dead[0]].exitcode
+                    raise RuntimeError(f"rank {dead[0]} died with exit code {code}.") from None
                 continue
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
