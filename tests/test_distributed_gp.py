@@ -72,8 +72,8 @@ def _evaluate(model, X, Y, Xs, exact: bool) -> dict:
     mean, var = posterior.predict(Xs)
     out = dict(lml=float(lml.detach()), grads=grads, mean=mean.numpy(), var=var.numpy())
     if exact:
-        _, out["exact_var"] = posterior.predict(Xs, exact_variance=True)
-        out["exact_var"] = out["exact_var"].numpy()
+        out["exact_var"] = posterior.predict(Xs, exact_variance=True)[1].numpy()
+        out["cov"] = posterior.predict(Xs[:7], full_cov=True)[1].numpy()
     return out
 
 
@@ -121,7 +121,7 @@ def _assert_same(got: dict, want: dict) -> None:
     for key, g in want["grads"].items():
         assert np.abs(g).max() > 0  # a gradient of zeros would make the check vacuous
         np.testing.assert_allclose(got["grads"][key], g, rtol=RTOL, atol=RTOL * np.abs(g).max())
-    for key in ("mean", "var", "exact_var"):
+    for key in ("mean", "var", "exact_var", "cov"):
         if key in want:
             scale = np.abs(want[key]).max()
             np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=RTOL * scale)

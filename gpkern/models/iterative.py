@@ -39,6 +39,11 @@ first ``variance_rank`` columns of :math:`F` and the CG search directions of the
 
 which costs one extra product with ``variance_rank`` columns at conditioning time and
 one reduction per test batch; ``exact_variance=True`` solves with every test column instead.
+
+The same code runs with the training rows split across processes
+(:class:`gpkern.distributed.model.DistributedGP` overrides the operator, ``_rows``,
+``_reduce`` and ``_shared``): every :math:`n`-long array then holds one process's rows, and
+every sum over rows goes through ``_reduce``.
 """
 
 from __future__ import annotations
@@ -228,7 +233,8 @@ class IterativeGP(ExactGP):
         return slice(0, n)
 
     def _shared(self, value: torch.Tensor) -> torch.Tensor:
-        """A hyperparameter entering this process's row sums (whose gradients are all of it)."""
+        """A hyperparameter as it enters this process's row sums: itself (with the rows split,
+        its backward pass sums the gradient over the processes)."""
         return value
 
     def _fingerprint(self) -> torch.Tensor:
