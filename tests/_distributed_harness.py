@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import time
@@ -40,7 +41,9 @@ def _bootstrap(rank, world_size, port, fn, args, results, timeout):
             timeout=datetime.timedelta(seconds=timeout),
         )
         try:
-            results.put((rank, True, fn(rank, world_size, *args)))
+            # Plain pickle: a tensor put on the queue as such travels as a shared-memory handle
+            # that dies with this process.
+            results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException:  # report everything: the parent must not wait for a dead rank
@@ -101,7 +104,7 @@ def run_group(fn, world_size: int, *args, timeout: float = 120.0) -> list:
                 continue
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
-            out[rank] = value
+            out[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=5)
