@@ -94,6 +94,12 @@ def _distributed_worker(rank, world_size, names, backend, extras=False) -> dict:
         results[name] = _evaluate(model, X, Y, Xs, exact=name == "rbf")
         results[name]["bytes"] = model.comm.bytes_communicated
     if extras:  # one group of processes serves the other tests too (each start costs seconds)
+        model = _model(DistributedGP, "rbf", backend, exchange="all_gather")
+        results["rbf_all_gather"] = _evaluate(model, X, Y, Xs, exact=True)
+        try:
+            model.log_marginal_likelihood(X[: world_size - 1], Y[: world_size - 1])
+        except ValueError as exc:
+            results["too_few_rows"] = str(exc)
         results["products"] = {e: _product(e) for e in ("broadcast", "all_gather")}
         results["regressor"] = _regressor_worker()
     return results
@@ -137,6 +143,10 @@ def test_distributed_gp_equals_single_process(world_size, references):
     for rank, res in enumerate(_run(world_size)):
         for name in KERNELS:
             _assert_same(res[name], references[name])
+        if world_size > 1:
+            _assert_same(res["rbf_all_gather"], references["rbf"])
+            assert "cannot be split across" in res.get("too_few_rows", "no error")
+        for name in KERNELS:
             if world_size == 1:  # the single-process computation itself, not a rounding of it
                 assert res[name]["lml"] == references[name]["lml"]
                 for key in ("mean", "var"):

@@ -16,7 +16,11 @@ preconditioner of rank :math:`k` and :math:`P > 1` processes, in payload numbers
 :math:`n b` for the kernel product (broadcast source blocks), :math:`k b` for the
 preconditioner's :math:`F^\top V`, and :math:`3 b` for the CG inner products and residual
 norms, that is :math:`8 b (n + k + 3)` bytes in float64.  Each block of :math:`q` pivots of the
-factorisation exchanges :math:`n + q(k + q)` numbers.
+factorisation exchanges :math:`n + q(k + q)` numbers, and the preconditioner's Gram matrix
+:math:`k^2` once per evaluation.  Memory per process is that of the operator,
+:math:`O(n d + (n/P) b)`, plus the factor's rows (:math:`(n/P) k`) and :math:`O(n)` for the
+residual diagonal; drawing the probes briefly holds all :math:`n \times c` standard normal
+draws, so that every process keeps exactly the single-process probes' rows.
 
 Gradients: the marginal likelihood's surrogates sum this process's rows, and the
 hyperparameters enter them through
