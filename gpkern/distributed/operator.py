@@ -16,7 +16,9 @@ supports).  Memory per process is :math:`O(n d + (n/P) b)`: :math:`X`, the rows 
 :math:`V` and of the result, and one source block; no :math:`n \times n` (or
 :math:`n_r \times n`) matrix ever exists.  With ``exchange="all_gather"`` the whole :math:`V` is
 gathered first and multiplied in one reduction instead (:math:`O(n b)` memory, one collective
-per product instead of :math:`P`).
+per product instead of :math:`P`).  A product that is differentiated (one per marginal
+likelihood evaluation) keeps the blocks it received for its backward pass, :math:`O(n b)`
+until ``backward`` (:math:`8 n b` bytes: 128 MB for a million points and 16 columns).
 
 Communication per product is the :math:`P` source blocks, :math:`n b` numbers
 (:math:`8 n b` bytes in float64) of broadcast payload per process; :class:`Collectives` counts
