@@ -9,6 +9,8 @@ processes only return numbers.
 
 from __future__ import annotations
 
+import threading
+
 import gpytorch
 import numpy as np
 import pytest
@@ -274,3 +276,79 @@ def test_distributed_gp_keops_backend():
     want = _reference("matern", backend="keops")  # compiles here, before the processes start
     for res in run_group(_distributed_worker, 2, ("matern",), "keops", timeout=600):
         _assert_same(res["matern"], want)
+
+
+class _ThreadSum:
+    """An all_reduce among threads (each thread one 'process'), in rank order."""
+
+    def __init__(self, world_size: int) -> None:
+        self.barrier = threading.Barrier(world_size, timeout=60)
+        self.slots: list = [None] * world_size
+
+    def hook(self, rank: int):
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            out = sum(self.slots[1:], self.slots[0].clone())
+            self.barrier.wait()  # nobody overwrites a slot before everyone has read it
+            return out
+
+        return reduce
+
+
+def _in_threads(world_size: int, fn) -> list:
+    out: list = [None] * world_size
+    errors: list = []
+
+    def run(rank):
+        try:
+            out[rank] = fn(rank)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return out
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_row_split_hooks_of_pcg_and_rp_cholesky(world_size):
+    from gpkern.linalg.cg import pcg
+    from gpkern.linalg.rpcholesky import rp_cholesky
+
+    X, _, _ = _data(n=90)
+    K = _kernel("matern")(X).to_dense().detach()
+    A = K + 0.01 * torch.eye(90)
+    B = torch.as_tensor(np.random.default_rng(1).standard_normal((90, 3)))
+    F1, piv1 = rp_cholesky(lambda i: K[:, i], K.diagonal(), 30, block_size=8,
+                           generator=torch.Generator().manual_seed(5))
+    parts = row_partition(90, world_size)
+    comm = _ThreadSum(world_size)
+
+    def split(rank):
+        rows, reduce = parts[rank], comm.hook(rank)
+        F, piv = rp_cholesky(lambda i: K[rows][:, i], K.diagonal(), 30, block_size=8,
+                             generator=torch.Generator().manual_seed(5), rows=rows, reduce=reduce)
+        res = pcg(lambda V: A[rows] @ torch.cat(_gather(comm, rank, V)), B[rows], tol=1e-12,
+                  reduce=reduce)
+        return F, piv, res.solution
+
+    out = _in_threads(world_size, split)
+    for _, piv, _ in out:
+        assert torch.equal(piv, piv1)  # the single-process pivots, on every 'process'
+    np.testing.assert_allclose(torch.cat([F for F, _, _ in out]), F1, rtol=0, atol=1e-12)
+    X_ = torch.cat([x for _, _, x in out])
+    np.testing.assert_allclose(X_, torch.linalg.solve(A, B), rtol=1e-8)  # dense oracle
+
+
+def _gather(comm: _ThreadSum, rank: int, V: torch.Tensor) -> list:
+    # The rows of every 'process' by summing zero-padded blocks (a test-only all_gather).
+    sizes = [s.stop - s.start for s in row_partition(90, len(comm.slots))]
+    whole = V.new_zeros(sum(sizes), V.shape[1])
+    start = sum(sizes[:rank])
+    whole[start : start + V.shape[0]] = V
+    return [comm.hook(rank)(whole)]
