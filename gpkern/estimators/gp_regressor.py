@@ -123,12 +123,16 @@ class GPRegressor(BaseGPRegressor):
         Show a progress bar while optimising.
     device : str or torch.device, optional
         Torch device to compute on; ``None`` uses the CPU.
-    backend : {"auto", "dense", "keops"}, default="auto"
+    backend : {"auto", "dense", "keops", "distributed"}, default="auto"
         Linear algebra (:mod:`gpkern.linalg.dispatch`): ``"dense"`` Cholesky, or ``"keops"``:
         preconditioned CG and stochastic Lanczos on a KeOps kernel operator, memory linear in
         ``n_samples`` (:mod:`gpkern.models.iterative`). ``"auto"`` uses dense up to
         ``gpkern.linalg.dispatch.DENSE_MAX_N`` samples. Without a working pykeops the KeOps path
-        warns and runs on a chunked torch operator.
+        warns and runs on a chunked torch operator. ``"distributed"``: the KeOps path with the
+        training rows split across the processes of an initialised ``torch.distributed``
+        group (:mod:`gpkern.distributed.model`; launch with ``torchrun``); every process calls
+        ``fit`` and ``predict`` with the same data and gets the same results, those of
+        ``"keops"`` when there is one process.
     backend_options : dict, optional
         Fields of :class:`gpkern.models.iterative.IterativeSettings` (CG tolerances, probes,
         preconditioner rank, prediction batch size) for the iterative backends.
@@ -209,10 +213,23 @@ class GPRegressor(BaseGPRegressor):
     # -- parameter checks ---------------------------------------------------------------------
     def _check_params(self) -> torch.device:
         device = self._check_gp_params()
-        if self.backend not in ("auto", "dense", "keops"):
+        if self.backend not in ("auto", "dense", "keops", "distributed"):
             raise ValueError(
-                f"backend must be 'auto', 'dense' or 'keops', got {self.backend!r}."
+                "backend must be 'auto', 'dense', 'keops' or 'distributed', "
+                f"got {self.backend!r}."
             )
+        if self.backend == "distributed":
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                raise RuntimeError(
+                    "backend='distributed' needs an initialised torch.distributed process "
+                    "group: launch with torchrun (torchrun --nproc-per-node P script.py) or "
+                    "call torch.distributed.init_process_group() in every process first."
+                )
+            if self.n_restarts and not isinstance(self.random_state, (int, np.integer)):
+                raise ValueError(
+                    "backend='distributed' with n_restarts > 0 needs an int random_state: "
+                    "every process must draw the same restarts."
+                )
         if self.backend_options is not None and not isinstance(self.backend_options, dict):
             raise ValueError(
                 "backend_options must be a dict or None, "
@@ -231,10 +248,15 @@ class GPRegressor(BaseGPRegressor):
         kernel = default_kernel(X) if self.kernel is None else copy.deepcopy(self.kernel)
         learn = self.noise is None and self.optimizer is not None
         noise = 0.1 if self.noise is None else float(self.noise)
-        kind = choose_backend(X.shape[0], kernel, self.backend)
+        distributed = self.backend == "distributed"
+        kind = choose_backend(X.shape[0], kernel, "keops" if distributed else self.backend)
         if kind != "dense":
             settings = IterativeSettings(**(self.backend_options or {}))
-            model = IterativeGP(
+            if distributed:
+                from gpkern.distributed.model import DistributedGP as model_class
+            else:
+                model_class = IterativeGP
+            model = model_class(
                 kernel, noise, learn, settings=settings, backend=kind, verbose=self.verbose
             )
             return model.to(dtype=torch.float64, device=X.device)

@@ -15,7 +15,11 @@ and a preconditioner :math:`V \mapsto P^{-1} V`:
   Hutchinson estimate of the gradient computed from the same solves.
 
 Every structured backend (Kronecker grids, KeOps and chunked-torch kernel operators) calls
-these; none has a conjugate-gradient loop of its own.
+these; none has a conjugate-gradient loop of its own.  The recursions touch the rows of their
+blocks only through column sums, so with the rows split across processes (each holding its row
+block of every vector and of :math:`AV`, :math:`P^{-1}V`) the same code runs unchanged given a
+``reduce`` that sums those per-column partial sums over the processes (an ``all_reduce``,
+:mod:`gpkern.distributed`): every process then computes the same coefficients and tridiagonals.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from gpkern.exceptions import CGConvergenceWarning
 __all__ = ["CGResult", "pcg", "slq_logdet", "StochasticLogdet", "stochastic_logdet"]
 
 Matmul = Callable[[torch.Tensor], torch.Tensor]
+#: Sums per-column partial sums ``(c,)`` over the processes sharing the rows (identity: one
+#: process holds them all).
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 _ADVICE = (
     "Raise max_iter, loosen tol, or use a stronger preconditioner (a slow or stalled CG can "
@@ -81,6 +88,7 @@ def pcg(
     verbose: bool = False,
     warn: bool = True,
     advice: str = _ADVICE,
+    reduce: Reduce | None = None,
 ) -> CGResult:
     r"""Solve :math:`A X = B`, :math:`A` SPD, by batched preconditioned conjugate gradients.
 
@@ -128,6 +136,10 @@ def pcg(
         every column reached the tolerance.
     advice : str, optional
         What the warning tells the caller to do (callers name their own settings).
+    reduce : callable, optional
+        Sum of per-column partial sums ``(c,)`` over processes when ``B``, ``matmul`` and
+        ``precondition`` act on this process's row block only (see the module docstring);
+        ``None``: this process holds every row.
 
     Returns
     -------
@@ -149,19 +161,21 @@ def pcg(
     if B.ndim != 2:
         raise ValueError(f"B must have shape (n, c), got {tuple(B.shape)}.")
     tiny = torch.finfo(B.dtype).tiny
+    dot = _column_dot(reduce)
     X = torch.zeros_like(B)
     R = B.clone()
-    bnorm = B.norm(dim=0).clamp_min(tiny)
+    rnorm = dot(B, B).sqrt()
+    bnorm = rnorm.clamp_min(tiny)
     Z = precondition(R) if precondition is not None else R
     P = Z.clone()
-    rz = (R * Z).sum(0)
-    done = R.norm(dim=0) <= tol * bnorm
+    rz = dot(R, Z)
+    done = rnorm <= tol * bnorm
     steps, betas, kept, kept_a = [], [], [], []
     n_iter = 0
     bar = tqdm(total=max_iter, desc="CG solve", disable=not verbose, leave=False)
     while n_iter < max_iter and not bool(done.all()):
         AP = matmul(P)
-        pap = (P * AP).sum(0)
+        pap = dot(P, AP)
         step = torch.where(done | (pap <= 0), torch.zeros_like(rz), rz / pap.clamp_min(tiny))
         if n_iter < keep:
             live = ~done
@@ -171,20 +185,21 @@ def pcg(
         R = R - step * AP
         n_iter += 1
         Z = precondition(R) if precondition is not None else R
-        rz_new = (R * Z).sum(0)
+        rz_new = dot(R, Z)
         beta = torch.where(done, torch.zeros_like(rz), rz_new / rz.clamp_min(tiny))
         if tridiag:
             steps.append(step)
             betas.append(beta)
         P = Z + beta * P
         rz = rz_new
-        done = done | (R.norm(dim=0) <= tol * bnorm)
+        rnorm = dot(R, R).sqrt()
+        done = done | (rnorm <= tol * bnorm)
         bar.update(1)
         if verbose:
-            bar.set_postfix(residual=f"{float((R.norm(dim=0) / bnorm).max()):.2e}")
+            bar.set_postfix(residual=f"{float((rnorm / bnorm).max()):.2e}")
     bar.close()
     if warn and not bool(done.all()):
-        rel = R.norm(dim=0) / bnorm
+        rel = rnorm / bnorm
         warnings.warn(
             f"Conjugate gradients stopped at its iteration budget (max_iter={max_iter}) before "
             f"reaching the tolerance: {int((~done).sum())} of {B.shape[1]} right-hand sides "
@@ -202,6 +217,13 @@ def pcg(
         directions=torch.cat(kept, 1) if kept else empty,
         matmul_directions=torch.cat(kept_a, 1) if kept_a else empty,
     )
+
+
+def _column_dot(reduce: Reduce | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(U, V) -> (c,)`` column inner products, summed over processes by ``reduce``."""
+    if reduce is None:
+        return lambda U, V: (U * V).sum(0)
+    return lambda U, V: reduce((U * V).sum(0))
 
 
 def _lanczos_tridiag(steps: list, betas: list, B: torch.Tensor) -> torch.Tensor:  # (c, m, m)
@@ -300,7 +322,8 @@ class StochasticLogdet(NamedTuple):
 
         unbiased. The returned tensor equals ``value``; its gradient is that of
         :math:`\frac1c \sum_j (A^{-1} z_j)^\top A(\theta) (P^{-1} z_j)` with both solves held
-        constant.
+        constant.  With rows split across processes the sum runs over this process's rows: the
+        gradients of the processes add up to the whole one (:mod:`gpkern.distributed.model`).
 
         Parameters
         ----------
@@ -326,6 +349,7 @@ def stochastic_logdet(
     max_iter: int = 1000,
     warn: bool = True,
     advice: str = _ADVICE,
+    reduce: Reduce | None = None,
 ) -> StochasticLogdet:
     r"""Preconditioned stochastic Lanczos quadrature of :math:`\log|A|`.
 
@@ -357,8 +381,9 @@ def stochastic_logdet(
         the residual).
     max_iter : int, default=1000
         Iteration budget of the probe solves (Lanczos steps).
-    warn, advice
-        As in :func:`pcg`.
+    warn, advice, reduce
+        As in :func:`pcg` (with ``reduce``, ``Z`` holds this process's rows and so do the
+        returned solves).
 
     Returns
     -------
@@ -382,7 +407,7 @@ def stochastic_logdet(
         V = precondition(Z) if precondition is not None else Z
         res = pcg(
             matmul, Z, precondition, tol=tol, max_iter=max_iter, tridiag=True, warn=warn,
-            advice=advice,
+            advice=advice, reduce=reduce,
         )
-        value = precond_logdet + slq_logdet(res.tridiag, (Z * V).sum(0))
+        value = precond_logdet + slq_logdet(res.tridiag, _column_dot(reduce)(Z, V))
     return StochasticLogdet(value, res.solution, V, res.n_iter)

@@ -112,6 +112,21 @@ def factor_gram(F: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (n, k) 
     return out
 
 
+def _take_rows(
+    M: torch.Tensor,  # (n_own, m): rows own of a row-split matrix
+    index: torch.Tensor,  # (b,) global row indices
+    own: slice,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:  # (b, m)
+    if reduce is None:
+        return M[index]
+    # Each row lives on one process; the others contribute exact zeros to the sum.
+    local = (index >= own.start) & (index < own.stop)
+    out = M.new_zeros(index.numel(), M.shape[1])
+    out[local] = M[index[local] - own.start]
+    return reduce(out)
+
+
 def rp_cholesky(
     columns: Callable[[torch.Tensor], torch.Tensor],  # (b,) int -> (n, b)
     diagonal: torch.Tensor,  # (n,)
@@ -122,6 +137,8 @@ def rp_cholesky(
     generator: torch.Generator | None = None,
     factor_dtype: torch.dtype | None = None,
     pivoting: str = "random",
+    rows: slice | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (n, k), (k,)
     r"""Partial Cholesky factor :math:`F` of a PSD matrix with random pivots, block by block.
 
@@ -154,10 +171,19 @@ def rp_cholesky(
         ``"random"``: pivots drawn proportionally to the residual diagonal (RPCholesky);
         ``"greedy"``: the largest residual diagonal entry, one pivot per step (deterministic,
         ``block_size`` and ``generator`` unused).
+    rows : slice, optional
+        The rows of :math:`F` this process computes, when the rows are split across processes:
+        ``columns`` then returns those rows only, ``diagonal`` is still the whole diagonal, and
+        ``reduce`` sums over the processes.  Each block then exchanges the pivots' rows of
+        :math:`F` and of the new columns (:math:`b(k + b)` numbers) and the residual diagonal's
+        update (:math:`n`); every process draws the same pivots from the same ``generator`` as
+        a single process would, so the factor's rows are the single-process factor's.
+    reduce : callable, optional
+        Sum of a tensor over the processes (``all_reduce``); required with ``rows``.
 
     Returns
     -------
-    F : torch.Tensor of shape (n, k)
+    F : torch.Tensor of shape (n, k), or (rows, k) with ``rows``
         :math:`k \le` ``rank`` columns with :math:`F F^\top \preceq K` (up to the storage
         rounding), exact on the pivots' rows and columns.
     pivots : torch.Tensor of shape (k,)
@@ -181,15 +207,19 @@ def rp_cholesky(
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
     if pivoting not in ("random", "greedy"):
         raise ValueError(f"pivoting must be 'random' or 'greedy', got {pivoting!r}.")
+    if (rows is None) != (reduce is None):
+        raise ValueError("rows and reduce go together: pass both or neither.")
     n = diagonal.shape[0]
     rank = min(rank, n)
     dtype, device = diagonal.dtype, diagonal.device
+    own = slice(0, n) if rows is None else slice(*rows.indices(n))
+    n_own = own.stop - own.start
     residual = diagonal.detach().clone().clamp_min(0.0)
     stop = tol * float(residual.sum())
     # Residuals this far below the largest diagonal entry are rounding noise: the Schur
     # complement computed from them can come out <= 0, so they count as exhausted.
     floor = 64 * torch.finfo(dtype).eps * float(residual.max()) if n else 0.0
-    F = torch.zeros(n, rank, dtype=factor_dtype or dtype, device=device)
+    F = torch.zeros(n_own, rank, dtype=factor_dtype or dtype, device=device)
     pivots = torch.zeros(rank, dtype=torch.long, device=device)
     k = 0
     while k < rank:
@@ -209,8 +239,9 @@ def rp_cholesky(
             S = S[torch.randperm(S.numel(), generator=generator).to(device)]
         G = columns(S).to(dtype)  # (n, b)
         if k:  # Schur complement columns, in place (no second (n, b) array)
-            factor_matmul(F[:, :k], F[S, :k].T.to(dtype), subtract_from=G)
-        H = G[S]  # (b, b)
+            F_S = _take_rows(F[:, :k], S, own, reduce)
+            factor_matmul(F[:, :k], F_S.T.to(dtype), subtract_from=G)
+        H = _take_rows(G, S, own, reduce)  # (b, b)
         if pivoting == "greedy":  # u = 0: the rejection step accepts every non-degenerate pivot
             u = torch.zeros(1, dtype=dtype, device=device)
         else:
@@ -237,11 +268,18 @@ def rp_cholesky(
         a = len(accepted)
         # New columns G_acc T^-T, by row blocks straight into F: at n = 100,000 every (n, b)
         # float64 temporary is 100 MB, and this is the largest step of the factorisation.
-        for rows in _row_blocks(G):
-            new = torch.linalg.solve_triangular(T_acc, G[rows][:, acc].T, upper=False).T
-            F[rows, k : k + a] = new  # rounded to the storage type when it is narrower
-            residual[rows] -= (new * new).sum(1)
+        update = torch.zeros(n_own, dtype=dtype, device=device)
+        for block in _row_blocks(G):
+            new = torch.linalg.solve_triangular(T_acc, G[block][:, acc].T, upper=False).T
+            F[block, k : k + a] = new  # rounded to the storage type when it is narrower
+            update[block] = (new * new).sum(1)
         del G
+        if reduce is None:
+            residual -= update
+        else:  # adding exact zeros: every process holds the single-process residual
+            whole = torch.zeros(n, dtype=dtype, device=device)
+            whole[own] = update
+            residual -= reduce(whole)
         pivots[k : k + a] = S[acc]
         k += a
         residual[residual <= floor] = 0.0

@@ -39,6 +39,11 @@ first ``variance_rank`` columns of :math:`F` and the CG search directions of the
 
 which costs one extra product with ``variance_rank`` columns at conditioning time and
 one reduction per test batch; ``exact_variance=True`` solves with every test column instead.
+
+The same code runs with the training rows split across processes
+(:class:`gpkern.distributed.model.DistributedGP` overrides the operator, ``_rows``,
+``_reduce`` and ``_shared``): every :math:`n`-long array then holds one process's rows, and
+every sum over rows goes through ``_reduce``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ import gpytorch
 import torch
 from tqdm.auto import tqdm
 
-from gpkern.linalg.cg import StochasticLogdet, pcg, slq_logdet
+from gpkern.linalg.cg import Reduce, StochasticLogdet, pcg, slq_logdet
 from gpkern.linalg.heap import trim_heap
 from gpkern.linalg.keops import KeOpsRuntime, KernelOperator, kernel_operator
 from gpkern.linalg.rpcholesky import factor_gram, factor_matmul, factor_t_matmul, rp_cholesky
@@ -190,6 +195,9 @@ class IterativeGP(ExactGP):
     """
 
     iterative = True
+    #: Sum over the processes sharing the training rows (None: this process holds them all;
+    #: :class:`gpkern.distributed.model.DistributedGP` splits them).
+    _reduce: Reduce | None = None
 
     def __init__(
         self,
@@ -220,6 +228,15 @@ class IterativeGP(ExactGP):
         """The lazy kernel matrix :math:`K(X, X_2)`."""
         return kernel_operator(self.kernel, X, X2, backend=self.backend, runtime=self.keops_runtime)
 
+    def _rows(self, n: int) -> slice:
+        """The training rows this process holds (all of them)."""
+        return slice(0, n)
+
+    def _shared(self, value: torch.Tensor) -> torch.Tensor:
+        """A hyperparameter as it enters this process's row sums: itself (with the rows split,
+        its backward pass sums the gradient over the processes)."""
+        return value
+
     def _fingerprint(self) -> torch.Tensor:
         return torch.cat(
             [p.detach().reshape(-1).cpu() for p in self.parameters()] or [torch.zeros(0)]
@@ -239,8 +256,10 @@ class IterativeGP(ExactGP):
         """
         n, t = Y.shape
         cfg = self.settings
-        op = self.operator(X)
-        noise = self.noise.reshape(()).to(X.dtype)
+        rows, reduce = self._rows(n), self._reduce
+        op = self.operator(X)  # this process's rows of K
+        Y = Y[rows].to(X.dtype)
+        noise = self._shared(self.noise.reshape(()).to(X.dtype))
 
         def amat(V: torch.Tensor) -> torch.Tensor:  # differentiable A(theta) V
             return op._matmul(V) + noise * V
@@ -253,29 +272,34 @@ class IterativeGP(ExactGP):
                 fixed._diagonal(),
                 min(cfg.preconditioner_rank, n),
                 generator=generator,
+                rows=None if reduce is None else rows,
+                reduce=reduce,
             )
-            pre = _LowRankPreconditioner(L, s, X.dtype)
-            Z = pre.sample(cfg.num_probes, generator)
+            pre = _LowRankPreconditioner(L, s, X.dtype, reduce)
+            Z = pre.sample(cfg.num_probes, generator, n, rows)
             PZ = pre(Z)
             res = pcg(
                 lambda V: fixed._matmul(V).add_(V, alpha=s),
-                torch.cat([Y.to(X.dtype), Z], 1),
+                torch.cat([Y, Z], 1),
                 pre,
                 tol=cfg.cg_tol,
                 max_iter=cfg.max_cg_iter,
                 tridiag=True,
                 advice=_TRAIN_CG_ADVICE,
+                reduce=reduce,
             )
             T = res.tridiag[t:, : cfg.lanczos_iter, : cfg.lanczos_iter]
-            value = pre.logdet(n) + slq_logdet(T, (Z * PZ).sum(0))
+            value = pre.logdet(n) + slq_logdet(T, _summed(reduce, (Z * PZ).sum(0)))
             alpha = res.solution[:, :t]
             est = StochasticLogdet(value, res.solution[:, t:], PZ, res.n_iter)
         self.last_cg_iterations = res.n_iter
         # One differentiable product serves both surrogates: -alpha^T A(theta) alpha, whose
-        # gradient is that of y^T A^{-1} y given the solve, and the log-determinant's.
+        # gradient is that of y^T A^{-1} y given the solve, and the log-determinant's. With
+        # the rows split, each surrogate sums this process's rows: the values are made whole
+        # here, the gradients by the hyperparameters' own reduction (``_shared``).
         AV = amat(torch.cat([alpha, PZ], 1))
         quad = -(alpha * AV[:, :t]).sum()
-        inv_quad = (Y * alpha).sum() + (quad - quad.detach())
+        inv_quad = _summed(reduce, (Y * alpha).sum()) + (quad - quad.detach())
         logdet = est.with_gradient(lambda _: AV[:, t:])
         lml = -0.5 * (inv_quad + t * logdet + n * t * math.log(2 * math.pi))
         self._lml_cache.append((self._fingerprint(), float(lml.detach())))
@@ -303,18 +327,28 @@ class IterativeGP(ExactGP):
             return IterativePosterior(self, X, Y, self._cached_lml())
 
 
+def _summed(reduce: Reduce | None, value: torch.Tensor) -> torch.Tensor:
+    return value if reduce is None else reduce(value)
+
+
 class _LowRankPreconditioner:
     r""":math:`P = F F^\top + s I` applied by Woodbury, with :math:`\log|P|` and samples of
-    :math:`\mathcal N(0, P)`; a narrower stored ``F`` is used in the working ``dtype``."""
+    :math:`\mathcal N(0, P)`; a narrower stored ``F`` is used in the working ``dtype``.
 
-    def __init__(self, F: torch.Tensor, noise: float, dtype: torch.dtype) -> None:
-        self.F, self.noise = F, noise
+    With ``reduce``, ``F`` and every vector hold one process's rows and the :math:`k \times c`
+    products :math:`F^\top V` are summed over the processes."""
+
+    def __init__(
+        self, F: torch.Tensor, noise: float, dtype: torch.dtype, reduce: Reduce | None = None
+    ) -> None:
+        self.F, self.noise, self.reduce = F, noise, reduce
         eye = torch.eye(F.shape[1], dtype=dtype, device=F.device)
-        self.C_chol = torch.linalg.cholesky(noise * eye + factor_gram(F, dtype))
+        self.C_chol = torch.linalg.cholesky(noise * eye + _summed(reduce, factor_gram(F, dtype)))
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:  # (n, c) -> (n, c)
         # (F F^T + s I)^{-1} v = (v - F (s I + F^T F)^{-1} F^T v) / s.
-        inner = torch.cholesky_solve(factor_t_matmul(self.F, V), self.C_chol)
+        FtV = _summed(self.reduce, factor_t_matmul(self.F, V))
+        inner = torch.cholesky_solve(FtV, self.C_chol)
         return (V - factor_matmul(self.F, inner)) / self.noise
 
     def logdet(self, n: int) -> torch.Tensor:
@@ -322,11 +356,14 @@ class _LowRankPreconditioner:
         k = self.F.shape[1]
         return (n - k) * math.log(self.noise) + 2 * self.C_chol.diagonal().log().sum()
 
-    def sample(self, c: int, generator: torch.Generator) -> torch.Tensor:  # (n, c)
-        n, k = self.F.shape
+    def sample(
+        self, c: int, generator: torch.Generator, n: int, rows: slice
+    ) -> torch.Tensor:  # (rows, c)
+        k = self.F.shape[1]
         dtype, device = self.C_chol.dtype, self.C_chol.device
         E = torch.randn(k, c, generator=generator, dtype=dtype).to(device)
-        noise = torch.randn(n, c, generator=generator, dtype=dtype).to(device)
+        # All n rows are drawn, the same numbers whichever rows this process keeps.
+        noise = torch.randn(n, c, generator=generator, dtype=dtype)[rows].to(device)
         return factor_matmul(self.F, E).add_(noise, alpha=math.sqrt(self.noise))
 
 
@@ -353,15 +390,18 @@ class IterativePosterior:
         self.kernel, self.X, self.settings = model.kernel, X, cfg
         self.backend, self.verbose = model.backend, model.verbose
         self.keops_runtime = model.keops_runtime
+        # The model builds the operators; with its training rows split across processes
+        # (``rows``, ``reduce``) every array below of length n holds this process's rows.
+        self._model = model
+        self.rows, self.reduce = model._rows(X.shape[0]), model._reduce
         self.noise = float(model.noise.detach())
         self.jitter = 0.0
         self._lml = lml
         # Held for the deferred estimate: the model at the conditioning hyperparameters.
         self._lml_inputs = None if lml is not None else (copy.deepcopy(model), X, Y)
-        self.op = kernel_operator(
-            self.kernel, X, backend=self.backend, runtime=self.keops_runtime
-        ).detach()
+        self.op = model.operator(X).detach()
         n = X.shape[0]
+        reduce = self.reduce
         rank = min(max(cfg.eval_preconditioner_rank or 1024, cfg.variance_rank), n)
         generator = torch.Generator().manual_seed(cfg.seed)
         dtype = X.dtype
@@ -376,19 +416,22 @@ class IterativePosterior:
             tol=1e-8,
             generator=generator,
             factor_dtype=torch.float32 if dtype == torch.float64 else dtype,
+            rows=None if reduce is None else self.rows,
+            reduce=reduce,
         )
         self.L = L  # (n, r), float32
         trim_heap()  # the factorisation's row blocks, before the solve's own allocations
-        self._precondition = _LowRankPreconditioner(L, self.noise, dtype)
+        self._precondition = _LowRankPreconditioner(L, self.noise, dtype, reduce)
         res = pcg(
             self._matmul,
-            Y.to(X.dtype),
+            Y[self.rows].to(X.dtype),
             self._precondition,
             tol=cfg.eval_cg_tol,
             max_iter=cfg.max_eval_cg_iter,
             keep=cfg.variance_directions,
             verbose=self.verbose,
             advice=_EVAL_CG_ADVICE,
+            reduce=reduce,
         )
         self.alpha, self.n_iter = res.solution, res.n_iter
         D, AD = res.directions, res.matmul_directions
@@ -397,11 +440,13 @@ class IterativePosterior:
         # Gram S^T A S needs A L_v only (D^T A L_v = (A D)^T L_v, A symmetric), and S is never
         # copied: at n = 100,000 each (n, s) block is ~200 MB next to the factor L.
         Lv = L[:, : cfg.variance_rank].to(dtype)
-        norms = torch.cat([Lv.norm(dim=0), D.norm(dim=0)]).clamp_min(torch.finfo(dtype).tiny)
+        norms2 = _summed(reduce, torch.cat([(Lv * Lv).sum(0), (D * D).sum(0)]))
+        norms = norms2.sqrt().clamp_min(torch.finfo(dtype).tiny)
         ALv = self._matmul(Lv)
         G11, G21 = Lv.T @ ALv, AD.T @ Lv
         del ALv
         G = torch.cat([torch.cat([G11, G21.T], 1), torch.cat([G21, D.T @ AD], 1)], 0)
+        G = _summed(reduce, G)
         G = G / norms[:, None] / norms[None, :]
         G = 0.5 * (G + G.T)
         evals, evecs = torch.linalg.eigh(G)
@@ -433,9 +478,7 @@ class IterativePosterior:
         return self.op._matmul(V).add_(V, alpha=self.noise)
 
     def _cross(self, Xs: torch.Tensor) -> KernelOperator:  # (m, n)
-        return kernel_operator(
-            self.kernel, Xs, self.X, backend=self.backend, runtime=self.keops_runtime
-        ).detach()
+        return self._model.operator(Xs, self.X).detach()
 
     def _prior_var(self, Xs: torch.Tensor) -> torch.Tensor:  # (m,)
         return kernel_operator(
@@ -450,6 +493,7 @@ class IterativePosterior:
             tol=self.settings.eval_cg_tol,
             max_iter=self.settings.max_eval_cg_iter,
             advice=_EVAL_CG_ADVICE,
+            reduce=self.reduce,
         ).solution
 
     @torch.no_grad()
@@ -485,7 +529,7 @@ class IterativePosterior:
             if exact_variance:
                 Kxb = self._dense_cross(xb)  # (n, b)
                 Z = self._solve_columns(Kxb)
-                reduction = (Kxb * Z).sum(0)
+                reduction = _summed(self.reduce, (Kxb * Z).sum(0))
             else:
                 reduction = (out[:, t:] ** 2).sum(1)
             variances.append((prior - reduction).clamp_min(0.0))
@@ -495,7 +539,7 @@ class IterativePosterior:
         return mean, torch.cat(variances)
 
     def _dense_cross(self, xb: torch.Tensor) -> torch.Tensor:  # (n, b)
-        op = kernel_operator(self.kernel, self.X, xb, backend="torch").detach()
+        op = kernel_operator(self.kernel, self.X[self.rows], xb, backend="torch").detach()
         return op.to_dense()
 
     def _full_cov(self, Xs: torch.Tensor, bs: int) -> torch.Tensor:  # (m, m)
