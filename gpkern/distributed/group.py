@@ -60,6 +60,7 @@ __all__ = [
     "gloo_group",
     "guard",
     "init_from_env",
+    "is_communication_error",
     "init_group",
     "launch",
     "resolve_timeout",
@@ -307,6 +308,7 @@ def guard(
     noun: str = "rank",
     where: str = "",
     error: type[RankFailureError] = RankFailureError,
+    convert: Callable[[BaseException], bool] | None = None,
 ) -> Iterator[None]:
     """Turn a failed collective into a :class:`RankFailureError` that says what happened.
 
@@ -327,6 +329,9 @@ def guard(
         When it happened (``"in round 3"``).
     error : type, default=RankFailureError
         Subclass to raise.
+    convert : callable, optional
+        Which exceptions to convert (default all): around code that does more than
+        communicate, :func:`is_communication_error` leaves the code's own errors as they are.
 
     Examples
     --------
@@ -339,6 +344,8 @@ def guard(
     except RankFailureError:
         raise
     except Exception as err:  # gloo raises RuntimeError / DistBackendError subclasses
+        if convert is not None and not convert(err):
+            raise
         if rank is None:
             rank = dist.get_rank() if dist.is_initialized() else 0
         if world_size is None:
@@ -350,6 +357,23 @@ def guard(
             f"timeout={timeout:g} s, or stopped on an error. Check the other {noun}s' logs. "
             f"({_first_line(err)})"
         ) from err
+
+
+_COMM_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "connection refused",
+               "timed out", "timeout", "broken pipe", "socket", "store")
+
+
+def is_communication_error(err: BaseException) -> bool:
+    """Whether ``err`` reads like a failed collective (a dead, hung or unreachable rank).
+
+    ``torch.distributed`` raises :class:`torch.distributed.DistError` subclasses for some of
+    these and plain :class:`RuntimeError` with a transport message (gloo's "Connection closed
+    by peer") for others.
+    """
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(w in text for w in _COMM_WORDS)
 
 
 def _dtype_code(dtype) -> int:
@@ -574,17 +598,20 @@ def start_local_ranks(
     return procs
 
 
-def wait_local_ranks(procs: Sequence[subprocess.Popen], deadline: float) -> list[int | None]:
-    """Wait up to ``deadline`` seconds for all of ``procs``; kill the rest.
+def wait_local_ranks(
+    procs: Sequence[subprocess.Popen], deadline: float | None = None
+) -> list[int | None]:
+    """Wait for all of ``procs``, at most ``deadline`` seconds; kill the rest.
 
     Returns each process's exit code (``None`` for one still running at the deadline, which is
-    then killed).
+    then killed). Without a deadline it waits for all: a rank that dies makes the others fail
+    within their process group's timeout.
     """
-    end = time.monotonic() + deadline
+    end = None if deadline is None else time.monotonic() + deadline
     codes: list[int | None] = []
     for p in procs:
         try:
-            codes.append(p.wait(timeout=max(0.0, end - time.monotonic())))
+            codes.append(p.wait(timeout=None if end is None else max(0.0, end - time.monotonic())))
         except subprocess.TimeoutExpired:
             codes.append(None)
     for p, c in zip(procs, codes):
