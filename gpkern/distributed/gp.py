@@ -352,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         procs = pg.start_local_ranks([sys.executable, "-m", "gpkern.distributed.gp", *rest],
                                      ns.nproc, threads=threads)
         codes = pg.wait_local_ranks(procs, deadline=None)
-        return next((c for c in codes if c), 0)
+        failed = [(r, c) for r, c in enumerate(codes) if c]
+        if failed:
+            print("gpkern.distributed.gp: " + ", ".join(
+                f"rank {r} exited with status {c}" for r, c in failed), file=sys.stderr)
+        return 1 if failed else 0
     # One process: a one-rank job on a loopback rendezvous, the same code path as torchrun's.
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(pg.free_port()))
