@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import gpytorch
@@ -253,7 +254,7 @@ def _fit_and_write(ns, X, y, X_test, info: pg.GroupInfo) -> dict:
                        timeout=info.timeout)
     if X_test is not None:  # the test set is sharded too: every rank must hold the same one
         pg.check_agreement(X_test.shape[0], X_test.shape[1], X_test.dtype,
-                           1 if y.ndim == 1 else y.shape[1], timeout=info.timeout)
+                           1 if y.ndim == 1 else y.shape[1], timeout=info.timeout, what="test")
     gp = GPRegressor(
         kernel=build_kernel(ns.kernel, X.shape[1], ns.nu, ns.depth), backend="distributed",
         device=info.device, verbose=ns.verbose and info.rank == 0, **_options(ns),
@@ -297,11 +298,13 @@ def _run_rank(ns, X, y, X_test) -> int:
     try:
         info = pg.init_from_env(ns.timeout)
     except (RuntimeError, pg.RendezvousError) as err:
-        print(f"gpkern.distributed.gp: {err}", file=sys.stderr, flush=True)
+        print(f"gpkern.distributed.gp rank {os.environ.get('RANK', '?')}: {type(err).__name__}: "
+              f"{err}", file=sys.stderr, flush=True)
         return 1
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     code = 0
     try:
+        if info.rank != 0:  # every rank computes the same fit: rank 0 speaks for all
+            warnings.simplefilter("ignore")
         with pg.guard("the distributed fit's collectives", timeout=info.timeout,
                       convert=pg.is_communication_error):
             summary = _fit_and_write(ns, X, y, X_test, info)

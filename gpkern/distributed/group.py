@@ -392,6 +392,7 @@ def check_agreement(
     *,
     group=None,
     timeout: float | None = None,
+    what: str = "training",
 ) -> None:
     r"""Refuse, on every rank and before any work, ranks that disagree on the problem.
 
@@ -413,6 +414,8 @@ def check_agreement(
         Defaults to the default group. Under nccl the 4 integers travel on this rank's GPU.
     timeout : float, optional
         Quoted if the exchange fails (:func:`guard`); the group's own timeout applies.
+    what : str, default="training"
+        Which data set ``n`` counts, for the message (``"test"``).
 
     Raises
     ------
@@ -443,7 +446,7 @@ def check_agreement(
     problems = []
     names = {i: str(dt).replace("torch.", "") for i, dt in enumerate(_DTYPES)}
     names[-1] = "an unsupported dtype"
-    labels = ("the number of training points n", "the number of features d", "the dtype",
+    labels = (f"the number of {what} points n", "the number of features d", "the dtype",
               "the number of outputs t")
     for j, label in enumerate(labels):
         values = [row[j] for row in rows]
