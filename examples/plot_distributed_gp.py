@@ -85,7 +85,9 @@ import gpkern  # noqa: E402
 out = os.path.join(tempfile.mkdtemp(), "two_processes.npz")
 root = os.path.dirname(os.path.dirname(gpkern.__file__))
 env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-procs = group.start_local_ranks([sys.executable, __file__, "--rank-job", out], 2, env=env)
+# This script's path: sys.argv[0] both as a script and in the docs' gallery (no __file__ there).
+script = os.path.abspath(sys.argv[0])
+procs = group.start_local_ranks([sys.executable, script, "--rank-job", out], 2, env=env)
 codes = group.wait_local_ranks(procs, deadline=120)  # a stuck process is killed, never waited on
 assert codes == [0, 0], f"the processes exited with {codes}"
 two = np.load(out)
