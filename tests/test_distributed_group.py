@@ -151,6 +151,20 @@ def test_init_from_env_names_the_missing_variables(monkeypatch):
         group.init_from_env(timeout=1)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() > 2, reason="needs a machine with at most 2 GPUs")
+def test_nccl_refuses_a_local_rank_without_its_gpu(monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK=2 but this machine has \d CUDA device"):
+        group.init_from_env(timeout=1, backend="nccl")
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
 def test_init_group_world_size_one_and_bad_ranks():
     with pytest.raises(ValueError, match="only rank is rank 0"):
         group.init_group("tcp://127.0.0.1:1", 1, 1)
