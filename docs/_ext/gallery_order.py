@@ -17,6 +17,7 @@ EXAMPLES = (
     "plot_deep_kernel_features.py",
     "plot_dpp_sampling.py",
     "keops_100k.py",
+    "plot_distributed_gp.py",
 )
 
 

@@ -49,11 +49,7 @@ others raise :class:`AgentFailureError` within ``timeout`` seconds instead of wa
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
-import queue as queue_module
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +59,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from gpkern.distributed import group as pg
+from gpkern.distributed.group import RankFailureError, RendezvousError, launch
 from gpkern.kernels.gsmp import GSMPKernel
 from gpkern.kernels.multiple import WeightedKernelSum
 from gpkern.models.multiple_kernel import NOISE_FLOOR_HINT, _Blocks, sca_fit
@@ -86,12 +84,8 @@ __all__ = [
 ]
 
 
-class AgentFailureError(RuntimeError):
+class AgentFailureError(RankFailureError):
     """Another agent died, hung past the timeout, or reported an error."""
-
-
-class RendezvousError(RuntimeError):
-    """The ``torch.distributed`` rendezvous could not be reached within the timeout."""
 
 
 @dataclass
@@ -231,16 +225,11 @@ class _Channel:
         if self.world_size == 1:
             return tensor.unsqueeze(0).clone()
         out = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        try:
+        where = "before the first round" if self.round < 0 else f"in round {self.round}"
+        with pg.guard(f"'{name}'", timeout=self.timeout, rank=self.rank,
+                      world_size=self.world_size, noun="agent", where=where,
+                      error=AgentFailureError):
             dist.all_gather(out, tensor, group=self.group)
-        except Exception as err:  # gloo raises RuntimeError / DistBackendError subclasses
-            where = "before the first round" if self.round < 0 else f"in round {self.round}"
-            raise AgentFailureError(
-                f"SLIM-KL agent {self.rank}: exchanging '{name}' with the other "
-                f"{self.world_size - 1} agent(s) failed {where}: an agent died, hung for more "
-                f"than timeout={self.timeout:g} s, or stopped on an error. Check the other "
-                f"agents' logs. ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            ) from err
         return torch.stack(out)
 
     def bytes(self, rounds=None) -> int:
@@ -310,7 +299,7 @@ def _setup_group(init_method, rank, world_size, timeout):
                 "torch.distributed is already initialised (e.g. by torchrun): do not pass "
                 "init_method, rank or world_size to slimkl.fit."
             )
-        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+        group = pg.gloo_group(timeout)
         return group, dist.get_rank(), dist.get_world_size(), False
     if not any(explicit):
         return None, 0, 1, False
@@ -319,25 +308,7 @@ def _setup_group(init_method, rank, world_size, timeout):
             "Pass init_method, rank and world_size together (or none of them to run as a "
             "single agent, or inside a torchrun job)."
         )
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}.")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank must be an integer in [0, world_size) = [0, {world_size}), got {rank!r}"
-            + (" (with world_size=1 the only agent is rank 0)." if world_size == 1 else ".")
-        )
-    try:
-        dist.init_process_group(
-            backend="gloo", init_method=init_method, rank=rank, world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout),
-        )
-    except Exception as err:
-        raise RendezvousError(
-            f"SLIM-KL agent {rank}: could not reach the rendezvous {init_method!r} with "
-            f"{world_size} agents within timeout={timeout:g} s. Check the address and port, "
-            f"that rank 0 is running and that every agent uses the same world_size. "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
+    pg.init_group(init_method, rank, world_size, timeout, noun="agent")
     return dist.group.WORLD, rank, world_size, True
 
 
@@ -614,91 +585,6 @@ def _run(chan, Xn, Yn, kernel, n_components, bandwidths, noise, noise_lower_boun
 
 
 # -- local launcher and command line ------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _bootstrap(rank, fn, nproc, init_method, args, results, threads):
-    torch.set_num_threads(threads)
-    try:
-        out = fn(rank, nproc, init_method, *args)
-        results.put((rank, "ok", out))
-    except BaseException as err:  # report every failure to the parent, then exit non-zero
-        results.put((rank, "error", (type(err).__name__, str(err))))
-        raise SystemExit(1) from None
-
-
-def launch(
-    fn: Callable,
-    nproc: int,
-    args: tuple = (),
-    *,
-    deadline: float = 300.0,
-    threads: int = 1,
-) -> list[tuple[str, object]]:
-    """Run ``fn(rank, world_size, init_method, *args)`` in ``nproc`` local processes.
-
-    The processes rendezvous on a free loopback port (``tcp://127.0.0.1:PORT``). Returns one
-    ``(status, value)`` per rank: ``("ok", return value)``, ``("error", (exception name,
-    message))`` or ``("killed", None)`` for a process still running at ``deadline`` seconds
-    (it is then terminated) or that exited without reporting.
-
-    Parameters
-    ----------
-    fn : callable
-        Importable (module-level) function.
-    nproc : int
-        Number of processes.
-    args : tuple
-        Extra picklable arguments.
-    deadline : float, default=300.0
-        Seconds to wait for all processes.
-    threads : int, default=1
-        Torch threads per process.
-
-    Returns
-    -------
-    list of tuple
-        Per-rank outcome.
-    """
-    import torch.multiprocessing as mp
-
-    if not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}.")
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [
-        ctx.Process(target=_bootstrap, args=(r, fn, nproc, init_method, args, results, threads), daemon=True)
-        for r in range(nproc)
-    ]
-    for p in procs:
-        p.start()
-    outcome: dict[int, tuple[str, object]] = {}
-    end = time.monotonic() + deadline
-    while len(outcome) < nproc and time.monotonic() < end:
-        try:
-            r, status, value = results.get(timeout=0.2)
-            outcome[r] = (status, value)
-        except queue_module.Empty:
-            if all(not p.is_alive() for p in procs):
-                # Drain what the exited processes managed to report.
-                try:
-                    while True:
-                        r, status, value = results.get(timeout=0.5)
-                        outcome[r] = (status, value)
-                except queue_module.Empty:
-                    break
-    for p in procs:
-        p.join(timeout=0.5)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=5)
-    return [outcome.get(r, ("killed", None)) for r in range(nproc)]
-
-
 def _load(path: str) -> tuple[np.ndarray, np.ndarray]:
     if path.endswith(".npz"):
         with np.load(path) as d:
@@ -749,15 +635,15 @@ def main(argv: list[str] | None = None) -> int:
         local_iter=ns.local_iter, tol=ns.tol, timeout=ns.timeout, noise=ns.noise,
         random_state=ns.seed,
     )
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    if pg.torchrun_env_present():
         if ns.nproc is not None:
             raise SystemExit("--nproc cannot be used under torchrun (it sets the world size).")
-        dist.init_process_group(backend="gloo", timeout=datetime.timedelta(seconds=ns.timeout))
+        info = pg.init_from_env(ns.timeout, backend="gloo")
         try:
-            r = dist.get_rank()
-            out = _cli_worker(r, dist.get_world_size(), None, ns.data, options)
+            r = info.rank
+            out = _cli_worker(r, info.world_size, None, ns.data, options)
         finally:
-            dist.destroy_process_group()
+            pg.destroy(info)
         outs = [("ok", out)] if r == 0 else []
     else:
         nproc = 1 if ns.nproc is None else ns.nproc
