@@ -258,12 +258,12 @@ def test_unsupported_kernels_are_rejected_clearly():
 def test_dispatch_rule(monkeypatch):
     rbf = gpytorch.kernels.RBFKernel()
     monkeypatch.setattr(dispatch, "keops_available", lambda dtype=torch.float64: (True, ""))
-    assert choose_backend(DENSE_MAX_N, rbf) == "dense-iterative"
+    assert choose_backend(DENSE_MAX_N, rbf) == "dense"
     assert choose_backend(DENSE_MAX_N + 1, rbf) == "keops"
     assert choose_backend(10, rbf, "keops") == "keops"
     assert choose_backend(10**6, rbf, "dense") == "dense"
     # No formula: dense, and above DENSE_MAX_N not silently.
-    assert choose_backend(100, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
+    assert choose_backend(DENSE_MAX_N, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
     with pytest.warns(NoKeOpsFormulaWarning, match="PolynomialKernel has no KeOps formula"):
         assert choose_backend(10**6, gpytorch.kernels.PolynomialKernel(power=2)) == "dense"
     with pytest.raises(ValueError, match="KeOps formula"):

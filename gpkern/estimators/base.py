@@ -345,14 +345,13 @@ class BaseGPRegressor(InputStandardization, RegressorMixin, BaseEstimator):
         extras: Callable[[torch.nn.Module, object], dict] | None = None,
         between_rounds: Callable[[torch.nn.Module, torch.Tensor, torch.Generator], None]
         | None = None,
-        n_rounds: int | Callable[[torch.nn.Module], int] = 1,
+        n_rounds: int = 1,
     ):
         """Validate, build ``make_model(X, generator)``, maximise its log marginal likelihood
         (with restarts), condition, and commit everything at once.
 
         With ``n_rounds > 1`` the optimiser runs ``n_rounds`` times (restarts in the first only)
-        and ``between_rounds(model, X, generator)`` updates the model in between; a callable
-        ``n_rounds(model)`` decides per model.
+        and ``between_rounds(model, X, generator)`` updates the model in between.
 
         The model must offer ``log_marginal_likelihood(X, Y)``, ``posterior(X, Y, warn)`` (with
         ``log_marginal_likelihood`` and ``jitter``), ``kernel`` and ``noise``; ``extras(model,
@@ -379,7 +378,7 @@ class BaseGPRegressor(InputStandardization, RegressorMixin, BaseEstimator):
                 except (NotPSDError, FloatingPointError):
                     return torch.tensor(math.inf, dtype=torch.float64, device=device)
 
-            for r in range(n_rounds(model) if callable(n_rounds) else n_rounds):
+            for r in range(n_rounds):
                 if r:
                     between_rounds(model, Xt, gen)
                 result = minimize_with_restarts(

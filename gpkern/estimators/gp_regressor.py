@@ -10,7 +10,6 @@ import torch
 
 from gpkern.estimators.base import BaseGPRegressor
 from gpkern.linalg.dispatch import choose_backend
-from gpkern.models.dense_iterative import DenseIterativeGP
 from gpkern.models.exact import ExactGP
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
@@ -127,12 +126,9 @@ class GPRegressor(BaseGPRegressor):
     backend : {"auto", "dense", "keops"}, default="auto"
         Linear algebra (:mod:`gpkern.linalg.dispatch`): ``"dense"`` Cholesky, or ``"keops"``:
         preconditioned CG and stochastic Lanczos on a KeOps kernel operator, memory linear in
-        ``n_samples`` (:mod:`gpkern.models.iterative`). ``"auto"`` uses dense Cholesky below
-        ``gpkern.linalg.dispatch.DENSE_ITERATIVE_MIN_N`` samples, then up to ``DENSE_MAX_N``
-        optimises CG and stochastic Lanczos estimates on the dense matrix and finishes with
-        L-BFGS on the exact likelihood (:mod:`gpkern.models.dense_iterative`), then KeOps (see
-        :func:`gpkern.linalg.dispatch.choose_backend`). Without a working pykeops the KeOps
-        path warns and runs on a chunked torch operator.
+        ``n_samples`` (:mod:`gpkern.models.iterative`). ``"auto"`` uses dense up to
+        ``gpkern.linalg.dispatch.DENSE_MAX_N`` samples. Without a working pykeops the KeOps path
+        warns and runs on a chunked torch operator.
     backend_options : dict, optional
         Fields of :class:`gpkern.models.iterative.IterativeSettings` (CG tolerances, probes,
         preconditioner rank, prediction batch size) for the iterative backends.
@@ -236,10 +232,6 @@ class GPRegressor(BaseGPRegressor):
         learn = self.noise is None and self.optimizer is not None
         noise = 0.1 if self.noise is None else float(self.noise)
         kind = choose_backend(X.shape[0], kernel, self.backend)
-        if kind == "dense-iterative":
-            settings = IterativeSettings(**(self.backend_options or {}))
-            model = DenseIterativeGP(kernel, noise, learn, settings=settings)
-            return model.to(dtype=torch.float64, device=X.device)
         if kind != "dense":
             settings = IterativeSettings(**(self.backend_options or {}))
             model = IterativeGP(
@@ -272,15 +264,7 @@ class GPRegressor(BaseGPRegressor):
         gpkern.exceptions.NotPSDError
             If the kernel matrix is not positive definite even with jitter.
         """
-        # The iterative estimate's optimum is off by its Monte Carlo error: a last round of
-        # L-BFGS on the exact likelihood, started there, needs few Cholesky factorisations.
-        return self._fit_marginal_likelihood(
-            X,
-            y,
-            lambda Xt, gen: self._make_model(Xt),
-            between_rounds=lambda model, Xt, gen: model.finish_exactly(),
-            n_rounds=lambda model: 2 if isinstance(model, DenseIterativeGP) else 1,
-        )
+        return self._fit_marginal_likelihood(X, y, lambda Xt, gen: self._make_model(Xt))
 
     # -- prediction ---------------------------------------------------------------------------
     def _latent(self, X, full_cov: bool):

@@ -3,35 +3,26 @@ r"""Which linear-algebra backend solves a GP: one rule, overridable by the calle
 For scattered points, :func:`choose_backend` resolves ``backend="auto"`` to
 
 * ``"dense"`` (Cholesky of the :math:`n \times n` matrix, :mod:`gpkern.models.exact`) when
-  :math:`n <` :data:`DENSE_ITERATIVE_MIN_N`, or when the kernel has no KeOps formula (above
+  :math:`n \le` :data:`DENSE_MAX_N`, or when the kernel has no KeOps formula (above
   :data:`DENSE_MAX_N` with a :class:`NoKeOpsFormulaWarning`: register one with
   :func:`gpkern.linalg.keops.registry.register_formula`);
-* ``"dense-iterative"`` (preconditioned CG and stochastic Lanczos on the stored dense matrix
-  for training, one Cholesky at the optimum, :mod:`gpkern.models.dense_iterative`) when
-  :data:`DENSE_ITERATIVE_MIN_N` :math:`\le n \le` :data:`DENSE_MAX_N`;
 * ``"keops"`` (preconditioned CG and stochastic Lanczos on a KeOps kernel operator,
   :mod:`gpkern.models.iterative`) above it, when pykeops imports and compiles;
 * ``"torch"`` (the same iterative solver on a row-blocked torch operator, also linear in memory)
   when pykeops cannot compile, with a :class:`KeOpsFallbackWarning`.
 
-``backend="dense"`` (Cholesky at every size) and ``backend="keops"`` force a choice (``"keops"`` still falls back to
+``backend="dense"`` and ``backend="keops"`` force a choice (``"keops"`` still falls back to
 ``"torch"`` with a warning when pykeops fails).
 
 For points on (part of) a Cartesian grid with a product kernel, :func:`choose_grid_backend`
 picks ``"kronecker"`` (every cell observed), ``"kronecker-partial"`` (a large enough fraction
 of a small enough grid) or ``"dense"``; the grid itself is detected by the estimator.
 
-Why :data:`DENSE_MAX_N` = 5000: the dense paths store several :math:`n \times n` float64
-matrices during a gradient step (kernel, Cholesky factor or the products' gradient, their
-autograd buffers: about :math:`4 \cdot 8 n^2` bytes, 800 MB at :math:`n = 5000`); beyond it
-memory, not time, decides.
-
-Why :data:`DENSE_ITERATIVE_MIN_N` = 2000: a Cholesky per evaluation grows as :math:`n^3`, the
-iterative estimator's products with the stored matrix as :math:`n^2` times a few CG iterations
-(the rank-256 preconditioner keeps them few for smooth kernels). On one CPU thread, Friedman #1
-(d = 5), one evaluation with its gradient took 0.47 s densely against 0.18 s iteratively at
-:math:`n = 2000` and 6.2 s against 1.4 s at :math:`n = 5000`, and whole fits reached the same
-held-out accuracy (``benchmarks/bench_dense_iterative.py``).
+Why :data:`DENSE_MAX_N` = 5000: the dense path stores several :math:`n \times n` float64
+matrices during a gradient step (kernel, Cholesky factor, their gradients: about
+:math:`4 \cdot 8 n^2` bytes, 800 MB at :math:`n = 5000`) and its :math:`O(n^3)` Cholesky is
+still faster than tens of CG iterations of :math:`O(n^2)` reductions up to a few thousand points
+on a CPU; beyond it memory, not time, decides.
 """
 
 from __future__ import annotations
@@ -51,7 +42,6 @@ from gpkern.linalg.keops import (
 )
 
 __all__ = [
-    "DENSE_ITERATIVE_MIN_N",
     "DENSE_MAX_N",
     "KeOpsFallbackWarning",
     "NoKeOpsFormulaWarning",
@@ -63,9 +53,6 @@ __all__ = [
 
 #: Largest training set solved densely under ``backend="auto"``.
 DENSE_MAX_N = 5000
-
-#: Smallest training set trained iteratively on the dense matrix under ``backend="auto"``.
-DENSE_ITERATIVE_MIN_N = 2000
 
 _STATUS: dict[str, object] = {}
 
@@ -115,8 +102,7 @@ def choose_backend(
     backend: str = "auto",
     dtype: torch.dtype = torch.float64,
 ) -> str:
-    """Resolve ``backend`` to ``"dense"``, ``"dense-iterative"``, ``"keops"`` or ``"torch"`` for
-    ``n`` training points.
+    """Resolve ``backend`` to ``"dense"``, ``"keops"`` or ``"torch"`` for ``n`` training points.
 
     Parameters
     ----------
@@ -130,8 +116,7 @@ def choose_backend(
     Returns
     -------
     str
-        ``"dense"`` (Cholesky), ``"dense-iterative"`` (CG and stochastic Lanczos on the stored
-        matrix), ``"keops"`` or ``"torch"`` (the chunked fallback, after a
+        ``"dense"``, ``"keops"`` or ``"torch"`` (the chunked fallback, after a
         :class:`KeOpsFallbackWarning`).
 
     Raises
@@ -153,15 +138,11 @@ def choose_backend(
     >>> from gpkern.linalg.dispatch import choose_backend
     >>> choose_backend(100, gpytorch.kernels.RBFKernel())
     'dense'
-    >>> choose_backend(3000, gpytorch.kernels.RBFKernel())
-    'dense-iterative'
     """
     if backend not in ("auto", "dense", "keops"):
         raise ValueError(f"backend must be 'auto', 'dense' or 'keops', got {backend!r}.")
     if backend == "dense":
         return "dense"
-    if backend == "auto" and DENSE_ITERATIVE_MIN_N <= n <= DENSE_MAX_N:
-        return "dense-iterative"
     ok, reason = _has_formula(kernel)
     if not ok:
         if backend == "keops":

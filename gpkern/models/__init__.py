@@ -17,7 +17,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "relu_gram_map",
             "se_gram_map",
         ),
-        "dense_iterative": ("DenseIterativeGP", "DenseKernelMatrix"),
         "exact": ("ExactGP", "ExactPosterior", "GaussianNoise", "gaussian_log_density", "kernel_matrix"),
         "grid": ("AxisSplit", "GridGP", "GridPosterior", "ProductAxisKernel", "split_axis_kernels"),
         "iterative": ("IterativeGP", "IterativePosterior", "IterativeSettings"),
