@@ -6,9 +6,9 @@ kernel matrix still fits in memory? Both paths maximise the log marginal likelih
 
 * ``dense``: :class:`gpkern.models.exact.ExactGP`, one Cholesky per evaluation, closed-form
   gradient;
-* ``iterative``: :class:`gpkern.models.iterative.IterativeGP`'s estimator (batched preconditioned CG for
-  :math:`y^\\top A^{-1} y` and the probe solves, stochastic Lanczos quadrature for
-  :math:`\\log|A|`, randomly pivoted Cholesky preconditioner, default
+* ``iterative``: :class:`gpkern.models.iterative.IterativeGP`'s estimator (batched
+  preconditioned CG for :math:`y^\\top A^{-1} y` and the probe solves, stochastic Lanczos
+  quadrature for :math:`\\log|A|`, randomly pivoted Cholesky preconditioner, default
   :class:`~gpkern.models.iterative.IterativeSettings`) with its products taken with the stored
   dense kernel matrix, to the end;
 * ``iterative+exact``: the same, then a second L-BFGS run on the exact likelihood from its
