@@ -33,6 +33,10 @@ sys.path.insert(0, str(HERE))
 #: name -> MultipleKernelRegressor keyword arguments (``random_state`` is added per split).
 CONFIGS: dict[str, dict] = {
     "default": {},
+    # before first-order components were added to the default (several inputs)
+    "additive_bandwidths=()": dict(additive_bandwidths=()),
+    "additive_bandwidths=0.5": dict(additive_bandwidths=0.5),
+    "additive_bandwidths=(0.5, 1)": dict(additive_bandwidths=(0.5, 1.0)),
     # the former defaults' settings; the grid's Nyquist bound is today's
     "n_components=100, bandwidths=(0.001, 0.05)": dict(n_components=100, bandwidths=(0.001, 0.05)),
     "bandwidths=(0.001, 0.05)": dict(bandwidths=(0.001, 0.05)),
@@ -104,7 +108,8 @@ def part_co2(names):
               f"{cpu:.1f} | {n_warn} |", flush=True)
 
 
-def part_bench(names, datasets=("cpus", "auto", "carseats", "diabetes", "boston", "housing"), splits=5):
+def part_bench(names, datasets=("cpus", "auto", "carseats", "diabetes", "boston", "housing", "concrete"),
+               splits=5):
     import bench_defaults as bd
     from sklearn.model_selection import train_test_split
 

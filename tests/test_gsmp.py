@@ -235,3 +235,26 @@ class TestLinearMultipleKernelGPyTorch(BaseKernelTestCase, unittest.TestCase):
 
 def test_module_constant():
     assert math.isclose(GSMPKernel(n_components=3).weights.sum().item(), 1.0)
+
+
+def test_gsmp_grid_first_order_components_are_rbf_of_one_input():
+    # Component p of `additive` is scikit-learn's RBF of column p alone, with length-scale
+    # range_p / (2 pi b); with one input none is added.
+    from sklearn.gaussian_process.kernels import RBF
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 4.0, 10.0])
+    base_m, base_b = gsmp_grid(X, bandwidths=(0.001, 0.5), generator=torch.Generator().manual_seed(1))
+    means, bw = gsmp_grid(X, bandwidths=(0.001, 0.5), generator=torch.Generator().manual_seed(1),
+                          additive=(0.25, 1.0))
+    assert torch.equal(means[: len(base_m)], base_m) and torch.equal(bw[: len(base_b)], base_b)
+    assert means.shape == (len(base_m) + 6, 3) and torch.all(means[len(base_m):] == 0)
+    K = GSMPKernel(means=means, bandwidths=bw).double().basis(X, X)[len(base_m):]
+    span = (X.max(0).values - X.min(0).values).numpy()
+    for i, (b, p) in enumerate([(b, p) for b in (0.25, 1.0) for p in range(3)]):
+        ref = RBF(span[p] / (2 * math.pi * b))(X[:, p : p + 1].numpy())
+        np.testing.assert_allclose(K[i].numpy(), ref, rtol=1e-12, atol=1e-14)
+    t = torch.arange(10.0, dtype=torch.float64)[:, None]
+    assert torch.equal(gsmp_grid(t, additive=0.5)[0], gsmp_grid(t)[0])
+    with pytest.raises(ValueError, match="additive"):
+        gsmp_grid(X, additive=-1.0)

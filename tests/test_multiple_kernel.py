@@ -222,3 +222,50 @@ def test_defaults_do_not_interpolate_noise_on_small_scattered_data():
     noise = 0.01 / y.var()  # the true noise in normalised units
     assert noise / 3 < reg.noise_ < 3 * noise
     assert reg.score(X, y) < 0.999
+
+
+def test_default_first_order_components_select_the_relevant_inputs():
+    # y depends on x0 and x1 only; four more inputs are noise. The isotropic grid alone must
+    # weigh all six alike; the first-order components let the weights pick x0 and x1, and the
+    # fit generalises like scikit-learn's ARD GP (an independent reference).
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-2, 2, (240, 6))
+    y = np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] ** 2 + 0.1 * rng.standard_normal(240)
+    Xtr, Xte, ytr, yte = X[:180], X[180:], y[:180], y[180:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        reg = MultipleKernelRegressor(random_state=0).fit(Xtr, ytr)
+    noise = 0.01 / ytr.var()  # the true noise in normalised units
+    assert noise / 3 < reg.noise_ < 3 * noise
+    A = reg.weights_.shape[0]
+    first = reg.weights_[A - 6:]  # one component per input, in input order (gsmp_grid)
+    bw = reg.kernel_.bandwidths[A - 6:].numpy()
+    np.testing.assert_array_equal(bw > 0, np.eye(6, dtype=bool))
+    assert first[0] > 0 and first[1] > 0
+    assert np.all(first[2:] <= 1e-3 * first[:2].max())
+    with warnings.catch_warnings():  # the isotropic grid alone interpolates: noise at its floor
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        iso = MultipleKernelRegressor(additive_bandwidths=(), random_state=0).fit(Xtr, ytr)
+    assert iso.weights_.shape[0] == A - 6
+    scaler = StandardScaler().fit(Xtr)
+    kern = ConstantKernel() * RBF(np.ones(6), (1e-2, 1e3)) + WhiteKernel(0.1)
+    ard = GaussianProcessRegressor(kern, normalize_y=True, random_state=0)
+    ard.fit(scaler.transform(Xtr), ytr)
+    r2_ard = ard.score(scaler.transform(Xte), yte)
+    assert reg.score(Xte, yte) > r2_ard - 0.02, (reg.score(Xte, yte), r2_ard)
+    assert reg.score(Xte, yte) > iso.score(Xte, yte) + 0.02, (reg.score(Xte, yte), iso.score(Xte, yte))
+
+
+def test_one_input_ignores_additive_bandwidths():
+    X = np.linspace(0, 4, 50)[:, None]
+    y = np.sin(3 * X[:, 0]) + 0.1 * np.random.default_rng(0).standard_normal(50)
+    a = MultipleKernelRegressor(noise=0.01, random_state=0).fit(X, y)
+    b = MultipleKernelRegressor(noise=0.01, additive_bandwidths=(0.25, 1.0), random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.weights_, b.weights_)
+    with pytest.raises(ValueError, match="additive_bandwidths"):
+        MultipleKernelRegressor(additive_bandwidths=-1.0).fit(X, y)

@@ -30,6 +30,8 @@ __all__ = ["MultipleKernelRegressor"]
 
 #: refuse to build basis stacks larger than this (bytes); the message says what to do instead.
 _MAX_BASIS_BYTES = 4 * 2**30
+#: default relative bandwidths of the first-order components (several inputs).
+_ADDITIVE = (0.25,)
 
 
 class MultipleKernelRegressor(GPRegressor):
@@ -75,6 +77,14 @@ class MultipleKernelRegressor(GPRegressor):
         between: local components explain a series' past without extrapolating it, and the
         few frequencies that scattered data resolve are too few without them (see the user
         guide).
+    additive_bandwidths : float or sequence of float, optional
+        Relative bandwidths of first-order GSMP components for several inputs: each gives one
+        squared-exponential kernel per input dimension, of that input alone (see
+        :func:`gpkern.kernels.gsmp.gsmp_grid`), so that the sparse weights can tell relevant
+        inputs from irrelevant ones, as ARD length-scales do; the grid's components weigh all
+        inputs alike. Default: ``(0.25,)`` for several inputs (length-scale about
+        range / (pi / 2) along each input); ``()`` turns them off. Ignored for one input
+        and for a basis given by the user.
     noise : float, optional
         Noise variance in normalised units; ``None`` learns it (starting at 0.1). A given value
         is used exactly, even below ``noise_lower_bound``.
@@ -137,6 +147,7 @@ class MultipleKernelRegressor(GPRegressor):
         kernel="gsmp",
         n_components=None,
         bandwidths=None,
+        additive_bandwidths=None,
         noise=None,
         noise_lower_bound=1e-4,
         normalize_y=True,
@@ -151,6 +162,7 @@ class MultipleKernelRegressor(GPRegressor):
         self.kernel = kernel
         self.n_components = n_components
         self.bandwidths = bandwidths
+        self.additive_bandwidths = additive_bandwidths
         self.noise = noise
         self.noise_lower_bound = noise_lower_bound
         self.normalize_y = normalize_y
@@ -184,6 +196,13 @@ class MultipleKernelRegressor(GPRegressor):
                 raise ValueError(
                     f"bandwidths must be a non-negative float or a non-empty list of them, got {self.bandwidths!r}."
                 )
+        if self.additive_bandwidths is not None:
+            bw = np.atleast_1d(np.asarray(self.additive_bandwidths, dtype=object))
+            if not all(isinstance(b, numbers.Real) and math.isfinite(b) and b >= 0 for b in bw):
+                raise ValueError(
+                    "additive_bandwidths must be a non-negative float or a list of them, got "
+                    f"{self.additive_bandwidths!r}."
+                )
         for name in ("noise", "noise_lower_bound"):
             value = getattr(self, name)
             if value is None and name == "noise":
@@ -205,8 +224,10 @@ class MultipleKernelRegressor(GPRegressor):
             bw = self.bandwidths
             if bw is None:  # a series to extrapolate, or scattered points to interpolate
                 bw = (0.001, 0.05) if X.shape[1] == 1 else (0.001, 0.05, 0.5)
+            add = _ADDITIVE if self.additive_bandwidths is None else self.additive_bandwidths
+            add = tuple(map(float, np.atleast_1d(np.asarray(add, dtype=float))))
             nc = None if self.n_components is None else int(self.n_components)
-            return GSMPKernel.from_data(X, nc, bw, generator=gen)
+            return GSMPKernel.from_data(X, nc, bw, generator=gen, additive=add)
         if isinstance(self.kernel, WeightedKernelSum):
             kernel = copy.deepcopy(self.kernel)
         else:
