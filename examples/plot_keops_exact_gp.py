@@ -4,7 +4,7 @@ Exact GP regression on tens of thousands of points with KeOps
 
 The KeOps backend never stores the :math:`n \\times n` kernel matrix: conjugate gradients and
 stochastic Lanczos quadrature only need kernel-matrix products, which KeOps computes with
-memory linear in :math:`n`. This example learns the hyperparameters on a 2,000-point subset
+memory linear in :math:`n`. This example learns the hyperparameters on a 1,000-point subset
 (dense backend), then conditions an exact GP on all :math:`n` points with
 ``backend="keops"`` and predicts means and standard deviations on a grid in batches.
 
@@ -35,7 +35,7 @@ f = np.sin(2 * X[:, 0]) * np.cos(X[:, 1])
 y = f + 0.2 * rng.standard_normal(n)
 
 # Hyperparameters from a subset: exact dense GP, L-BFGS.
-subset = rng.choice(n, 2000, replace=False)
+subset = rng.choice(n, 1000, replace=False)
 small = GPRegressor(backend="dense", max_iter=50, random_state=0).fit(X[subset], y[subset])
 
 # Exact GP on all points with the learned kernel and noise: CG with a pivoted-Cholesky
