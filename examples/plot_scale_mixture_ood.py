@@ -4,20 +4,21 @@ Out-of-distribution entropy: scale-mixture versus GP classifier
 
 :class:`gpkern.estimators.ScaleMixtureClassifier` trained on scikit-learn's digits without the
 classes 7, 8 and 9, in the paper's setting: a ReLU NNGP kernel with fixed variances whose last
-layer's variance is :math:`\\sigma^2`, 200 inducing points, 100 Monte-Carlo draws in the ELBO.
-The GP fixes :math:`\\sigma^2` (``prior=None``, last-layer variance ``GP_SCALE``); the scale
-mixture puts an inverse-gamma prior :math:`\\mathrm{IG}(2, b)` with mean ``IG_MEAN`` on it and
-learns :math:`q(\\sigma^2)`. Both values are the ones ``benchmarks/bench_scale_mixture.py``
-chose on a validation split of the training digits. The histograms compare the predictive
-entropy on held-out digits of the training classes with that on the unseen classes; the
-legend gives the AUROC of entropy as an out-of-distribution score.
+layer's variance is :math:`\\sigma^2`, and 200 inducing points. The GP fixes :math:`\\sigma^2`
+(``prior=None``, last-layer variance ``GP_SCALE``); the scale mixture puts an inverse-gamma
+prior :math:`\\mathrm{IG}(2, b)` with mean ``IG_MEAN`` on it and learns :math:`q(\\sigma^2)`.
+Both values are the ones ``benchmarks/bench_scale_mixture.py`` chose on a validation split of
+the training digits. The histograms compare the predictive entropy on held-out digits of the
+training classes with that on the unseen classes; the panel titles give the AUROC of entropy as
+an out-of-distribution score.
 
-This example trains two classifiers for a few hundred Adam steps (about 20 s of CPU time with
-one torch thread; far longer on an oversubscribed machine), so the documentation renders it
-without executing it.
+To run in seconds in the documentation build, this example takes 32 Monte-Carlo draws in the
+ELBO and 200 Adam steps instead of the paper's 100 and 300, on one split. In the full setting
+over 10 splits (:doc:`/benchmarks/generated/scale_mixture_ood`) the two are on par: AUROC 0.9808
+± 0.0016 for the GP and 0.9792 ± 0.0020 for the scale mixture; the mixture separates the unseen
+digits better when the scale is not tuned (AUROC 0.9712 against 0.9621 with :math:`\\sigma^2`,
+or the prior mean, at 1).
 """
-
-# sphinx_gallery_thumbnail_path = "_static/thumbnail_scale_mixture_ood.png"
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -44,7 +45,7 @@ mu, sd = X_in[train].mean(0), X_in[train].std(0)
 sd[sd == 0] = 1.0
 X_in, X_out = (X_in - mu) / sd, (X_out - mu) / sd
 
-common = dict(n_inducing=200, n_samples=100, max_iter=300, random_state=0)
+common = dict(n_inducing=200, n_samples=32, max_iter=200, random_state=0)
 models = {
     f"GP (sigma^2 = {GP_SCALE:g})": ScaleMixtureClassifier(nngp(GP_SCALE), prior=None, **common),
     f"scale mixture (IG(2, {IG_MEAN:g}))": ScaleMixtureClassifier(
