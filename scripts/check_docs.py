@@ -153,7 +153,9 @@ def check_text(build: Path, pages: dict[Path, Page]) -> list[str]:
             continue  # source listings, and the benchmark reports' raw Markdown
         text = html.unescape(" ".join(page.text))
         for match in PLACEHOLDER.finditer(text):
-            if match.group(0) not in constants:
+            before, after = text[match.start() - 1 : match.start()], text[match.end() : match.end() + 1]
+            quoted = before in ("'", '"') and after == before
+            if match.group(0) not in constants and not quoted:  # quoted: a string's value
                 problems.append(f"{rel}: placeholder-like text {match.group(0)!r}")
         for match in RAW_MATH.finditer(text):
             context = text[max(0, match.start() - 30) : match.end() + 30].replace("\n", " ")

@@ -19,6 +19,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,9 +159,11 @@ def heading(text: str, char: str) -> str:
     return f"{text}\n{char * len(text)}\n"
 
 
-def object_page(entry: Entry) -> str:
+def object_page(entry: Entry, ambiguous: frozenset[str] = frozenset()) -> str:
+    """The object's page; titled by its module too when another public object shares its name."""
     module, _, short = entry.name.rpartition(".")
-    lines = [heading(short, "="), f".. currentmodule:: {module}\n"]
+    title = f"{module.removeprefix('gpkern.')}.{short}" if short in ambiguous else short
+    lines = [heading(title, "="), f".. currentmodule:: {module}\n"]
     if entry.kind in ("class", "exception"):
         lines.append(f".. auto{entry.kind}:: {short}\n   :show-inheritance:\n")
         kinds = {member: _member_kind(entry, member) for member in entry.members}
@@ -296,10 +299,12 @@ def generate(app) -> None:
         path = pages_dir / f"{page}.rst"
         wanted.add(path)
         write_if_changed(path, module_page(page, pages[page], entries))
+    shorts = Counter(entry.name.rpartition(".")[2] for entry in entries.values())
+    ambiguous = frozenset(short for short, count in shorts.items() if count > 1)
     for entry in entries.values():
         path = objects_dir / f"{entry.name}.rst"
         wanted.add(path)
-        write_if_changed(path, object_page(entry))
+        write_if_changed(path, object_page(entry, ambiguous))
     for directory in (pages_dir, objects_dir):
         for path in directory.iterdir():
             if path not in wanted:

@@ -11,7 +11,7 @@ __all__ = ["row_partition"]
 
 
 def row_partition(n: int, world_size: int) -> list[slice]:
-    r"""Split rows ``0 .. n-1`` into ``world_size`` contiguous blocks of balanced sizes.
+    r"""Split the rows ``range(n)`` into ``world_size`` contiguous blocks of balanced sizes.
 
     Parameters
     ----------

@@ -36,8 +36,8 @@ class KernelOperator(LinearOperator):
 
     Parameters
     ----------
-    x1 : torch.Tensor of shape (*b1, n, d)
-    x2 : torch.Tensor of shape (*b2, m, d)
+    x1 : torch.Tensor of shape (\*b1, n, d)
+    x2 : torch.Tensor of shape (\*b2, m, d)
         ``b1`` and ``b2`` must broadcast.
     theta : torch.Tensor of shape (p,)
         Flat hyperparameters, usually ``formula.theta()``.
@@ -273,15 +273,15 @@ def kernel_operator(
     backend: str = "keops",
     runtime: KeOpsRuntime | None = None,
 ) -> KernelOperator:  # (*broadcast(b1, b2), n, m)
-    """The lazy kernel matrix of a GPyTorch kernel, see :class:`KernelOperator`.
+    r"""The lazy kernel matrix of a GPyTorch kernel, see :class:`KernelOperator`.
 
     Parameters
     ----------
     kernel : gpytorch.kernels.Kernel
         Any kernel :func:`kernel_formula` supports, or a ``FeatureMapKernel`` over one
         (:func:`operator_formula`).
-    x1 : torch.Tensor of shape (*b1, n, d)
-    x2 : torch.Tensor of shape (*b2, m, d), optional
+    x1 : torch.Tensor of shape (\*b1, n, d)
+    x2 : torch.Tensor of shape (\*b2, m, d), optional
         Defaults to ``x1``. The batch shapes must broadcast (see :class:`KernelOperator`).
     backend : {"keops", "torch"}, default="keops"
     runtime : KeOpsRuntime, optional
