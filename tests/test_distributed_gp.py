@@ -22,7 +22,7 @@ from gpkern.distributed.partition import row_partition
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
 RTOL = 1e-8
-KERNELS = ("rbf", "matern", "nngp")
+KERNELS = ("rbf", "matern", "nngp", "nngp_learned")
 SETTINGS = dict(
     cg_tol=1e-12,
     max_cg_iter=200,
@@ -58,6 +58,12 @@ def _kernel(name: str, d: int = 2) -> gpytorch.kernels.Kernel:
         net = torch.nn.Sequential(torch.nn.Linear(d, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
         inner = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
         return FeatureMapKernel(net, inner).double()
+    elif name == "nngp_learned":  # first-layer variances enter every per-point operand
+        from gpkern.kernels.nngp import Dense, Relu, serial
+        from gpkern.kernels.nngp.kernel import NNGPKernel
+
+        arch = serial(Dense(1.0, 0.1), Relu(), Dense(1.0, 0.1), Relu(), Dense(1.0, 0.1))
+        return NNGPKernel(arch, learn_variances=True).double()
     elif name == "matern":
         base = gpytorch.kernels.MaternKernel(nu=2.5)
         base.lengthscale = 0.9
