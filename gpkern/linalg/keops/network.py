@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 
+#: Correlations above which an (ab)ReLU dual uses the series of :func:`_arccos_excess`.
+_NEAR_ONE = 1.0 - 1e-5
+
 #: Activation layer names of :func:`dense_network`.
 ACTIVATIONS = ("relu", "abrelu", "leaky_relu", "erf")
 
@@ -65,6 +68,26 @@ def _angle(cos):
     CPU.)
     """
     return _one_minus_square(cos).sqrt(), cos.acos()
+
+
+def _arccos_excess(cos):
+    r""":math:`F = \sin\vartheta - \vartheta\cos\vartheta` for :math:`\cos\vartheta` near 1.
+
+    With :math:`u = \sin^2(\vartheta/2) = (1 - c)/2`,
+    :math:`F = u^{3/2}(8/3 + 4u/15 + 3u^2/35 + O(u^3))`, exact to double precision for
+    :math:`u \le 10^{-5}`. Its symbolic derivative has no :math:`1/\sin\vartheta` terms, unlike
+    that of :math:`\sin\vartheta - \vartheta c`: KeOps carries the gradient of a sum down each
+    branch separately, so there the cancelling :math:`\pm 1/\sin\vartheta` terms of one ReLU
+    layer are multiplied by those of the next before they meet, and two layers lose
+    :math:`\epsilon/\sin^2\vartheta \approx 10^{-3}` at a diagonal pair.
+    """
+    u = (1.0 - cos) * 0.5
+    return u.sqrt() * u * ((u * (3.0 / 35) + 4.0 / 15) * u + 8.0 / 3)
+
+
+def _ifelse(cond, a, b):
+    """``a`` where ``cond >= 0``, else ``b`` (a KeOps ``IfElse`` or ``torch.where``)."""
+    return cond.ifelse(a, b) if _is_lazy(cond) else torch.where(cond >= 0, a, b)
 
 
 def _arcsin(z):
@@ -241,7 +264,11 @@ def dense_network(
             sin, theta = _angle(cos)
             # E[phi' phi'] = (a^2 + b^2) / 2 - (a - b)^2 theta / (2 pi); theta appears once.
             dot = theta * (-((a - b) ** 2) / (2 * math.pi)) + 0.5 * (a * a + b * b)
-            new12 = (sin * ((a - b) ** 2 / (2 * math.pi)) + cos * dot) * norm
+            far = sin * ((a - b) ** 2 / (2 * math.pi)) + cos * dot
+            # Close pairs (and every diagonal pair) take the series of sin - theta cos, whose
+            # derivative stays accurate through further layers (see _arccos_excess).
+            near = cos * (0.5 * (a * a + b * b)) + _arccos_excess(cos) * ((a - b) ** 2 / (2 * math.pi))
+            new12 = _ifelse(cos - _NEAR_ONE, near, far) * norm
             if ntk and theta_ntk is not None:
                 theta_ntk = theta_ntk * dot
             k12 = _share(new12, cos)
