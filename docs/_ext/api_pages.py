@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from generated_files import write_if_changed
+
 PACKAGE = "gpkern"
 # Pages listed first in the API index; every other page follows in alphabetical order.
 LEADING_PAGES = ("gpkern.estimators", "gpkern.kernels", "gpkern.models")
@@ -269,11 +271,6 @@ def fix_source_backlinks(app, exception) -> None:
         fixed = BACKLINK.sub(repair, text)
         if fixed != text:
             path.write_text(fixed, encoding="utf-8")
-
-
-def write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
 
 
 def generate(app) -> None:

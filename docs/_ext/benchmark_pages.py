@@ -10,10 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-
-def write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+from generated_files import write_if_changed
 
 
 def generate(app) -> None:
