@@ -83,7 +83,7 @@ def build_kernel(name: str, d: int, nu: float = 2.5, depth: int = 2) -> gpytorch
     >>> type(build_kernel("matern", 3)).__name__
     'ScaleKernel'
     """
-    from gpkern.estimators.gp_regressor import log_positive
+    from gpkern.kernels.constraints import log_positive
 
     if name == "rbf":
         return None

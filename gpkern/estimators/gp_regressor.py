@@ -9,21 +9,12 @@ import numpy as np
 import torch
 
 from gpkern.estimators.base import BaseGPRegressor
+from gpkern.kernels.constraints import log_positive
 from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
-__all__ = ["GPRegressor", "default_kernel", "log_positive", "median_spread"]
-
-
-def log_positive() -> gpytorch.constraints.Positive:
-    r"""Positivity through :math:`v = e^{\theta}`: optimisers see log-scale parameters.
-
-    A step in :math:`\theta` changes :math:`v` by the same factor whatever its size, so
-    length-scales, output scales of hundreds and small noises are equally well conditioned;
-    GPyTorch's default softplus is linear above 1 and needs many more L-BFGS iterations.
-    """
-    return gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log)
+__all__ = ["GPRegressor", "default_kernel", "median_spread"]
 
 
 def median_spread(X: torch.Tensor, max_points: int = 512) -> torch.Tensor:  # (n, d) -> (d,)
@@ -46,7 +37,8 @@ def median_spread(X: torch.Tensor, max_points: int = 512) -> torch.Tensor:  # (n
 
 
 def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
-    r"""Scaled ARD RBF kernel, parameterised in log space (:func:`log_positive`), with
+    r"""Scaled ARD RBF kernel, parameterised in log space
+    (:func:`~gpkern.kernels.constraints.log_positive`), with
     length-scales initialised at :math:`\sqrt{d}` times each feature's median pairwise
     distance (:func:`median_spread`).
 

@@ -12,8 +12,9 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from gpkern.estimators.base import resolve_device, torch_generator
-from gpkern.estimators.gp_regressor import GPRegressor
+from gpkern.estimators.gp_regressor import GPRegressor, median_spread
 from gpkern.exceptions import NotPSDError
+from gpkern.kernels.constraints import log_positive
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
 from gpkern.linalg.dispatch import choose_grid_backend
 from gpkern.models.exact import ExactPosterior
@@ -87,8 +88,9 @@ class GridGPRegressor(GPRegressor):
         :math:`s`), or a ``ProductKernel`` of kernels that each see one axis
         (``active_dims=[i]``). Any other kernel on several dimensions (a Matérn kernel, a sum)
         is refused with a ``ValueError``, since the grid GP would be another model than the
-        dense GP with that kernel. ``None`` uses an RBF kernel per dimension with its
-        length-scale started at the axis' standard deviation. Kernels are deep-copied.
+        dense GP with that kernel. ``None`` uses an RBF kernel per dimension, parameterised
+        in log space, started as :class:`~gpkern.estimators.GPRegressor`'s default
+        (:func:`~gpkern.estimators.gp_regressor.default_kernel`). Kernels are deep-copied.
     noise : float, optional
         Noise variance in the kernel's units (normalised targets when ``normalize_y``);
         ``None`` learns it, starting from 0.1; a float is used exactly.
@@ -224,8 +226,8 @@ class GridGPRegressor(GPRegressor):
         if self.kernel is None:
             kernels = []
             for s in spreads:
-                k = gpytorch.kernels.RBFKernel().double()
-                k.lengthscale = torch.tensor(s if s > 0 else 1.0, dtype=torch.float64)
+                k = gpytorch.kernels.RBFKernel(lengthscale_constraint=log_positive()).double()
+                k.lengthscale = torch.tensor(s, dtype=torch.float64)
                 kernels.append(k)
             return AxisSplit(kernels)
         if isinstance(self.kernel, gpytorch.kernels.Kernel):
@@ -340,7 +342,7 @@ class GridGPRegressor(GPRegressor):
         raw_axes = axes
         if axes is not None:  # per-axis affine maps keep the grid a grid
             axes = [(a - state["X_mean_"][i]) / state["X_scale_"][i] for i, a in enumerate(axes)]
-        spreads = [float(np.std(state["X_norm"][:, i])) for i in range(d)]
+        spreads = (median_spread(torch.as_tensor(state["X_norm"])) * d**0.5).tolist()
         split = self._make_kernels(d, spreads)
         learn = self.noise is None and self.optimizer is not None
         model = GridGP(

@@ -26,8 +26,9 @@ import gpytorch
 import torch
 
 from gpkern.kernels.batch import expand_to_batch, indexed_batch_shape
+from gpkern.kernels.constraints import log_positive
 from gpkern.linalg.cg import pcg
-from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
+from gpkern.linalg.cholesky import mvn_log_likelihood
 from gpkern.linalg.kronecker import (
     RestrictedKronecker,
     kron_diag_solve_logdet,
@@ -225,7 +226,7 @@ class GridGP(GaussianNoise, torch.nn.Module):
         if not noise > 0 or not outputscale > 0:
             raise ValueError(f"noise and outputscale must be > 0, got {noise!r}, {outputscale!r}.")
         self.kernels = torch.nn.ModuleList(kernels)
-        self.outputscale_constraint = gpytorch.constraints.Positive()
+        self.outputscale_constraint = log_positive()
         raw = self.outputscale_constraint.inverse_transform(
             torch.tensor(float(outputscale), dtype=torch.float64)
         )
@@ -316,8 +317,7 @@ class GridGP(GaussianNoise, torch.nn.Module):
         K = self.dense_covariance(X) + self.noise * torch.eye(
             X.shape[0], dtype=X.dtype, device=X.device
         )
-        L, _ = robust_cholesky(K, warn=False)
-        return gaussian_log_likelihood(L, Y)[0]
+        return mvn_log_likelihood(K, Y)
 
     def posterior(
         self,
