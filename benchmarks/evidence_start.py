@@ -84,7 +84,7 @@ def main() -> None:
         row = {"data": name, "split": s, "n": len(ytr)}
         row["sqrt(d) start"] = _fit(lambda: GPRegressor(), Xtr, ytr, Xte, yte)
         row["1x start"] = _fit(
-            lambda: GPRegressor(kernel=_one_x_start(Xtr), normalize_X=True), Xtr, ytr, Xte, yte
+            lambda X=Xtr: GPRegressor(kernel=_one_x_start(X), normalize_X=True), Xtr, ytr, Xte, yte
         )
         a, b = row["sqrt(d) start"], row["1x start"]
         best = a if a["lml"] >= b["lml"] else b

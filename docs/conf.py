@@ -112,4 +112,6 @@ sphinx_gallery_conf = {
     "backreferences_dir": "gen_modules/backreferences",
     "reference_url": {"gpkern": None},
     "min_reported_time": 10,
+    # Its execution-times page loads jQuery and DataTables from CDNs: the docs must work offline.
+    "write_computation_times": False,
 }

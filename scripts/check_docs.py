@@ -19,6 +19,7 @@ Usage: ``python scripts/check_docs.py [BUILD_DIR] [--list-external]`` after ``ma
   ``--list-external``; nothing is fetched), and every intersphinx inventory configured in
   ``docs/conf.py`` is a local, readable Sphinx inventory whose base URL and object URLs are
   well-formed and which holds every object ``scripts/make_intersphinx_inventories.py`` lists;
+- no page loads a script or a stylesheet from another host (the site works offline);
 - once the gallery has been executed, every example has a thumbnail of its own.
 """
 
@@ -58,6 +59,7 @@ class Page(HTMLParser):
         self.ids: set[str] = set()
         self.text: list[str] = []
         self.scripts: list[str] = []
+        self.stylesheets: list[str] = []
         self.nav_links = 0
         self.has_math = False
         self.title = ""
@@ -82,6 +84,8 @@ class Page(HTMLParser):
                 self.scripts.append(attrs["src"])
         if tag == "link" and attrs.get("href") and attrs.get("rel") in ("stylesheet", "icon"):
             self.links.append(attrs["href"])
+            if attrs.get("rel") == "stylesheet":
+                self.stylesheets.append(attrs["href"])
         if tag == "nav" and "bd-docs-nav" in classes:
             self._nav_depth = 1
         elif tag == "nav" and self._nav_depth:
@@ -167,6 +171,16 @@ def check_text(build: Path, pages: dict[Path, Page]) -> list[str]:
             remote = [s for s in mathjax if urlsplit(s).scheme]
             if remote:
                 problems.append(f"{rel}: MathJax loaded from the network ({remote[0]})")
+    return problems
+
+
+def check_offline(build: Path, pages: dict[Path, Page]) -> list[str]:
+    """No page loads a script or a stylesheet from another host: the site works offline."""
+    problems = []
+    for path, page in pages.items():
+        for src in page.scripts + page.stylesheets:
+            if urlsplit(src).scheme or src.startswith("//"):
+                problems.append(f"{path.relative_to(build)}: loads {src} from the network")
     return problems
 
 
@@ -411,6 +425,7 @@ def main(argv: list[str]) -> int:
         + check_text(build, pages)
         + check_links(build, pages)
         + check_external(build, pages)
+        + check_offline(build, pages)
         + configured_intersphinx()
         + check_thumbnails(build)
     )

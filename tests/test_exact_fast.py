@@ -251,3 +251,14 @@ def test_median_spread_equals_brute_force():
     np.testing.assert_allclose(got[0], lower[0], rtol=1e-12)
     assert lower[1] == 0.0
     np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-12)
+
+
+@pytest.mark.parametrize("model_class", ["ExactGP", "IterativeGP"])
+def test_learned_noise_starts_at_the_value_given_in_float64(model_class):
+    # The start used to go through float32: 0.05 became 0.0500000007.
+    from gpkern.models.iterative import IterativeGP
+
+    cls = {"ExactGP": ExactGP, "IterativeGP": IterativeGP}[model_class]
+    model = cls(gpytorch.kernels.RBFKernel(), 0.05, True).double()
+    assert float(model.noise.detach()) == pytest.approx(0.05, rel=1e-14)
+    assert model.to(torch.float32).raw_noise.dtype == torch.float32

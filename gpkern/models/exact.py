@@ -63,8 +63,10 @@ class GaussianNoise:
             lower, transform=torch.exp, inv_transform=torch.log
         )
         if learn:
-            raw = self.noise_constraint.inverse_transform(torch.tensor(max(noise, lower * 1.0001)))
-            self.raw_noise = torch.nn.Parameter(raw.to(torch.get_default_dtype()))
+            # float64, so that the start is the value given, not its float32 rounding; a model
+            # cast with .float() or .double() casts it with the rest.
+            start = torch.tensor(max(noise, lower * 1.0001), dtype=torch.float64)
+            self.raw_noise = torch.nn.Parameter(self.noise_constraint.inverse_transform(start))
         else:
             # A buffer, not a constrained parameter: the transform would round the value and
             # the constraint floor it.
