@@ -15,8 +15,8 @@ import gpytorch
 import numpy as np
 import pytest
 import torch
-from _distributed_harness import run_group, run_here
 
+from _distributed_harness import run_group, run_here
 from conftest import keops_compiles
 from gpkern.distributed.partition import row_partition
 from gpkern.models.iterative import IterativeGP, IterativeSettings

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from _distributed_harness import kill_rank_and_wait, local_ranks
 from conftest import keops_compiles
 from gpkern.distributed import gp as cli
 from gpkern.distributed import group
@@ -205,17 +206,10 @@ def test_killed_rank_ends_the_command_line_on_every_rank(tmp_path):
             "--timeout", str(timeout)]
     procs = group.start_local_ranks([sys.executable, *args], 3, env=_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with local_ranks(procs):
         time.sleep(30)  # start-up and the rendezvous; the fit itself takes much longer
         assert all(p.poll() is None for p in procs), [p.poll() for p in procs]
-        procs[1].send_signal(signal.SIGKILL)
-        t0 = time.monotonic()
-        codes = group.wait_local_ranks(procs, deadline=timeout + 60)
-        elapsed = time.monotonic() - t0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        codes, elapsed = kill_rank_and_wait(procs, 1, deadline=timeout + 60)
     assert codes[1] == -signal.SIGKILL
     for r in (0, 2):
         err = procs[r].stderr.read()

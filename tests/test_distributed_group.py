@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _distributed_harness import kill_rank_and_wait, local_ranks
 from gpkern.distributed import group
 
 TIMEOUT = 3.0  # the process-group timeout the workers use
@@ -74,18 +75,10 @@ def _wait_started(procs, deadline=60.0):
 def test_killed_rank_ends_every_rank_within_timeout(victim):
     """SIGKILL one of three ranks in the middle of a collective loop (rank 0 also hosts the
     rendezvous store): the two others exit with a RankFailureError, none hangs."""
-    procs = _start("loop")
-    try:
+    with local_ranks(_start("loop")) as procs:
         _wait_started(procs)
         time.sleep(0.5)
-        procs[victim].send_signal(signal.SIGKILL)
-        t0 = time.monotonic()
-        codes = group.wait_local_ranks(procs, deadline=TIMEOUT + 15)
-        elapsed = time.monotonic() - t0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        codes, elapsed = kill_rank_and_wait(procs, victim, deadline=TIMEOUT + 15)
     assert codes[victim] == -signal.SIGKILL
     for r, p in enumerate(procs):
         if r == victim:
