@@ -276,12 +276,22 @@ def test_regressor_distributed_needs_a_process_group():
     assert not hasattr(gp, "kernel_")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not keops_compiles(), reason="pykeops cannot compile here")
-def test_distributed_gp_keops_backend():
-    want = _reference("matern", backend="keops")  # compiles here, before the processes start
-    for res in run_group(_distributed_worker, 2, ("matern",), "keops", timeout=600):
-        _assert_same(res["matern"], want)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rbf",
+        # Compiling their gradient formulas takes minutes (3 for the two-ReLU network).
+        pytest.param("matern", marks=pytest.mark.slow),
+        pytest.param("nngp", marks=pytest.mark.slow),
+    ],
+)
+def test_distributed_gp_keops_backend(name):
+    """Two processes on the real KeOps backend against the single-process KeOps fit."""
+    want = _reference(name, backend="keops")  # compiles here, before the processes start
+    for res in run_group(_distributed_worker, 2, (name,), "keops", timeout=900):
+        _assert_same(res[name], want)
+        assert res[name]["bytes"] > 0
 
 
 class _ThreadSum:
