@@ -35,7 +35,7 @@ import gpytorch
 import torch
 import torch.distributed as dist
 
-from gpkern.distributed.operator import Collectives, DistributedKernelOperator
+from gpkern.distributed.operator import Collectives, DistributedKernelOperator, _check_exchange
 from gpkern.distributed.partition import row_partition
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
@@ -98,8 +98,7 @@ class DistributedGP(IterativeGP):
         exchange: str = "broadcast",
     ) -> None:
         comm = Collectives(group)  # refuses before anything is built
-        if exchange not in ("broadcast", "all_gather"):
-            raise ValueError(f"exchange must be 'broadcast' or 'all_gather', got {exchange!r}.")
+        _check_exchange(exchange)
         super().__init__(
             kernel,
             noise=noise,

@@ -40,6 +40,15 @@ from gpkern.linalg.keops import KeOpsRuntime, KernelOperator, kernel_operator
 
 __all__ = ["Collectives", "DistributedKernelOperator"]
 
+# How a distributed kernel product moves the blocks of its right-hand side.
+_EXCHANGES = ("broadcast", "all_gather")
+
+
+def _check_exchange(exchange: str) -> None:
+    """Raise a ``ValueError`` unless ``exchange`` is one of ``_EXCHANGES``."""
+    if exchange not in _EXCHANGES:
+        raise ValueError(f"exchange must be 'broadcast' or 'all_gather', got {exchange!r}.")
+
 
 class Collectives:
     r"""The collectives of row-split linear algebra on one process group, with a byte counter.
@@ -185,7 +194,7 @@ class DistributedKernelOperator:
     Examples
     --------
     >>> import gpytorch, torch, torch.distributed as dist
-    >>> from gpkern.distributed.operator import Collectives, DistributedKernelOperator
+    >>> from gpkern.distributed.operator import Collectives, DistributedKernelOperator, _check_exchange
     >>> if dist.is_initialized():  # every process, inside torchrun
     ...     X = torch.randn(1000, 3, dtype=torch.float64)
     ...     K = DistributedKernelOperator(gpytorch.kernels.RBFKernel(), X, comm=Collectives())
@@ -204,8 +213,7 @@ class DistributedKernelOperator:
         runtime: KeOpsRuntime | None = None,
         exchange: str = "broadcast",
     ) -> None:
-        if exchange not in ("broadcast", "all_gather"):
-            raise ValueError(f"exchange must be 'broadcast' or 'all_gather', got {exchange!r}.")
+        _check_exchange(exchange)
         base = kernel_operator(kernel, x1, x2, backend=backend, runtime=runtime)
         square = x2 is None or x2 is x1
         z1 = comm.sum_gradients(base.x1)
@@ -223,16 +231,7 @@ class DistributedKernelOperator:
         self._blocks = [self._block(z2[s]) for s in self.sources]
 
     def _block(self, x2: torch.Tensor) -> KernelOperator:
-        base = self._base
-        return KernelOperator(
-            self.z1[self.rows],
-            x2,
-            self.theta,
-            formula=base.formula,
-            backend=base.backend,
-            grad_formula=base.grad_formula,
-            runtime=base.runtime,
-        )
+        return self._base._on(self.z1[self.rows], x2, theta=self.theta)
 
     @property
     def shape(self) -> torch.Size:

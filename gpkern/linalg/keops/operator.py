@@ -114,12 +114,15 @@ class KernelOperator(LinearOperator):
         self.formula, self.backend, self.grad_formula = formula, backend, grad_formula
         self.runtime = runtime
 
-    def _on(self, x1: torch.Tensor, x2: torch.Tensor) -> KernelOperator:
-        """The same kernel (formula, ``theta``, backend and runtime) on other inputs."""
+    def _on(
+        self, x1: torch.Tensor, x2: torch.Tensor, theta: torch.Tensor | None = None
+    ) -> KernelOperator:
+        """The same kernel (formula, ``theta``, backend and runtime) on other inputs; ``theta``
+        replaces the parameter vector (the same values through another autograd path)."""
         return KernelOperator(
             x1,
             x2,
-            self.theta_vec,
+            self.theta_vec if theta is None else theta,
             formula=self.formula,
             backend=self.backend,
             grad_formula=self.grad_formula,
