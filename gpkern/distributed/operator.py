@@ -194,7 +194,7 @@ class DistributedKernelOperator:
     Examples
     --------
     >>> import gpytorch, torch, torch.distributed as dist
-    >>> from gpkern.distributed.operator import Collectives, DistributedKernelOperator, _check_exchange
+    >>> from gpkern.distributed.operator import Collectives, DistributedKernelOperator
     >>> if dist.is_initialized():  # every process, inside torchrun
     ...     X = torch.randn(1000, 3, dtype=torch.float64)
     ...     K = DistributedKernelOperator(gpytorch.kernels.RBFKernel(), X, comm=Collectives())
