@@ -14,7 +14,7 @@ from gpkern.linalg.dispatch import choose_backend
 from gpkern.models.exact import ExactGP
 from gpkern.models.iterative import IterativeGP, IterativeSettings
 
-__all__ = ["GPRegressor", "default_kernel", "median_spread"]
+__all__ = ["GPRegressor", "default_kernel", "default_lengthscale", "median_spread"]
 
 
 def median_spread(X: torch.Tensor, max_points: int = 512) -> torch.Tensor:  # (n, d) -> (d,)
@@ -36,6 +36,21 @@ def median_spread(X: torch.Tensor, max_points: int = 512) -> torch.Tensor:  # (n
     return torch.where(spread > 0, spread, torch.ones_like(spread))
 
 
+def default_lengthscale(X: torch.Tensor) -> torch.Tensor:  # (n, d) -> (d,)
+    r"""The default start of per-feature length-scales: :math:`\sqrt{d}` times each feature's
+    median pairwise distance (:func:`median_spread`); see :func:`default_kernel` for why.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gpkern.estimators.gp_regressor import default_lengthscale
+    >>> X = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    >>> [round(v, 4) for v in default_lengthscale(X).tolist()]  # medians 1 and 2, times sqrt(2)
+    [1.4142, 2.8284]
+    """
+    return median_spread(X) * X.shape[1] ** 0.5
+
+
 def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
     r"""Scaled ARD RBF kernel, parameterised in log space
     (:func:`~gpkern.kernels.constraints.log_positive`), with
@@ -53,7 +68,7 @@ def default_kernel(X: torch.Tensor) -> gpytorch.kernels.Kernel:  # (n, d)
         outputscale_constraint=log_positive(),
     )
     kernel = kernel.to(dtype=X.dtype, device=X.device)
-    kernel.base_kernel.lengthscale = median_spread(X).view(1, d) * d**0.5
+    kernel.base_kernel.lengthscale = default_lengthscale(X).view(1, d)
     kernel.outputscale = torch.tensor(1.0, dtype=X.dtype)
     return kernel
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from gpkern.estimators.base import resolve_device, torch_generator
-from gpkern.estimators.gp_regressor import GPRegressor, median_spread
+from gpkern.estimators.gp_regressor import GPRegressor, default_lengthscale
 from gpkern.exceptions import NotPSDError
 from gpkern.kernels.constraints import log_positive
 from gpkern.linalg.cholesky import gaussian_log_likelihood, robust_cholesky
@@ -222,10 +222,10 @@ class GridGPRegressor(GPRegressor):
             raise ValueError(f"min_fill must be a float in [0, 1], got {self.min_fill!r}.")
         return resolve_device(self.device)
 
-    def _make_kernels(self, d: int, spreads: list[float]) -> AxisSplit:
+    def _make_kernels(self, d: int, lengthscales: list[float]) -> AxisSplit:
         if self.kernel is None:
             kernels = []
-            for s in spreads:
+            for s in lengthscales:
                 k = gpytorch.kernels.RBFKernel(lengthscale_constraint=log_positive()).double()
                 k.lengthscale = torch.tensor(s, dtype=torch.float64)
                 kernels.append(k)
@@ -342,8 +342,8 @@ class GridGPRegressor(GPRegressor):
         raw_axes = axes
         if axes is not None:  # per-axis affine maps keep the grid a grid
             axes = [(a - state["X_mean_"][i]) / state["X_scale_"][i] for i, a in enumerate(axes)]
-        spreads = (median_spread(torch.as_tensor(state["X_norm"])) * d**0.5).tolist()
-        split = self._make_kernels(d, spreads)
+        lengthscales = default_lengthscale(torch.as_tensor(state["X_norm"])).tolist()
+        split = self._make_kernels(d, lengthscales)
         learn = self.noise is None and self.optimizer is not None
         model = GridGP(
             split.kernels,
